@@ -1,1 +1,17 @@
-//! placeholder
+//! What every Paddock service shares: the RBAC tables, token formats,
+//! resource names, storage, the authenticate/authorize layer, telemetry and
+//! the server stack. A service calls these; it does not copy them.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod names;
+pub mod rbac;
+pub mod secret;
+pub mod server;
+pub mod telemetry;
+pub mod time;
+pub mod token;
+
+pub use paddock_proto as proto;

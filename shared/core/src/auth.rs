@@ -1,0 +1,509 @@
+//! The shared authenticate + authorize layer every server runs, and the
+//! clients it uses.
+//!
+//! For each call the layer looks up the RPC's declared access rule (from the
+//! proto), resolves the bearer token to a [`Principal`] (identity
+//! `Authenticate`, cached ≤ 5 s and invalidated by identity's push stream),
+//! then asks authz to `Check` the declared permission. Unknown methods,
+//! missing credentials and unreachable dependencies are refused: default
+//! deny, fail closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use http::HeaderMap;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::Instrument;
+
+use crate::proto::authz::v1::authz_service_client::AuthzServiceClient;
+use crate::proto::authz::v1::{CheckRequest, CheckResponse, Link};
+use crate::proto::identity::v1::identity_service_client::IdentityServiceClient;
+use crate::proto::identity::v1::watch_invalidations_response::Target;
+use crate::proto::identity::v1::{AuthenticateRequest, Principal, PrincipalKind, WatchInvalidationsRequest};
+use crate::proto::{Access, access_for};
+use crate::secret::Secret;
+use crate::telemetry::{self, TraceContext};
+use crate::token;
+
+/// The upper bound on how long a resolved principal or decision is reused.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The authenticated caller, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+/// The caller of a request the layer admitted.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .map(|c| &c.0)
+        .ok_or_else(|| Status::unauthenticated("request carries no authenticated principal"))
+}
+
+/// Resolves a bearer token to a principal.
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>>;
+}
+
+/// Answers permission checks.
+pub trait Authorizer: Send + Sync + 'static {
+    fn check(&self, req: CheckRequest) -> BoxFuture<'_, Result<CheckResponse, Status>>;
+}
+
+/// A change that makes cached principals stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    Reset,
+    Key(String),
+    Principal(String),
+    Organization(String),
+}
+
+impl Invalidation {
+    pub fn from_target(target: Target) -> Self {
+        match target {
+            Target::Reset(_) => Invalidation::Reset,
+            Target::KeyId(k) => Invalidation::Key(k),
+            Target::PrincipalId(p) => Invalidation::Principal(p),
+            Target::Organization(o) => Invalidation::Organization(o),
+        }
+    }
+
+    pub fn into_target(self) -> Target {
+        match self {
+            Invalidation::Reset => Target::Reset(true),
+            Invalidation::Key(k) => Target::KeyId(k),
+            Invalidation::Principal(p) => Target::PrincipalId(p),
+            Invalidation::Organization(o) => Target::Organization(o),
+        }
+    }
+}
+
+/// Resolved principals by token hash, for at most [`CACHE_TTL`].
+#[derive(Default)]
+pub struct PrincipalCache {
+    entries: RwLock<HashMap<String, (Principal, Instant)>>,
+}
+
+impl PrincipalCache {
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn get(&self, token_hash: &str) -> Option<Principal> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(token_hash)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, token_hash: String, principal: Principal) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(token_hash, (principal, Instant::now()));
+    }
+
+    /// Drops every cached principal the change touches.
+    pub fn invalidate(&self, change: &Invalidation) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        match change {
+            Invalidation::Reset => entries.clear(),
+            Invalidation::Key(id) => entries.retain(|_, (p, _)| &p.key_id != id),
+            Invalidation::Principal(id) => entries.retain(|_, (p, _)| &p.id != id),
+            Invalidation::Organization(org) => entries.retain(|_, (p, _)| &p.organization != org),
+        }
+    }
+}
+
+/// An authenticator with a principal cache in front.
+pub struct CachedAuthenticator<A> {
+    inner: A,
+    cache: Arc<PrincipalCache>,
+}
+
+impl<A: Authenticator> CachedAuthenticator<A> {
+    pub fn new(inner: A) -> Self {
+        Self { inner, cache: Arc::default() }
+    }
+
+    pub fn cache(&self) -> Arc<PrincipalCache> {
+        self.cache.clone()
+    }
+}
+
+impl<A: Authenticator> Authenticator for CachedAuthenticator<A> {
+    fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>> {
+        Box::pin(async move {
+            let key = token::hash(&token);
+            if let Some(p) = self.cache.get(&key) {
+                return Ok(p);
+            }
+            let principal = self.inner.authenticate(token).await?;
+            self.cache.put(key, principal.clone());
+            Ok(principal)
+        })
+    }
+}
+
+/// Adds `authorization: Bearer …` and the current `traceparent` to every
+/// outgoing call.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: Option<AsciiMetadataValue>,
+}
+
+impl BearerAuth {
+    pub fn new(token: &Secret<String>) -> Result<Self, Status> {
+        let mut header: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+            .map_err(|_| Status::invalid_argument("token contains characters not allowed in a header"))?;
+        header.set_sensitive(true);
+        Ok(Self { header: Some(header) })
+    }
+
+    /// No credentials (for public RPCs such as accepting an invite).
+    pub fn anonymous() -> Self {
+        Self { header: None }
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        let ctx = telemetry::current().map_or_else(TraceContext::root, |c| c.child());
+        if let Ok(v) = MetadataValue::try_from(ctx.traceparent()) {
+            req.metadata_mut().insert("traceparent", v);
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that connects on first use, with Paddock's timeouts.
+pub fn lazy_channel(endpoint: &str) -> Result<Channel, Status> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|_| Status::invalid_argument(format!("invalid endpoint {endpoint:?}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+pub type IdentityClient = IdentityServiceClient<InterceptedService<Channel, BearerAuth>>;
+pub type AuthzClient = AuthzServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+pub fn identity_client(endpoint: &str, auth: BearerAuth) -> Result<IdentityClient, Status> {
+    Ok(IdentityServiceClient::with_interceptor(lazy_channel(endpoint)?, auth))
+}
+
+pub fn authz_client(endpoint: &str, auth: BearerAuth) -> Result<AuthzClient, Status> {
+    Ok(AuthzServiceClient::with_interceptor(lazy_channel(endpoint)?, auth))
+}
+
+/// Fails closed: anything but a verdict from the dependency is UNAVAILABLE.
+fn dependency_status(service: &str, status: Status) -> Status {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound => status,
+        _ => {
+            tracing::warn!(service, code = ?status.code(), "dependency call failed");
+            Status::unavailable(format!("{service} service unavailable; refusing the request"))
+        }
+    }
+}
+
+/// Authenticates through the identity service, as a service principal.
+pub struct RemoteIdentity {
+    client: IdentityClient,
+}
+
+impl RemoteIdentity {
+    pub fn new(client: IdentityClient) -> Self {
+        Self { client }
+    }
+
+    /// Keeps `cache` in step with identity's invalidation stream, for as long
+    /// as the process runs; on any break it drops the cache and reconnects.
+    pub fn watch(&self, cache: Arc<PrincipalCache>) -> tokio::task::JoinHandle<()> {
+        let mut client = self.client.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.watch_invalidations(WatchInvalidationsRequest {}).await {
+                    Ok(resp) => {
+                        let mut stream = resp.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(msg)) => {
+                                    if let Some(target) = msg.target {
+                                        cache.invalidate(&Invalidation::from_target(target));
+                                    }
+                                }
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(status) => tracing::debug!(code = ?status.code(), "invalidation stream unavailable"),
+                }
+                // Pushes may have been missed while disconnected.
+                cache.invalidate(&Invalidation::Reset);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
+}
+
+impl Authenticator for RemoteIdentity {
+    fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let resp = client.authenticate(AuthenticateRequest { token }).await.map_err(|s| dependency_status("identity", s))?;
+            resp.into_inner().principal.ok_or_else(|| Status::unavailable("identity returned no principal"))
+        })
+    }
+}
+
+/// Checks through the authz service, as a service principal, memoizing
+/// decisions for [`CACHE_TTL`]. A decision is a function of the principal's
+/// role, key role and scope, which are part of the memo key.
+pub struct RemoteAuthz {
+    client: AuthzClient,
+    memo: RwLock<HashMap<String, (CheckResponse, Instant)>>,
+}
+
+impl RemoteAuthz {
+    pub fn new(client: AuthzClient) -> Self {
+        Self { client, memo: RwLock::default() }
+    }
+}
+
+fn memo_key(req: &CheckRequest) -> String {
+    let p = req.principal.as_ref();
+    let field = |f: fn(&Principal) -> &str| p.map_or("", f).to_owned();
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        field(|p| &p.id),
+        field(|p| &p.key_id),
+        p.map_or(0, |p| p.kind),
+        field(|p| &p.organization),
+        field(|p| &p.role),
+        field(|p| &p.key_role),
+        p.map_or_else(String::new, |p| p.scope.join(",")),
+        req.permission,
+        req.resource,
+        req.resource_owner
+    )
+}
+
+impl Authorizer for RemoteAuthz {
+    fn check(&self, req: CheckRequest) -> BoxFuture<'_, Result<CheckResponse, Status>> {
+        Box::pin(async move {
+            let key = memo_key(&req);
+            {
+                let memo = self.memo.read().unwrap_or_else(|e| e.into_inner());
+                if let Some((resp, at)) = memo.get(&key)
+                    && at.elapsed() < CACHE_TTL
+                {
+                    return Ok(resp.clone());
+                }
+            }
+            let resp = self.client.clone().check(req).await.map_err(|s| dependency_status("authz", s))?.into_inner();
+            let mut memo = self.memo.write().unwrap_or_else(|e| e.into_inner());
+            if memo.len() >= 100_000 {
+                memo.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            }
+            memo.insert(key, (resp.clone(), Instant::now()));
+            Ok(resp)
+        })
+    }
+}
+
+/// Decides, for one call, whether it may proceed and as whom.
+#[derive(Clone)]
+pub struct Admission {
+    authn: Arc<dyn Authenticator>,
+    authz: Arc<dyn Authorizer>,
+}
+
+fn kind_of(p: &Principal) -> PrincipalKind {
+    PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::Unspecified)
+}
+
+/// Extracts the bearer token; UNAUTHENTICATED says what is wrong with it.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Status> {
+    let value = headers.get("authorization").ok_or_else(|| Status::unauthenticated("missing bearer token (authorization metadata)"))?;
+    let value = value.to_str().map_err(|_| Status::unauthenticated("malformed authorization header: not ASCII"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Status::unauthenticated("malformed authorization header: expected \"Bearer <token>\""))?
+        .trim();
+    token::parse(token).map_err(|e| Status::unauthenticated(format!("malformed token: {e}")))?;
+    Ok(token)
+}
+
+impl Admission {
+    pub fn new(authn: Arc<dyn Authenticator>, authz: Arc<dyn Authorizer>) -> Self {
+        Self { authn, authz }
+    }
+
+    /// Admits a call to `path`, returning the caller (none for public RPCs).
+    pub async fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Option<Principal>, Status> {
+        let access = match access_for(path) {
+            Some(a) => a,
+            None if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.v1.ServerReflection/") => {
+                return Ok(None);
+            }
+            None => return Err(Status::unimplemented(format!("unknown method {}", crate::names::truncate(path)))),
+        };
+        if access == Access::Public {
+            return Ok(None);
+        }
+        let token = bearer_token(headers)?;
+        let principal = self.authn.authenticate(token.to_owned()).await?;
+        let kind = kind_of(&principal);
+        match access {
+            Access::Public | Access::Authenticated => {}
+            Access::Internal => {
+                if kind != PrincipalKind::Service {
+                    return Err(Status::permission_denied(format!("{path} is internal: only service principals may call it")));
+                }
+            }
+            Access::Platform => {
+                if kind != PrincipalKind::Platform {
+                    return Err(Status::permission_denied(format!("{path} needs the platform bootstrap token")));
+                }
+            }
+            Access::Permission(permission) => {
+                if !matches!(kind, PrincipalKind::Member | PrincipalKind::Agent) {
+                    return Err(Status::permission_denied(format!(
+                        "missing {permission}: {} principals hold no organization permissions",
+                        kind.as_str_name()
+                    )));
+                }
+                let resource = principal.organization.clone();
+                let decision = self
+                    .authz
+                    .check(CheckRequest { principal: Some(principal.clone()), permission: permission.to_owned(), resource: resource.clone(), resource_owner: String::new() })
+                    .await?;
+                if !decision.allowed {
+                    let reason = decision.reason.unwrap_or_default();
+                    tracing::info!(principal = %principal.id, key = %principal.key_id, permission, "permission denied");
+                    if reason.missing() == Link::Organization {
+                        return Err(Status::not_found("resource not found"));
+                    }
+                    return Err(Status::permission_denied(format!("missing {permission} on {resource}: {}", reason.summary)));
+                }
+            }
+        }
+        Ok(Some(principal))
+    }
+
+    /// Checks a permission on a specific resource inside a handler (for
+    /// ownership and cross-resource checks). Another organization's
+    /// resource is NOT_FOUND; a deny names the missing permission.
+    pub async fn require(&self, principal: &Principal, permission: &str, resource: &str, owner: &str) -> Result<(), Status> {
+        let decision = self
+            .authz
+            .check(CheckRequest {
+                principal: Some(principal.clone()),
+                permission: permission.to_owned(),
+                resource: resource.to_owned(),
+                resource_owner: owner.to_owned(),
+            })
+            .await?;
+        if decision.allowed {
+            return Ok(());
+        }
+        let reason = decision.reason.unwrap_or_default();
+        if reason.missing() == Link::Organization {
+            return Err(Status::not_found(format!("{} not found", crate::names::truncate(resource))));
+        }
+        Err(Status::permission_denied(format!("missing {permission} on {resource}: {}", reason.summary)))
+    }
+
+    /// Whether the principal holds `permission` (no error for a deny).
+    pub async fn allows(&self, principal: &Principal, permission: &str, resource: &str, owner: &str) -> Result<bool, Status> {
+        match self.require(principal, permission, resource, owner).await {
+            Ok(()) => Ok(true),
+            Err(s) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => Ok(false),
+            Err(s) => Err(s),
+        }
+    }
+}
+
+/// The tower layer that runs [`Admission`] in front of every RPC and sets
+/// the request's trace context.
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    admission: Admission,
+}
+
+impl AdmissionLayer {
+    pub fn new(admission: Admission) -> Self {
+        Self { admission }
+    }
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = AdmissionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdmissionService { inner, admission: self.admission.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdmissionService<S> {
+    inner: S,
+    admission: Admission,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone is not ready; keep the ready one for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let admission = self.admission.clone();
+        let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+        let ctx = incoming.map_or_else(TraceContext::root, |c| c.child());
+        let span = tracing::info_span!("rpc", path = %req.uri().path(), trace_id = %ctx.trace_id_hex());
+        let fut = async move {
+            match admission.admit(req.uri().path(), req.headers()).await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(ctx);
+                    if let Some(p) = principal {
+                        req.extensions_mut().insert(Caller(p));
+                    }
+                    inner.call(req).await
+                }
+                Err(status) => {
+                    tracing::debug!(code = ?status.code(), message = status.message(), "refused");
+                    Ok(status.into_http())
+                }
+            }
+        };
+        Box::pin(telemetry::with_trace(ctx, fut).instrument(span))
+    }
+}

@@ -1,0 +1,116 @@
+//! Storage: an sqlx `AnyPool` over SQLite (WAL, under the data dir) or
+//! PostgreSQL (when a URL is given, one schema per service), and a small
+//! migrator that applies each service's embedded migrations in order.
+//!
+//! Queries use `$1` placeholders, which both backends accept; times are
+//! unix microseconds in BIGINT columns, so one set of SQL serves both.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
+
+/// Which backend a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A service's database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// One migration: a version and its SQL (several statements allowed).
+pub type Migration = (i64, &'static str);
+
+impl Database {
+    /// Connects `service`'s database: PostgreSQL schema `paddock_{service}`
+    /// when `url` is set, else `{data_dir}/{service}.db`. Runs migrations.
+    pub async fn connect(service: &str, data_dir: &Path, url: Option<&str>, migrations: &[Migration]) -> Result<Self, sqlx::Error> {
+        install_default_drivers();
+        let db = match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let schema = format!("paddock_{service}");
+                // Create the schema on a plain connection first.
+                let admin = AnyPoolOptions::new().max_connections(1).connect(url).await?;
+                admin.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))).await?;
+                admin.close().await;
+                let set_path = format!("SET search_path TO {schema}");
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .after_connect(move |conn, _| {
+                        let set_path = set_path.clone();
+                        Box::pin(async move {
+                            conn.execute(sqlx::raw_sql(AssertSqlSafe(set_path))).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?;
+                Database { pool, backend: Backend::Postgres }
+            }
+            Some(url) if url.starts_with("sqlite:") => Self::sqlite(url).await?,
+            Some(other) => {
+                return Err(sqlx::Error::Configuration(
+                    format!("unsupported database URL scheme in {:?}", other.split(':').next().unwrap_or("")).into(),
+                ));
+            }
+            None => {
+                std::fs::create_dir_all(data_dir)?;
+                let path = data_dir.join(format!("{service}.db"));
+                Self::sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await?
+            }
+        };
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    async fn sqlite(url: &str) -> Result<Self, sqlx::Error> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(Database { pool, backend: Backend::Sqlite })
+    }
+
+    /// Applies the migrations not yet applied, each in its own transaction.
+    async fn migrate(&self, migrations: &[Migration]) -> Result<(), sqlx::Error> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await?;
+        for (version, sql) in migrations {
+            let mut tx = self.pool.begin().await?;
+            let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            tx.execute(sqlx::raw_sql(*sql)).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(crate::time::now_micros())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! The server stack every Paddock service runs, read top to bottom:
+//! admission (trace context, authenticate, authorize) in front of the
+//! service's routes, gRPC health and reflection (v1) beside them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::{Admission, AdmissionLayer};
+
+/// Largest request message a Paddock server decodes.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener with
+/// the address it got.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// The health reporter and the routes every server carries besides its own.
+pub async fn health_and_reflection(serving: &[&str]) -> (HealthReporter, Routes) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in serving {
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    (reporter, Routes::new(health).add_service(reflection))
+}
+
+/// Serves `routes` on `listener` behind the admission layer until
+/// `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    admission: Admission,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(AdmissionLayer::new(admission))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// A running server: its address, and how to stop it.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl ServerHandle {
+    /// Serves in a background task until [`ServerHandle::shutdown`].
+    pub fn spawn(listener: TcpListener, addr: SocketAddr, admission: Admission, routes: Routes) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, admission, routes, async {
+            let _ = rx.await;
+        }));
+        Self { addr, shutdown: Some(tx), task }
+    }
+
+    /// The `http://` endpoint clients use.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight calls finish, and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Reads a token file, or mints one of `kind` and writes it with mode 0600.
+pub fn load_or_create_token(path: &std::path::Path, kind: crate::token::TokenKind) -> std::io::Result<crate::secret::Secret<String>> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let text = text.trim();
+        if crate::token::parse(text).is_ok_and(|t| t.kind == kind) {
+            return Ok(crate::secret::Secret::new(text.to_owned()));
+        }
+    }
+    let (_, token) = crate::token::mint(kind);
+    write_secret_file(path, &token)?;
+    Ok(crate::secret::Secret::new(token))
+}
+
+/// Writes a secret to a file only its owner can read (0600).
+pub fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
