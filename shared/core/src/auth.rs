@@ -137,6 +137,10 @@ impl<A: Authenticator> CachedAuthenticator<A> {
         Self { inner, cache: Arc::default() }
     }
 
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+
     pub fn cache(&self) -> Arc<PrincipalCache> {
         self.cache.clone()
     }

@@ -62,6 +62,7 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -71,7 +72,14 @@ impl ServerHandle {
         let task = tokio::spawn(serve(listener, admission, routes, async {
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), task }
+        Self { addr, shutdown: Some(tx), task, background: Vec::new() }
+    }
+
+    /// Ties background tasks (cache watchers, flushers) to the server: they
+    /// are aborted when it stops.
+    pub fn with_background(mut self, tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>) -> Self {
+        self.background.extend(tasks);
+        self
     }
 
     /// The `http://` endpoint clients use.
@@ -85,6 +93,9 @@ impl ServerHandle {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        for t in self.background.drain(..) {
+            t.abort();
+        }
     }
 
     /// Waits until the server stops by itself (an error).
@@ -93,6 +104,14 @@ impl ServerHandle {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        for t in &self.background {
+            t.abort();
         }
     }
 }
