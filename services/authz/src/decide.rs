@@ -3,20 +3,10 @@
 use paddock_proto::authz::v1::{CheckRequest, CheckResponse, Link as PbLink, Reason};
 use paddock_proto::identity::v1::{Principal, PrincipalKind};
 use paddock_shared::names::organization_of;
-use paddock_shared::rbac::{self, Decision, Grant, Link, PermissionSet, Role};
+use paddock_shared::rbac::{self, Decision, Grant, Link, PermissionSet};
 
 fn grant_of(p: &Principal) -> Grant {
-    let mut scope = rbac::scope_permissions(&p.scope).unwrap_or(PermissionSet::EMPTY);
-    let key_role = if p.key_role.is_empty() {
-        None
-    } else {
-        // An unknown key role grants nothing rather than everything.
-        Role::parse(&p.key_role).or_else(|| {
-            scope = PermissionSet::EMPTY;
-            Some(Role::Agent)
-        })
-    };
-    Grant { role: Role::parse(&p.role), key_role, scope }
+    Grant::of(&p.role, &p.key_role, &p.scope)
 }
 
 fn describe(p: &Principal) -> String {

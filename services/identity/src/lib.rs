@@ -2,12 +2,26 @@
 //! projects and API keys, and `Authenticate`: who is calling.
 #![forbid(unsafe_code)]
 
+mod authn;
+mod service;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
+use paddock_shared::db::{Database, Migration};
 use paddock_shared::secret::Secret;
-use paddock_shared::server::ServerHandle;
+use paddock_shared::server::{self, ServerHandle};
+use paddock_shared::token;
+
+use crate::authn::{LastUsed, LocalAuthenticator};
+use crate::service::Identity;
+
+/// Identity's schema migrations, in order.
+pub const MIGRATIONS: &[Migration] = &[(1, include_str!("../migrations/0001_init.sql"))];
 
 /// Configuration of the identity service.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +49,22 @@ pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 /// principal and writes the platform bootstrap token to
 /// `{data_dir}/bootstrap-token` (mode 0600).
 pub async fn start(config: &Config, service_token: &Secret<String>) -> Result<ServerHandle, StartError> {
-    let _ = (config, service_token);
-    Err("identity is not built yet".into())
+    let db = Database::connect("identity", &config.data_dir, config.database_url.as_deref(), MIGRATIONS).await?;
+    authn::ensure_bootstrap_token(&db, &config.data_dir).await?;
+    let (listener, addr) = server::bind(config.listen).await?;
+
+    let last_used = Arc::new(LastUsed::default());
+    let local = LocalAuthenticator { db: db.clone(), service_hash: token::hash(service_token.expose()), last_used: last_used.clone() };
+    let authn = Arc::new(CachedAuthenticator::new(local));
+    let authz = RemoteAuthz::new(auth::authz_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?);
+    let admission = Admission::new(authn.clone(), Arc::new(authz));
+    let (invalidations, _) = tokio::sync::broadcast::channel(1024);
+    let identity = Identity { db: db.clone(), admission: admission.clone(), cache: authn.cache(), authn, invalidations };
+
+    let name = <IdentityServiceServer<Identity> as tonic::server::NamedService>::NAME;
+    let (_health, routes) = server::health_and_reflection(&[name]).await;
+    let routes = routes.add_service(IdentityServiceServer::new(identity).max_decoding_message_size(server::MAX_MESSAGE_BYTES));
+    let flusher = last_used.spawn_flusher(db, config.last_used_flush);
+    tracing::info!(%addr, "identity listening");
+    Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background([flusher]))
 }

@@ -99,7 +99,7 @@ impl PrincipalCache {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .get(token_hash)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .filter(|(p, at)| at.elapsed() < CACHE_TTL && !expired(p))
             .map(|(p, _)| p.clone())
     }
 
@@ -124,6 +124,11 @@ impl PrincipalCache {
             Invalidation::Organization(org) => entries.retain(|_, (p, _)| &p.organization != org),
         }
     }
+}
+
+/// Whether the key behind a cached principal has expired since.
+fn expired(p: &Principal) -> bool {
+    p.key_expire_time.as_ref().is_some_and(|t| crate::time::timestamp_micros(t) <= crate::time::now_micros())
 }
 
 /// An authenticator with a principal cache in front.

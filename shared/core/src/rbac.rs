@@ -212,6 +212,21 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The grant of a principal's role, key role and scope as identity sends
+    /// them. Unknown names grant nothing rather than everything.
+    pub fn of(role: &str, key_role: &str, scope: &[String]) -> Grant {
+        let mut scope = scope_permissions(scope).unwrap_or(PermissionSet::EMPTY);
+        let key_role = if key_role.is_empty() {
+            None
+        } else {
+            Role::parse(key_role).or_else(|| {
+                scope = PermissionSet::EMPTY;
+                Some(Role::Agent)
+            })
+        };
+        Grant { role: Role::parse(role), key_role, scope }
+    }
+
     /// Effective permissions = role ∩ key role ∩ scope.
     pub fn effective(&self) -> PermissionSet {
         let role = self.role.map_or(PermissionSet::EMPTY, Role::permissions);

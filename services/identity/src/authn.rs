@@ -1,0 +1,197 @@
+//! Resolving tokens to principals inside identity: API keys, the service
+//! token and the platform bootstrap token. Also the coarse `last_used_at`
+//! batching and the bootstrap token file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use paddock_proto::identity::v1::{Principal, PrincipalKind};
+use paddock_shared::auth::Authenticator;
+use paddock_shared::db::Database;
+use paddock_shared::names;
+use paddock_shared::secret::Secret;
+use paddock_shared::time::{now_micros, opt_timestamp};
+use paddock_shared::token::{self, TokenKind};
+use sqlx::Executor;
+use tonic::Status;
+
+/// Key ids seen since the last flush, with the time they were used.
+#[derive(Default)]
+pub struct LastUsed {
+    pending: Mutex<HashMap<String, i64>>,
+}
+
+impl LastUsed {
+    fn touch(&self, key_id: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.insert(key_id.to_owned(), now_micros());
+    }
+
+    /// Writes the pending times in one transaction.
+    pub async fn flush(&self, db: &Database) -> Result<(), sqlx::Error> {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = db.pool.begin().await?;
+        for (id, at) in &batch {
+            sqlx::query("UPDATE api_keys SET last_used_time = $1 WHERE id = $2").bind(*at).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// Flushes every `every` until the task is aborted.
+    pub fn spawn_flusher(self: Arc<Self>, db: Database, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.flush(&db).await {
+                    tracing::warn!(error = %e, "could not record key last-use times");
+                }
+            }
+        })
+    }
+}
+
+/// Authenticates against identity's own tables.
+pub struct LocalAuthenticator {
+    pub db: Database,
+    pub service_hash: String,
+    pub last_used: Arc<LastUsed>,
+}
+
+fn unauthenticated(msg: &str) -> Status {
+    Status::unauthenticated(msg.to_owned())
+}
+
+type KeyRow = (String, String, String, String, String, Option<i64>, Option<i64>, Option<String>, Option<String>);
+
+impl LocalAuthenticator {
+    async fn api_key(&self, parsed: &token::ParsedToken<'_>) -> Result<Principal, Status> {
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT k.secret_hash, k.org_id, k.owner_id, k.role, k.scope, k.expire_time, k.revoke_time, \
+             COALESCE(m.email, a.agent_id), COALESCE(m.role, a.role) \
+             FROM api_keys k LEFT JOIN members m ON m.id = k.owner_id LEFT JOIN agents a ON a.id = k.owner_id \
+             WHERE k.id = $1",
+        )
+        .bind(parsed.id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "key lookup failed");
+            Status::unavailable("identity storage unavailable")
+        })?;
+        let Some((hash, org, owner_id, key_role, scope, expire, revoked, display, role)) = row else {
+            return Err(unauthenticated("invalid API key"));
+        };
+        if !parsed.matches(&hash) {
+            return Err(unauthenticated("invalid API key"));
+        }
+        if revoked.is_some() {
+            return Err(unauthenticated("API key has been revoked"));
+        }
+        if expire.is_some_and(|t| t <= now_micros()) {
+            return Err(unauthenticated("API key has expired"));
+        }
+        let (Some(display), Some(role)) = (display, role) else {
+            return Err(unauthenticated("the key's owner no longer exists"));
+        };
+        self.last_used.touch(parsed.id);
+        let (kind, name) = if owner_id.starts_with('a') {
+            (PrincipalKind::Agent, names::child_name(&org, "agents", &display))
+        } else {
+            (PrincipalKind::Member, names::child_name(&org, "members", &owner_id))
+        };
+        Ok(Principal {
+            id: owner_id,
+            kind: kind as i32,
+            name,
+            organization: names::org_name(&org),
+            role,
+            key_role,
+            scope: split_scope(&scope),
+            key_id: parsed.id.to_owned(),
+            display_name: display,
+            key_expire_time: opt_timestamp(expire),
+        })
+    }
+
+    async fn bootstrap(&self, parsed: &token::ParsedToken<'_>) -> Result<Principal, Status> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
+            .bind(parsed.id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(|_| Status::unavailable("identity storage unavailable"))?;
+        match row {
+            Some((hash,)) if parsed.matches(&hash) => Ok(Principal {
+                id: "platform".to_owned(),
+                kind: PrincipalKind::Platform as i32,
+                key_id: parsed.id.to_owned(),
+                display_name: "platform bootstrap".to_owned(),
+                ..Default::default()
+            }),
+            _ => Err(unauthenticated("invalid bootstrap token")),
+        }
+    }
+}
+
+impl Authenticator for LocalAuthenticator {
+    fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>> {
+        Box::pin(async move {
+            let parsed = token::parse(&token).map_err(|e| Status::unauthenticated(format!("malformed token: {e}")))?;
+            match parsed.kind {
+                TokenKind::ApiKey => self.api_key(&parsed).await,
+                TokenKind::Bootstrap => self.bootstrap(&parsed).await,
+                TokenKind::Service if parsed.matches(&self.service_hash) => Ok(Principal {
+                    id: "service".to_owned(),
+                    kind: PrincipalKind::Service as i32,
+                    display_name: "paddock service".to_owned(),
+                    ..Default::default()
+                }),
+                TokenKind::Service => Err(unauthenticated("invalid service token")),
+                TokenKind::Invite => Err(unauthenticated("an invite code is not an API key; redeem it with AcceptInvite")),
+            }
+        })
+    }
+}
+
+pub fn split_scope(scope: &str) -> Vec<String> {
+    scope.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// Makes sure `{data_dir}/bootstrap-token` holds a token whose hash is
+/// stored; mints a new one (replacing any other) when it does not.
+pub async fn ensure_bootstrap_token(db: &Database, data_dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let path = data_dir.join("bootstrap-token");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(parsed) = token::parse(text.trim())
+        && parsed.kind == TokenKind::Bootstrap
+    {
+        let row: Option<(String,)> = sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
+            .bind(parsed.id)
+            .fetch_optional(&db.pool)
+            .await?;
+        if row.is_some_and(|(h,)| parsed.matches(&h)) {
+            return Ok(());
+        }
+    }
+    let (id, secret) = token::mint(TokenKind::Bootstrap);
+    let secret = Secret::new(secret);
+    let mut tx = db.pool.begin().await?;
+    tx.execute("DELETE FROM platform_tokens").await?;
+    sqlx::query("INSERT INTO platform_tokens (id, secret_hash, create_time) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(token::hash(secret.expose()))
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    paddock_shared::server::write_secret_file(&path, secret.expose())?;
+    tracing::info!(path = %path.display(), "wrote a new platform bootstrap token");
+    Ok(())
+}
