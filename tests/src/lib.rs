@@ -1,1 +1,307 @@
-//! placeholder
+//! Support for the end-to-end tests: builds and finds the real `paddock`
+//! binary, runs `paddock dev` as a child process on port 0 with its own data
+//! dir and database, and runs CLI commands against it.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use paddock_testkit::{Backend, TempDir};
+use serde_json::Value;
+
+/// How long `paddock dev` may take to come up (PostgreSQL migrations on a
+/// busy 2-core machine included).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Generates a SQLite and a PostgreSQL test from one `fn(Backend)`.
+#[macro_export]
+macro_rules! e2e_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Backend::Sqlite)
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Backend::Postgres)
+                }
+            )*
+        }
+    };
+}
+
+/// The `paddock` binary of this workspace, built once per test process.
+///
+/// `cargo test --workspace` builds a package's binaries only for that
+/// package's own integration tests, so this crate asks cargo for the binary
+/// itself (a no-op when it is up to date) and takes the path cargo reports.
+pub fn paddock_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_paddock)
+}
+
+fn build_paddock() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--message-format=json",
+        "-p",
+        "paddock",
+        "--bin",
+        "paddock",
+        "--manifest-path",
+    ])
+    .arg(&manifest);
+    // Build with the profile this test was built with (target/<profile>/deps/this-test).
+    let profile = std::env::current_exe().ok().and_then(|exe| {
+        Some(
+            exe.parent()?
+                .parent()?
+                .file_name()?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    });
+    match profile.as_deref() {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build for the paddock binary");
+    assert!(
+        out.status.success(),
+        "cargo build -p paddock failed: {}",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "paddock")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build reported no paddock executable")
+}
+
+/// What one CLI invocation did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts exit 0 and parses stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "expected success, got {self:#?}");
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+
+    /// Asserts exit 1 with a `CODE: message` line on stderr; returns the
+    /// message.
+    #[track_caller]
+    pub fn failure(&self, code: &str) -> &str {
+        assert_eq!(self.code, 1, "expected exit 1 with {code}, got {self:#?}");
+        let prefix = format!("{code}: ");
+        self.stderr
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("stderr does not start with {prefix:?}: {self:#?}"))
+    }
+
+    /// Asserts exit 1 with nothing on stderr: a denied `paddock can`.
+    #[track_caller]
+    pub fn failure_silent(&self) {
+        assert_eq!(self.code, 1, "expected exit 1, got {self:#?}");
+        assert_eq!(self.stderr, "", "expected no error line, got {self:#?}");
+    }
+}
+
+/// `paddock dev` running as a child process; killed when dropped.
+pub struct Dev {
+    child: Child,
+    pub backend: Backend,
+    pub identity_endpoint: String,
+    pub authz_endpoint: String,
+    // Dropped last: the child is gone before its data dir is removed.
+    dir: TempDir,
+}
+
+impl Dev {
+    /// Starts `paddock dev` on port 0 with a fresh data dir and, for
+    /// PostgreSQL, a fresh database; returns once it has written
+    /// `endpoints.json`.
+    pub fn start(backend: Backend) -> Dev {
+        let bin = paddock_bin();
+        let dir = TempDir::new();
+        let data_dir = dir.path().join("data");
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+                    .block_on(paddock_testkit::fresh_postgres()),
+            ),
+        };
+        let log = File::create(dir.path().join("dev.log")).expect("create dev.log");
+        let mut cmd = Command::new(bin);
+        cmd.arg("dev")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args([
+                "--identity-listen",
+                "127.0.0.1:0",
+                "--authz-listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("DATABASE_URL")
+            .env_remove("PADDOCK_IDENTITY_DATABASE_URL")
+            .env_remove("PADDOCK_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        if let Some(url) = &database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut dev = Dev {
+            child,
+            backend,
+            identity_endpoint: String::new(),
+            authz_endpoint: String::new(),
+            dir,
+        };
+        let endpoints = dev.wait_for_endpoints(&data_dir.join("endpoints.json"));
+        dev.identity_endpoint = endpoints["identity"]
+            .as_str()
+            .expect("identity endpoint")
+            .to_owned();
+        dev.authz_endpoint = endpoints["authz"]
+            .as_str()
+            .expect("authz endpoint")
+            .to_owned();
+        dev
+    }
+
+    /// Polls for `endpoints.json` (complete JSON) until the deadline or until
+    /// the child exits.
+    fn wait_for_endpoints(&mut self, path: &Path) -> Value {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(v) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            {
+                return v;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "paddock dev exited with {status} before writing endpoints.json:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "paddock dev wrote no endpoints.json within {START_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What `paddock dev` has printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The platform bootstrap token `paddock dev` wrote.
+    pub fn bootstrap_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("bootstrap-token"))
+            .expect("read bootstrap-token")
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs `paddock -o json ARGS` against this stack, with `token` as
+    /// `PADDOCK_TOKEN` (none when `None`).
+    pub fn paddock(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(paddock_bin());
+        cmd.args(["-o", "json"])
+            .args(args)
+            .env("PADDOCK_IDENTITY_ENDPOINT", &self.identity_endpoint)
+            .env("PADDOCK_AUTHZ_ENDPOINT", &self.authz_endpoint)
+            .env_remove("PADDOCK_TOKEN")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            cmd.env("PADDOCK_TOKEN", t);
+        }
+        let out = cmd.output().expect("run paddock");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `args` until `done` holds for its output or the deadline passes;
+    /// returns the last output. For effects bounded by a cache TTL.
+    pub fn paddock_until(
+        &self,
+        token: Option<&str>,
+        args: &[&str],
+        within: Duration,
+        done: impl Fn(&Output) -> bool,
+    ) -> Output {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.paddock(token, args);
+            if done(&out) || Instant::now() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- paddock dev ({:?}) log ----\n{}",
+                self.backend,
+                self.log()
+            );
+        }
+    }
+}

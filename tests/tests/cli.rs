@@ -1,0 +1,290 @@
+//! The README's CLI walkthrough through the real `paddock` binary: `paddock
+//! dev` as a child process, then client commands with `-o json`, each
+//! scenario on SQLite and on PostgreSQL.
+
+use std::time::Duration;
+
+use paddock_e2e::{Backend, Dev, e2e_tests};
+use serde_json::Value;
+
+/// A revoked key must stop working within the cache TTL (5 s); a little
+/// slack for a busy machine.
+const REVOCATION_BOUND: Duration = Duration::from_secs(7);
+
+/// Creates organization `org` with the bootstrap token; returns the owner's
+/// key secret.
+fn create_org(dev: &Dev, org: &str, owner: &str) -> String {
+    let out = dev
+        .paddock(
+            Some(&dev.bootstrap_token()),
+            &["org", "create", org, "--owner", owner],
+        )
+        .json();
+    assert_eq!(
+        out["organization"]["name"],
+        format!("organizations/{org}"),
+        "{out:#}"
+    );
+    assert_eq!(out["owner"]["email"], owner, "{out:#}");
+    assert_eq!(out["owner"]["role"], "owner", "{out:#}");
+    secret(&out)
+}
+
+#[track_caller]
+fn secret(out: &Value) -> String {
+    let secret = out["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no secret in {out:#}"));
+    assert!(secret.starts_with("pdk_"), "{out:#}");
+    secret.to_owned()
+}
+
+/// Invites `email` as `role` and accepts the invite without a token; returns
+/// the new member's key secret.
+fn join(dev: &Dev, owner: &str, email: &str, role: &str) -> String {
+    let invite = dev
+        .paddock(Some(owner), &["member", "invite", email, "--role", role])
+        .json();
+    let code = invite["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {invite:#}"));
+    assert!(code.starts_with("pdi_"), "{invite:#}");
+    let accepted = dev.paddock(None, &["member", "accept", code]).json();
+    assert_eq!(accepted["member"]["email"], email, "{accepted:#}");
+    assert_eq!(accepted["member"]["role"], role, "{accepted:#}");
+    secret(&accepted)
+}
+
+fn org_create_and_whoami(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+
+    let me = dev.paddock(Some(&owner), &["whoami"]).json();
+    assert_eq!(me["kind"], "member", "{me:#}");
+    assert_eq!(me["role"], "owner", "{me:#}");
+    assert_eq!(me["organization"], "organizations/acme", "{me:#}");
+
+    let org = dev.paddock(Some(&owner), &["org", "get"]).json();
+    assert_eq!(org["name"], "organizations/acme", "{org:#}");
+
+    // The bootstrap token creates organizations and nothing else inside them.
+    let out = dev.paddock(Some(&dev.bootstrap_token()), &["project", "list"]);
+    assert_ne!(out.code, 0, "bootstrap token listed projects: {out:#?}");
+    // An owner's key is not the bootstrap token.
+    let out = dev.paddock(
+        Some(&owner),
+        &["org", "create", "other", "--owner", "eve@other.test"],
+    );
+    assert_ne!(out.code, 0, "an owner created an organization: {out:#?}");
+}
+
+fn invite_and_accept(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+
+    let invite = dev
+        .paddock(
+            Some(&owner),
+            &["member", "invite", "bob@acme.test", "--role", "developer"],
+        )
+        .json();
+    let code = invite["code"].as_str().expect("invite code");
+    assert!(code.starts_with("pdi_"), "{invite:#}");
+    let accepted = dev.paddock(None, &["member", "accept", code]).json();
+    assert_eq!(accepted["member"]["role"], "developer", "{accepted:#}");
+    let bob = secret(&accepted);
+
+    // Single use.
+    let again = dev.paddock(None, &["member", "accept", code]);
+    assert_eq!(again.code, 1, "an invite code worked twice: {again:#?}");
+
+    let me = dev.paddock(Some(&bob), &["whoami"]).json();
+    assert_eq!(me["role"], "developer", "{me:#}");
+    assert_eq!(me["organization"], "organizations/acme", "{me:#}");
+
+    let members = dev.paddock(Some(&owner), &["member", "list"]).json();
+    let emails: Vec<&str> = members["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["email"].as_str())
+        .collect();
+    assert!(
+        emails.contains(&"alice@acme.test") && emails.contains(&"bob@acme.test"),
+        "{members:#}"
+    );
+}
+
+fn project_lifecycle(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    let token = Some(owner.as_str());
+    let full = "organizations/acme/projects/web";
+
+    let created = dev
+        .paddock(
+            token,
+            &["project", "create", "web", "--display-name", "Web"],
+        )
+        .json();
+    assert_eq!(created["name"], full, "{created:#}");
+    assert_eq!(created["display_name"], "Web", "{created:#}");
+
+    let list = dev.paddock(token, &["project", "list"]).json();
+    let names: Vec<&str> = list["projects"]
+        .as_array()
+        .expect("projects")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, [full], "{list:#}");
+
+    let by_short = dev.paddock(token, &["project", "get", "web"]).json();
+    let by_full = dev.paddock(token, &["project", "get", full]).json();
+    assert_eq!(by_short["name"], full, "{by_short:#}");
+    assert_eq!(by_short, by_full);
+
+    let updated = dev
+        .paddock(
+            token,
+            &[
+                "project",
+                "update",
+                "web",
+                "--description",
+                "the storefront",
+            ],
+        )
+        .json();
+    assert_eq!(updated["description"], "the storefront", "{updated:#}");
+    assert_eq!(
+        updated["display_name"], "Web",
+        "update touched a field outside the mask: {updated:#}"
+    );
+    let got = dev.paddock(token, &["project", "get", "web"]).json();
+    assert_eq!(got["description"], "the storefront", "{got:#}");
+
+    let deleted = dev.paddock(token, &["project", "delete", full]).json();
+    assert_eq!(deleted["deleted"], full, "{deleted:#}");
+    dev.paddock(token, &["project", "get", "web"])
+        .failure("NOT_FOUND");
+    let list = dev.paddock(token, &["project", "list"]).json();
+    assert_eq!(
+        list["projects"].as_array().map(Vec::len),
+        Some(0),
+        "{list:#}"
+    );
+}
+
+fn scoped_keys_and_roles(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    dev.paddock(Some(&owner), &["project", "create", "web"])
+        .json();
+
+    // A ci-cd key of an owner may read projects but not create them.
+    let key = dev
+        .paddock(Some(&owner), &["key", "create", "ci", "--scope", "ci-cd"])
+        .json();
+    let ci = secret(&key);
+    let denied = dev.paddock(Some(&ci), &["can", "projects.create"]);
+    assert_eq!(denied.code, 1, "{denied:#?}");
+    let verdict: Value =
+        serde_json::from_str(&denied.stdout).unwrap_or_else(|e| panic!("{e}: {denied:#?}"));
+    assert_eq!(verdict["allowed"], false, "{verdict:#}");
+    let allowed = dev.paddock(Some(&ci), &["can", "projects.read"]).json();
+    assert_eq!(allowed["allowed"], true, "{allowed:#}");
+    dev.paddock(Some(&ci), &["project", "create", "api"])
+        .failure("PERMISSION_DENIED");
+
+    // A developer may create projects but not delete them.
+    let bob = join(&dev, &owner, "bob@acme.test", "developer");
+    dev.paddock(Some(&bob), &["project", "create", "docs"])
+        .json();
+    let refused = dev.paddock(Some(&bob), &["project", "delete", "web"]);
+    let message = refused.failure("PERMISSION_DENIED");
+    assert!(
+        message.contains("projects.delete"),
+        "the missing permission is not named: {refused:#?}"
+    );
+    dev.paddock(Some(&owner), &["project", "get", "web"]).json();
+    dev.paddock(Some(&bob), &["can", "projects.delete"])
+        .failure_silent();
+}
+
+fn revoked_and_bad_tokens(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    let ci = secret(
+        &dev.paddock(Some(&owner), &["key", "create", "ci", "--scope", "ci-cd"])
+            .json(),
+    );
+    dev.paddock(Some(&ci), &["whoami"]).json();
+    dev.paddock(Some(&ci), &["can", "projects.read"]).json();
+
+    let revoked = dev.paddock(Some(&owner), &["key", "revoke", "ci"]).json();
+    assert_eq!(revoked["state"], "revoked", "{revoked:#}");
+    for args in [
+        &["whoami"][..],
+        &["can", "projects.read"],
+        &["project", "list"],
+    ] {
+        let out = dev.paddock_until(Some(&ci), args, REVOCATION_BOUND, |o| {
+            o.stderr.starts_with("UNAUTHENTICATED: ")
+        });
+        out.failure("UNAUTHENTICATED");
+    }
+    // The owner's own key is untouched.
+    dev.paddock(Some(&owner), &["whoami"]).json();
+
+    let forged = format!("{}x", &owner[..owner.len() - 1]);
+    for garbage in ["garbage", "pdk_garbage", forged.as_str(), "pdk_ünïcödé"] {
+        dev.paddock(Some(garbage), &["whoami"])
+            .failure("UNAUTHENTICATED");
+        dev.paddock(Some(garbage), &["can", "projects.read"])
+            .failure("UNAUTHENTICATED");
+    }
+}
+
+fn other_organizations_are_not_found(backend: Backend) {
+    let dev = Dev::start(backend);
+    let acme = create_org(&dev, "acme", "alice@acme.test");
+    let globex = create_org(&dev, "globex", "hank@globex.test");
+    dev.paddock(Some(&globex), &["project", "create", "secret"])
+        .json();
+
+    let theirs = "organizations/globex/projects/secret";
+    let missing = "organizations/acme/projects/nope";
+    dev.paddock(Some(&acme), &["project", "get", theirs])
+        .failure("NOT_FOUND");
+    dev.paddock(Some(&acme), &["project", "get", missing])
+        .failure("NOT_FOUND");
+    dev.paddock(Some(&acme), &["project", "delete", theirs])
+        .failure("NOT_FOUND");
+    dev.paddock(
+        Some(&acme),
+        &["project", "update", theirs, "--description", "mine"],
+    )
+    .failure("NOT_FOUND");
+    // Still there, unchanged, for its owner.
+    let project = dev
+        .paddock(Some(&globex), &["project", "get", "secret"])
+        .json();
+    assert_eq!(project["description"], "", "{project:#}");
+    // And invisible in the other organization's list.
+    let list = dev.paddock(Some(&acme), &["project", "list"]).json();
+    assert_eq!(
+        list["projects"].as_array().map(Vec::len),
+        Some(0),
+        "{list:#}"
+    );
+}
+
+e2e_tests!(
+    org_create_and_whoami,
+    invite_and_accept,
+    project_lifecycle,
+    scoped_keys_and_roles,
+    revoked_and_bad_tokens,
+    other_organizations_are_not_found,
+);
