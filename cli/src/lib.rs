@@ -1,1 +1,139 @@
-//! placeholder
+//! The `paddock` CLI: client commands for every Paddock API, `paddock dev`
+//! (every service in one process) and `paddock bench`.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod commands;
+mod dev;
+mod error;
+mod names;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use error::CliError;
+pub use output::Format;
+
+/// The Paddock CLI.
+#[derive(Debug, Parser)]
+#[command(
+    name = "paddock",
+    version,
+    about = "Paddock: run AI agents without trusting them"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// API key (pdk_...) or, for `org create`, the bootstrap token.
+    #[arg(long, global = true, env = "PADDOCK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The identity service.
+    #[arg(
+        long,
+        global = true,
+        env = "PADDOCK_IDENTITY_ENDPOINT",
+        default_value = "http://127.0.0.1:7101"
+    )]
+    pub identity_endpoint: String,
+    /// The authz service.
+    #[arg(
+        long,
+        global = true,
+        env = "PADDOCK_AUTHZ_ENDPOINT",
+        default_value = "http://127.0.0.1:7102"
+    )]
+    pub authz_endpoint: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every service in one process on loopback (SQLite under --data-dir).
+    Dev(dev::DevArgs),
+    /// Organizations: create (bootstrap token), get and delete the caller's.
+    #[command(subcommand)]
+    Org(commands::OrgCommand),
+    /// Members: invite, accept an invite, list, change roles, remove.
+    #[command(subcommand)]
+    Member(commands::MemberCommand),
+    /// AI-agent identities.
+    #[command(subcommand)]
+    Agent(commands::AgentCommand),
+    /// Projects.
+    #[command(subcommand)]
+    Project(commands::ProjectCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Key(commands::KeyCommand),
+    /// Show who the token belongs to.
+    Whoami,
+    /// Check whether the caller holds PERMISSION (exit 0 allowed, 1 denied).
+    Can(commands::CanArgs),
+    /// Benchmarks (ARCHITECTURE §10 report format).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Parses the command line, runs the command and returns the exit code:
+/// 0 success, 1 failure (or a denied `can`), 2 usage error.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("INTERNAL: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(line) = err.render() {
+                eprintln!("{line}");
+            }
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<(), CliError> {
+    let Cli { global, command } = cli;
+    let ctx = || commands::Ctx::new(global.clone());
+    match command {
+        Command::Dev(args) => dev::run(&global, args).await,
+        Command::Bench(cmd) => bench::run(&global, cmd).await,
+        Command::Org(c) => commands::org(&mut ctx(), c).await,
+        Command::Member(c) => commands::member(&mut ctx(), c).await,
+        Command::Agent(c) => commands::agent(&mut ctx(), c).await,
+        Command::Project(c) => commands::project(&mut ctx(), c).await,
+        Command::Key(c) => commands::key(&mut ctx(), c).await,
+        Command::Whoami => commands::whoami(&mut ctx()).await,
+        Command::Can(a) => commands::can(&mut ctx(), a).await,
+    }
+}
+
+/// Default data directory of `paddock dev`.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("paddock-data")
+}

@@ -1,0 +1,742 @@
+//! `paddock bench authz`: starts identity and authz in process on port 0
+//! with a fresh data dir, seeds a large organization (members, agents, API
+//! keys), then measures three rows with the same client stack, one shared
+//! channel per server and N concurrent callers:
+//!
+//! - `health`: grpc.health.v1 Check on the authz server (the baseline);
+//! - `authz.check`: AuthzService/Check as a developer, for projects.read;
+//! - `authorized.read`: IdentityService/GetProject through the full
+//!   authenticate + authorize path.
+//!
+//! It prints the ARCHITECTURE §10 report: a table, or with `-o json` only
+//! the JSON on stdout. Progress goes to stderr.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use paddock_proto::authz::v1::CheckRequest;
+use paddock_proto::authz::v1::authz_service_client::AuthzServiceClient;
+use paddock_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use paddock_proto::identity::v1::{
+    AcceptInviteRequest, Agent, ApiKey, CreateAgentRequest, CreateApiKeyRequest,
+    CreateInviteRequest, CreateOrganizationRequest, CreateProjectRequest, GetProjectRequest,
+    Project,
+};
+use paddock_shared::auth::{AuthzClient, BearerAuth, IdentityClient, lazy_channel};
+use paddock_shared::secret::Secret;
+use serde_json::{Value, json};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::Global;
+use crate::dev::{self, StackOptions};
+use crate::error::{CliError, code_name};
+use crate::names;
+use crate::output::{Format, Table, print_json};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// health (baseline) vs authz.check vs authorized.read, over a seeded org.
+    Authz(AuthzBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthzBenchArgs {
+    /// How long each row is measured.
+    #[arg(long, default_value = "10s", value_parser = names::parse_positive_duration)]
+    pub duration: Duration,
+    /// Concurrent callers per row.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Members to seed (each through CreateInvite + AcceptInvite).
+    #[arg(long, default_value_t = 10_000)]
+    pub members: usize,
+    /// Agents to seed.
+    #[arg(long, default_value_t = 1_000)]
+    pub agents: usize,
+    /// API keys the organization holds after seeding (members' first keys
+    /// included).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: usize,
+    /// Concurrent callers while seeding.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub seed_concurrency: u16,
+    /// PostgreSQL for identity; a fresh SQLite database when unset.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), CliError> {
+    match cmd {
+        BenchCommand::Authz(args) => authz(global, args).await,
+    }
+}
+
+/// One measured row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub ops_per_s: f64,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub count: usize,
+}
+
+impl Sample {
+    /// From per-request latencies (µs) completed within `elapsed`.
+    pub fn from_latencies(mut latencies: Vec<u32>, elapsed: Duration) -> Self {
+        latencies.sort_unstable();
+        let secs = elapsed.as_secs_f64();
+        Sample {
+            ops_per_s: if secs > 0.0 {
+                latencies.len() as f64 / secs
+            } else {
+                0.0
+            },
+            p50_us: percentile(&latencies, 50.0),
+            p99_us: percentile(&latencies, 99.0),
+            count: latencies.len(),
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted values; 0 when empty.
+pub fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The §10 report.
+pub fn report(area: &str, baseline: (&str, &Sample), measured: &[(&str, &Sample)]) -> Value {
+    let (base_name, base) = baseline;
+    let mut rows = vec![json!({
+        "name": base_name,
+        "baseline": null,
+        "ops_per_s": base.ops_per_s.round() as u64,
+        "p50_us": base.p50_us,
+        "p99_us": base.p99_us,
+        "ratio_to_baseline": 1.0,
+    })];
+    for (name, s) in measured {
+        let ratio = if base.ops_per_s > 0.0 {
+            round3(s.ops_per_s / base.ops_per_s)
+        } else {
+            0.0
+        };
+        rows.push(json!({
+            "name": name,
+            "baseline": base_name,
+            "ratio_of": "ops_per_s",
+            "ops_per_s": s.ops_per_s.round() as u64,
+            "p50_us": s.p50_us,
+            "p99_us": s.p99_us,
+            "ratio_to_baseline": ratio,
+            "added_p50_us": i64::from(s.p50_us) - i64::from(base.p50_us),
+            "added_p99_us": i64::from(s.p99_us) - i64::from(base.p99_us),
+        }));
+    }
+    json!({ "area": area, "rows": rows })
+}
+
+fn print_report_table(report: &Value) {
+    let mut t = Table::new(&[
+        "ROW",
+        "OPS/S",
+        "P50 µs",
+        "P99 µs",
+        "RATIO",
+        "ADDED P50",
+        "ADDED P99",
+        "BASELINE",
+    ]);
+    let rows = report
+        .get("rows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let cell = |row: &Value, key: &str| match row.get(key) {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    };
+    for row in &rows {
+        t.row(vec![
+            cell(row, "name"),
+            cell(row, "ops_per_s"),
+            cell(row, "p50_us"),
+            cell(row, "p99_us"),
+            cell(row, "ratio_to_baseline"),
+            cell(row, "added_p50_us"),
+            cell(row, "added_p99_us"),
+            cell(row, "baseline"),
+        ]);
+    }
+    t.print();
+}
+
+fn failed(what: &str, status: &Status) -> CliError {
+    CliError::new(status.code(), format!("{what}: {}", status.message()))
+}
+
+fn missing(what: &str) -> CliError {
+    CliError::new(Code::Internal, format!("identity returned no {what}"))
+}
+
+async fn authz(global: &Global, args: AuthzBenchArgs) -> Result<(), CliError> {
+    if args.members == 0 {
+        return Err(CliError::usage(
+            "--members must be at least 1: the bench measures as a developer member",
+        ));
+    }
+    if std::env::var_os("PADDOCK_LOG").is_some() {
+        paddock_shared::telemetry::init();
+    }
+    let data_dir = std::env::temp_dir().join(format!(
+        "paddock-bench-{}-{}",
+        std::process::id(),
+        paddock_shared::time::now_micros()
+    ));
+    let result = authz_in(global, &args, data_dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+async fn authz_in(
+    global: &Global,
+    args: &AuthzBenchArgs,
+    data_dir: PathBuf,
+) -> Result<(), CliError> {
+    let loopback0 = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let stack = dev::start_stack(StackOptions {
+        data_dir: data_dir.clone(),
+        identity_listen: loopback0,
+        authz_listen: loopback0,
+        database_url: args.database_url.clone().filter(|u| !u.trim().is_empty()),
+        skip: Vec::new(),
+        identity_endpoint: String::new(),
+        authz_endpoint: String::new(),
+    })
+    .await?;
+    eprintln!(
+        "identity on {}, authz on {}, data in {}",
+        stack.identity_endpoint,
+        stack.authz_endpoint,
+        data_dir.display()
+    );
+    let result = seed_and_measure(
+        args,
+        &stack.identity_endpoint,
+        &stack.authz_endpoint,
+        &data_dir,
+    )
+    .await;
+    stack.shutdown().await;
+    let report = result?;
+    if global.output == Format::Json {
+        print_json(&report);
+    } else {
+        print_report_table(&report);
+    }
+    Ok(())
+}
+
+fn client_for(channel: &Channel, token: &Secret<String>) -> Result<IdentityClient, CliError> {
+    let auth = BearerAuth::new(token).map_err(|s| CliError::new(Code::Internal, s.message()))?;
+    Ok(IdentityServiceClient::with_interceptor(
+        channel.clone(),
+        auth,
+    ))
+}
+
+/// What the seeding produced.
+struct Seeded {
+    parent: String,
+    developer_key: Secret<String>,
+    project: String,
+}
+
+async fn seed_and_measure(
+    args: &AuthzBenchArgs,
+    identity_endpoint: &str,
+    authz_endpoint: &str,
+    data_dir: &std::path::Path,
+) -> Result<Value, CliError> {
+    let identity_channel =
+        lazy_channel(identity_endpoint).map_err(|s| failed("identity endpoint", &s))?;
+    let authz_channel = lazy_channel(authz_endpoint).map_err(|s| failed("authz endpoint", &s))?;
+
+    let seeded = seed(args, &identity_channel, data_dir).await?;
+
+    let auth = BearerAuth::new(&seeded.developer_key)
+        .map_err(|s| CliError::new(Code::Internal, s.message()))?;
+    let health = HealthCheck(HealthClient::with_interceptor(
+        authz_channel.clone(),
+        auth.clone(),
+    ));
+    let check = AuthzCheck {
+        client: AuthzServiceClient::with_interceptor(authz_channel.clone(), auth.clone()),
+        resource: seeded.project.clone(),
+    };
+    let read = AuthorizedRead {
+        client: IdentityServiceClient::with_interceptor(identity_channel.clone(), auth),
+        project: seeded.project.clone(),
+    };
+    eprintln!(
+        "seeded {}; measuring each row for {:?} with {} callers",
+        seeded.parent, args.duration, args.concurrency
+    );
+
+    let concurrency = usize::from(args.concurrency);
+    let health = measure("health", health, concurrency, args.duration).await?;
+    let check = measure("authz.check", check, concurrency, args.duration).await?;
+    let read = measure("authorized.read", read, concurrency, args.duration).await?;
+    Ok(report(
+        "authz",
+        ("health", &health),
+        &[("authz.check", &check), ("authorized.read", &read)],
+    ))
+}
+
+async fn seed(
+    args: &AuthzBenchArgs,
+    channel: &Channel,
+    data_dir: &std::path::Path,
+) -> Result<Seeded, CliError> {
+    let bootstrap_path = data_dir.join("bootstrap-token");
+    let bootstrap = std::fs::read_to_string(&bootstrap_path).map_err(|e| {
+        CliError::new(
+            Code::FailedPrecondition,
+            format!("cannot read {}: {e}", bootstrap_path.display()),
+        )
+    })?;
+    let mut platform = client_for(channel, &Secret::new(bootstrap.trim().to_owned()))?;
+    let org_id = format!(
+        "bench-{}",
+        paddock_shared::time::now_micros() % 1_000_000_000
+    );
+    let created = platform
+        .create_organization(CreateOrganizationRequest {
+            organization_id: org_id.clone(),
+            display_name: "Bench".to_owned(),
+            owner_email: "owner@bench.example".to_owned(),
+        })
+        .await
+        .map_err(|s| failed("create organization", &s))?
+        .into_inner();
+    let parent = names::org_name(&org_id);
+    let owner = client_for(channel, &Secret::new(created.owner_key_secret))?;
+    let anonymous =
+        IdentityServiceClient::with_interceptor(channel.clone(), BearerAuth::anonymous());
+    let workers = usize::from(args.seed_concurrency);
+
+    // Members: every tenth an admin, the rest developers.
+    let members = {
+        let (owner, anonymous, parent) = (owner.clone(), anonymous.clone(), parent.clone());
+        parallel("members", args.members, workers, move |i| {
+            let (mut owner, mut anonymous, parent) =
+                (owner.clone(), anonymous.clone(), parent.clone());
+            async move {
+                let role = if i % 10 == 9 { "admin" } else { "developer" };
+                let invite = owner
+                    .create_invite(CreateInviteRequest {
+                        parent,
+                        email: format!("member-{i}@bench.example"),
+                        role: role.to_owned(),
+                        ttl: None,
+                    })
+                    .await?
+                    .into_inner();
+                let accepted = anonymous
+                    .accept_invite(AcceptInviteRequest {
+                        code: invite.code,
+                        key_display_name: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                let name = accepted.member.map(|m| m.name).unwrap_or_default();
+                Ok((name, Secret::new(accepted.api_key_secret)))
+            }
+        })
+        .await?
+    };
+
+    let agents = {
+        let (owner, parent) = (owner.clone(), parent.clone());
+        parallel("agents", args.agents, workers, move |i| {
+            let (mut owner, parent) = (owner.clone(), parent.clone());
+            async move {
+                let agent = owner
+                    .create_agent(CreateAgentRequest {
+                        parent,
+                        agent_id: format!("agent-{i}"),
+                        agent: Some(Agent {
+                            description: "bench agent".to_owned(),
+                            ..Default::default()
+                        }),
+                    })
+                    .await?
+                    .into_inner()
+                    .agent
+                    .map(|a| a.name)
+                    .unwrap_or_default();
+                Ok(agent)
+            }
+        })
+        .await?
+    };
+
+    // Keys: the owner's and each member's first key exist already; the rest
+    // go alternately to agents and members.
+    let extra_keys = args.keys.saturating_sub(1 + members.len());
+    let member_names: Arc<Vec<String>> = Arc::new(
+        members
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !n.is_empty())
+            .collect(),
+    );
+    let agent_names: Arc<Vec<String>> =
+        Arc::new(agents.into_iter().filter(|n| !n.is_empty()).collect());
+    {
+        let (owner, parent) = (owner.clone(), parent.clone());
+        parallel("API keys", extra_keys, workers, move |i| {
+            let (mut owner, parent) = (owner.clone(), parent.clone());
+            let holder = match (i % 2, agent_names.is_empty(), member_names.is_empty()) {
+                (0, false, _) | (_, false, true) => {
+                    agent_names[(i / 2) % agent_names.len()].clone()
+                }
+                (_, _, false) => member_names[(i / 2) % member_names.len()].clone(),
+                _ => String::new(),
+            };
+            async move {
+                owner
+                    .create_api_key(CreateApiKeyRequest {
+                        parent,
+                        api_key: Some(ApiKey {
+                            display_name: format!("bench-{i}"),
+                            owner: holder,
+                            ..Default::default()
+                        }),
+                        ttl: None,
+                        never_expires: false,
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+    }
+
+    let mut owner = owner;
+    let project = owner
+        .create_project(CreateProjectRequest {
+            parent: parent.clone(),
+            project_id: "web".to_owned(),
+            project: Some(Project {
+                display_name: "Web".to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|s| failed("create project", &s))?
+        .into_inner()
+        .project
+        .ok_or_else(|| missing("project"))?
+        .name;
+
+    // The measured caller: member 0, a developer.
+    let developer_key = members
+        .into_iter()
+        .next()
+        .map(|(_, k)| k)
+        .ok_or_else(|| missing("member key"))?;
+    Ok(Seeded {
+        parent,
+        developer_key,
+        project,
+    })
+}
+
+/// Runs `op(0..total)` on `workers` concurrent tasks, printing progress to
+/// stderr; results in index order. The first failure stops the run.
+async fn parallel<T, F, Fut>(
+    label: &str,
+    total: usize,
+    workers: usize,
+    op: F,
+) -> Result<Vec<T>, CliError>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, Status>> + Send + 'static,
+{
+    if total == 0 {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..workers.min(total) {
+        let (op, next, done, stop) = (op.clone(), next.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || stop.load(Ordering::Relaxed) {
+                    return Ok(out);
+                }
+                match op(i).await {
+                    Ok(v) => out.push((i, v)),
+                    Err(s) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err((i, s));
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let progress = {
+        let (done, label) = (done.clone(), label.to_owned());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let n = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "seeding {label}: {n}/{total} ({:.0}/s)",
+                    n as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    let mut results = Vec::with_capacity(total);
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(part)) => results.extend(part),
+            Ok(Err((i, s))) => {
+                first_error.get_or_insert_with(|| failed(&format!("seeding {label} #{i}"), &s));
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| {
+                    CliError::new(Code::Internal, format!("seeding {label}: task failed: {e}"))
+                });
+            }
+        }
+    }
+    progress.abort();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    results.sort_unstable_by_key(|(i, _)| *i);
+    eprintln!(
+        "seeded {total} {label} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(results.into_iter().map(|(_, v)| v).collect())
+}
+
+/// One measured request kind; each caller task owns a clone.
+trait Op: Clone + Send + 'static {
+    fn call(&mut self) -> impl Future<Output = Result<(), Status>> + Send + '_;
+}
+
+#[derive(Clone)]
+struct HealthCheck(HealthClient<InterceptedService<Channel, BearerAuth>>);
+
+impl Op for HealthCheck {
+    async fn call(&mut self) -> Result<(), Status> {
+        self.0
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[derive(Clone)]
+struct AuthzCheck {
+    client: AuthzClient,
+    resource: String,
+}
+
+impl Op for AuthzCheck {
+    async fn call(&mut self) -> Result<(), Status> {
+        let resp = self
+            .client
+            .check(CheckRequest {
+                principal: None,
+                permission: "projects.read".to_owned(),
+                resource: self.resource.clone(),
+                resource_owner: String::new(),
+            })
+            .await?
+            .into_inner();
+        if resp.allowed {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "check denied: {}",
+                resp.reason.map(|r| r.summary).unwrap_or_default()
+            )))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AuthorizedRead {
+    client: IdentityClient,
+    project: String,
+}
+
+impl Op for AuthorizedRead {
+    async fn call(&mut self) -> Result<(), Status> {
+        self.client
+            .get_project(GetProjectRequest {
+                name: self.project.clone(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Measures `op` with `concurrency` callers: a short warm-up, then
+/// `duration` of recorded requests. Any failed request fails the row.
+async fn measure<O: Op>(
+    name: &str,
+    op: O,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<Sample, CliError> {
+    let warmup = (duration / 5).min(Duration::from_secs(1));
+    let start = Instant::now() + warmup;
+    let deadline = start + duration;
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let mut op = op.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::with_capacity(16 * 1024);
+            let mut first_error: Option<Status> = None;
+            let mut last_end = start;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                let res = op.call().await;
+                let t1 = Instant::now();
+                match res {
+                    Ok(()) if t0 >= start => {
+                        latencies.push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
+                        last_end = t1;
+                    }
+                    Ok(()) => {}
+                    Err(s) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.get_or_insert(s);
+                        break;
+                    }
+                }
+            }
+            (latencies, last_end, first_error)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut end = start;
+    let mut first_error = None;
+    for t in tasks {
+        let (lat, last_end, err) = t.await.map_err(|e| {
+            CliError::new(Code::Internal, format!("{name}: caller task failed: {e}"))
+        })?;
+        all.extend(lat);
+        end = end.max(last_end);
+        if first_error.is_none() {
+            first_error = err;
+        }
+    }
+    if let Some(s) = first_error {
+        return Err(CliError::new(
+            s.code(),
+            format!(
+                "{name}: {} request(s) failed; first: {}: {}",
+                errors.load(Ordering::Relaxed),
+                code_name(s.code()),
+                s.message()
+            ),
+        ));
+    }
+    let sample = Sample::from_latencies(all, end.saturating_duration_since(start).max(duration));
+    eprintln!(
+        "{name}: {} requests, {:.0}/s, p50 {}µs, p99 {}µs",
+        sample.count, sample.ops_per_s, sample.p50_us, sample.p99_us
+    );
+    Ok(sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn samples_from_latencies() {
+        let s = Sample::from_latencies(vec![30, 10, 20, 40], Duration::from_secs(2));
+        assert_eq!(s.ops_per_s, 2.0);
+        assert_eq!((s.p50_us, s.p99_us, s.count), (20, 40, 4));
+    }
+
+    #[test]
+    fn report_has_the_architecture_shape() {
+        let base = Sample {
+            ops_per_s: 40_000.0,
+            p50_us: 700,
+            p99_us: 1900,
+            count: 1,
+        };
+        let check = Sample {
+            ops_per_s: 36_000.0,
+            p50_us: 780,
+            p99_us: 2100,
+            count: 1,
+        };
+        let r = report("authz", ("health", &base), &[("authz.check", &check)]);
+        assert_eq!(
+            r,
+            json!({"area": "authz", "rows": [
+                {"name": "health", "baseline": null, "ops_per_s": 40000, "p50_us": 700, "p99_us": 1900, "ratio_to_baseline": 1.0},
+                {"name": "authz.check", "baseline": "health", "ratio_of": "ops_per_s", "ops_per_s": 36000, "p50_us": 780,
+                 "p99_us": 2100, "ratio_to_baseline": 0.9, "added_p50_us": 80, "added_p99_us": 200}
+            ]})
+        );
+    }
+}

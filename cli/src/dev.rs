@@ -1,0 +1,321 @@
+//! `paddock dev`: every service in one process on loopback, SQLite under a
+//! data dir (or PostgreSQL with `DATABASE_URL`), the bootstrap token in a
+//! 0600 file. The bench starts the same stack on port 0.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use paddock_shared::secret::Secret;
+use paddock_shared::server::{ServerHandle, load_or_create_token, write_secret_file};
+use paddock_shared::token::TokenKind;
+use tonic::Code;
+
+use crate::Global;
+use crate::error::CliError;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the databases, the service token and the bootstrap token live.
+    #[arg(long, default_value = "paddock-data")]
+    pub data_dir: PathBuf,
+    /// Services not to run here (identity, authz), comma separated; the
+    /// others reach them at --identity-endpoint / --authz-endpoint.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+    /// Address of the identity service (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    pub identity_listen: SocketAddr,
+    /// Address of the authz service (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7102")]
+    pub authz_listen: SocketAddr,
+}
+
+/// A service `paddock dev` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Identity,
+    Authz,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Identity, Service::Authz];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Identity => "identity",
+            Service::Authz => "authz",
+        }
+    }
+}
+
+/// Parses `--skip identity,authz`; unknown names are usage errors.
+pub fn parse_skip(names: &[String]) -> Result<Vec<Service>, CliError> {
+    let mut out = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let service = Service::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Service::ALL.iter().map(|s| s.as_str()).collect();
+                CliError::usage(format!(
+                    "unknown service {name:?} in --skip: expected one of {}",
+                    known.join(", ")
+                ))
+            })?;
+        if !out.contains(&service) {
+            out.push(service);
+        }
+    }
+    Ok(out)
+}
+
+/// What to start.
+pub struct StackOptions {
+    pub data_dir: PathBuf,
+    pub identity_listen: SocketAddr,
+    pub authz_listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub skip: Vec<Service>,
+    /// Where a skipped identity runs.
+    pub identity_endpoint: String,
+    /// Where a skipped authz runs.
+    pub authz_endpoint: String,
+}
+
+/// The running services and the endpoints clients use.
+pub struct Stack {
+    pub identity: Option<ServerHandle>,
+    pub authz: Option<ServerHandle>,
+    pub identity_endpoint: String,
+    pub authz_endpoint: String,
+}
+
+impl Stack {
+    pub async fn shutdown(self) {
+        if let Some(a) = self.authz {
+            a.shutdown().await;
+        }
+        if let Some(i) = self.identity {
+            i.shutdown().await;
+        }
+    }
+}
+
+/// The `http://` endpoint a client on this host uses for `addr`.
+pub fn client_endpoint(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// A concrete address for `addr`: port 0 is resolved to a free port now,
+/// because identity must know authz's endpoint before authz starts.
+fn reserve(addr: SocketAddr) -> Result<SocketAddr, CliError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| CliError::new(Code::Unavailable, format!("cannot bind {addr}: {e}")))?;
+    Ok(listener.local_addr()?)
+}
+
+fn start_error(service: &str, e: &(dyn std::error::Error + Send + Sync)) -> CliError {
+    CliError::new(Code::Unavailable, format!("{service} failed to start: {e}"))
+}
+
+/// Starts identity and then authz (each unless skipped), pointing each at
+/// the other.
+pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+        CliError::new(
+            Code::FailedPrecondition,
+            format!("cannot create data dir {}: {e}", opts.data_dir.display()),
+        )
+    })?;
+    let token = service_token(&opts.data_dir)?;
+    let run_identity = !opts.skip.contains(&Service::Identity);
+    let run_authz = !opts.skip.contains(&Service::Authz);
+
+    let authz_addr = if run_authz {
+        Some(reserve(opts.authz_listen)?)
+    } else {
+        None
+    };
+    let authz_endpoint = authz_addr.map_or_else(|| opts.authz_endpoint.clone(), client_endpoint);
+
+    let identity = if run_identity {
+        let config = paddock_identity::Config {
+            listen: opts.identity_listen,
+            data_dir: opts.data_dir.clone(),
+            database_url: opts.database_url.clone(),
+            authz_endpoint: authz_endpoint.clone(),
+            last_used_flush: Duration::from_secs(10),
+        };
+        Some(
+            paddock_identity::start(&config, &token)
+                .await
+                .map_err(|e| start_error("identity", e.as_ref()))?,
+        )
+    } else {
+        None
+    };
+    let identity_endpoint = identity.as_ref().map_or_else(
+        || opts.identity_endpoint.clone(),
+        |h| client_endpoint(h.addr),
+    );
+
+    let authz = match authz_addr {
+        Some(listen) => {
+            let config = paddock_authz::Config {
+                listen,
+                identity_endpoint: identity_endpoint.clone(),
+            };
+            match paddock_authz::start(&config, &token).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    if let Some(i) = identity {
+                        i.shutdown().await;
+                    }
+                    return Err(start_error("authz", e.as_ref()));
+                }
+            }
+        }
+        None => None,
+    };
+    Ok(Stack {
+        identity,
+        authz,
+        identity_endpoint,
+        authz_endpoint,
+    })
+}
+
+fn service_token(data_dir: &Path) -> Result<Secret<String>, CliError> {
+    let path = data_dir.join("service-token");
+    load_or_create_token(&path, TokenKind::Service).map_err(|e| {
+        CliError::new(
+            Code::FailedPrecondition,
+            format!("cannot read or create {}: {e}", path.display()),
+        )
+    })
+}
+
+/// `DATABASE_URL` for identity (`PADDOCK_IDENTITY_DATABASE_URL` first).
+pub fn database_url_from_env() -> Option<String> {
+    ["PADDOCK_IDENTITY_DATABASE_URL", "DATABASE_URL"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+}
+
+pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
+    paddock_shared::telemetry::init();
+    let skip = parse_skip(&args.skip)?;
+    if skip.len() == Service::ALL.len() {
+        return Err(CliError::usage("--skip leaves no service to run"));
+    }
+    let mut stack = start_stack(StackOptions {
+        data_dir: args.data_dir.clone(),
+        identity_listen: args.identity_listen,
+        authz_listen: args.authz_listen,
+        database_url: database_url_from_env(),
+        skip,
+        identity_endpoint: global.identity_endpoint.clone(),
+        authz_endpoint: global.authz_endpoint.clone(),
+    })
+    .await?;
+
+    let endpoints =
+        serde_json::json!({ "identity": stack.identity_endpoint, "authz": stack.authz_endpoint });
+    if let Err(e) = write_secret_file(
+        &args.data_dir.join("endpoints.json"),
+        &endpoints.to_string(),
+    ) {
+        stack.shutdown().await;
+        return Err(CliError::new(
+            Code::Internal,
+            format!("cannot write endpoints.json: {e}"),
+        ));
+    }
+    if stack.identity.is_some() {
+        println!("identity listening on {}", stack.identity_endpoint);
+    }
+    if stack.authz.is_some() {
+        println!("authz listening on {}", stack.authz_endpoint);
+    }
+    if stack.identity.is_some() {
+        println!(
+            "bootstrap token in {}",
+            args.data_dir.join("bootstrap-token").display()
+        );
+    }
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => signal,
+        res = wait_for(&mut stack.identity) => {
+            stack.identity = None;
+            Err(CliError::new(Code::Internal, format!("identity stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
+        }
+        res = wait_for(&mut stack.authz) => {
+            stack.authz = None;
+            Err(CliError::new(Code::Internal, format!("authz stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
+        }
+    };
+    stack.shutdown().await;
+    outcome
+}
+
+/// Waits until a running server stops by itself; forever if none runs.
+async fn wait_for(handle: &mut Option<ServerHandle>) -> Result<(), String> {
+    match handle {
+        Some(h) => h.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| CliError::new(Code::Internal, format!("cannot watch SIGTERM: {e}")))?;
+    tokio::select! {
+        res = tokio::signal::ctrl_c() => res.map_err(|e| CliError::new(Code::Internal, format!("cannot watch SIGINT: {e}"))),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_accepts_known_services() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(parse_skip(&s(&[])).ok(), Some(vec![]));
+        assert_eq!(parse_skip(&s(&["authz"])).ok(), Some(vec![Service::Authz]));
+        assert_eq!(
+            parse_skip(&s(&["identity", "authz", "identity"])).ok(),
+            Some(vec![Service::Identity, Service::Authz])
+        );
+        assert!(matches!(
+            parse_skip(&s(&["audit"])),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn endpoints_for_clients() {
+        assert_eq!(
+            client_endpoint("0.0.0.0:7101".parse().expect("address")),
+            "http://127.0.0.1:7101"
+        );
+        assert_eq!(
+            client_endpoint("127.0.0.1:9".parse().expect("address")),
+            "http://127.0.0.1:9"
+        );
+    }
+}

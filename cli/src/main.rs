@@ -1,0 +1,5 @@
+//! `paddock`: the Paddock CLI.
+
+fn main() -> std::process::ExitCode {
+    paddock::run()
+}
