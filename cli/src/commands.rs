@@ -67,6 +67,7 @@ impl Ctx {
         if let Some(c) = &self.identity {
             return Ok(c.clone());
         }
+        names::check_endpoint("--identity-endpoint", &self.global.identity_endpoint)?;
         let client = auth::identity_client(&self.global.identity_endpoint, self.bearer()?)
             .map_err(|s| CliError::usage(s.message()))?;
         self.identity = Some(client.clone());
@@ -74,11 +75,13 @@ impl Ctx {
     }
 
     fn anonymous_identity(&self) -> Result<IdentityClient, CliError> {
+        names::check_endpoint("--identity-endpoint", &self.global.identity_endpoint)?;
         auth::identity_client(&self.global.identity_endpoint, BearerAuth::anonymous())
             .map_err(|s| CliError::usage(s.message()))
     }
 
     fn authz(&self) -> Result<AuthzClient, CliError> {
+        names::check_endpoint("--authz-endpoint", &self.global.authz_endpoint)?;
         auth::authz_client(&self.global.authz_endpoint, self.bearer()?)
             .map_err(|s| CliError::usage(s.message()))
     }
@@ -151,7 +154,7 @@ fn print_deleted(ctx: &Ctx, name: &str) {
     if ctx.json() {
         print_json(&json!({ "deleted": name }));
     } else {
-        println!("deleted {name}");
+        outln!("deleted {name}");
     }
 }
 
@@ -235,18 +238,20 @@ pub async fn org(ctx: &mut Ctx, cmd: OrgCommand) -> Result<(), CliError> {
                     "secret": resp.owner_key_secret,
                 }));
             } else {
-                println!(
+                outln!(
                     "created {} with owner {} ({})",
-                    org.name, owner.email, owner.name
+                    org.name,
+                    owner.email,
+                    owner.name
                 );
-                println!(
+                outln!(
                     "owner key {} (expires {})",
                     key.name,
                     key.expire_time
                         .as_ref()
                         .map_or_else(|| "never".to_owned(), output::rfc3339)
                 );
-                println!("secret (shown once): {}", resp.owner_key_secret);
+                outln!("secret (shown once): {}", resp.owner_key_secret);
             }
             Ok(())
         }
@@ -344,12 +349,13 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
                     "expire_time": resp.expire_time.as_ref().map(output::rfc3339),
                 }));
             } else {
-                println!(
+                outln!(
                     "invited {} as {} (code expires {expires}, single use)",
-                    resp.email, resp.role
+                    resp.email,
+                    resp.role
                 );
-                println!("code: {}", resp.code);
-                println!("they join with: paddock member accept CODE");
+                outln!("code: {}", resp.code);
+                outln!("they join with: paddock member accept CODE");
             }
             Ok(())
         }
@@ -372,21 +378,21 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
                     "secret": resp.api_key_secret,
                 }));
             } else {
-                println!(
+                outln!(
                     "joined {} as {} ({})",
                     names::org_of(&member.name).unwrap_or("?"),
                     member.email,
                     member.role
                 );
-                println!("member {}", member.name);
-                println!(
+                outln!("member {}", member.name);
+                outln!(
                     "key {} (expires {})",
                     key.name,
                     key.expire_time
                         .as_ref()
                         .map_or_else(|| "never".to_owned(), output::rfc3339)
                 );
-                println!("secret (shown once): {}", resp.api_key_secret);
+                outln!("secret (shown once): {}", resp.api_key_secret);
             }
             Ok(())
         }
@@ -430,7 +436,7 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
             if ctx.json() {
                 print_json(&output::member_json(&m));
             } else {
-                println!("{} ({}) is now {}", m.email, m.name, m.role);
+                outln!("{} ({}) is now {}", m.email, m.name, m.role);
             }
             Ok(())
         }
@@ -855,7 +861,7 @@ pub async fn key(ctx: &mut Ctx, cmd: KeyCommand) -> Result<(), CliError> {
                 );
             } else {
                 print_fields(&output::api_key_fields(&key));
-                println!("secret (shown once): {}", resp.secret);
+                outln!("secret (shown once): {}", resp.secret);
             }
             Ok(())
         }
@@ -921,8 +927,8 @@ pub async fn key(ctx: &mut Ctx, cmd: KeyCommand) -> Result<(), CliError> {
                     .map(|k| k.display_name.as_str())
                     .filter(|n| !n.is_empty());
                 match label {
-                    Some(l) => println!("revoked {name} ({l})"),
-                    None => println!("revoked {name}"),
+                    Some(l) => outln!("revoked {name} ({l})"),
+                    None => outln!("revoked {name}"),
                 }
             }
             Ok(())
@@ -959,15 +965,33 @@ async fn resolve_key(ctx: &mut Ctx, input: &str) -> Result<String, CliError> {
     if names::is_full(input) {
         return names::check_full(API_KEYS, input).map(str::to_owned);
     }
-    let keys = list_keys(ctx, false).await?;
+    let keys = list_keys(ctx, true).await?;
     if let Some(k) = keys.iter().find(|k| names::short(&k.name) == input) {
         return Ok(k.name.clone());
     }
-    let by_name: Vec<&ApiKey> = keys.iter().filter(|k| k.display_name == input).collect();
-    match by_name.as_slice() {
-        [one] => Ok(one.name.clone()),
-        [] => ctx.expand(API_KEYS, input).await,
-        many => Err(CliError::new(
+    let now = output::now_seconds();
+    let named: Vec<&ApiKey> = keys.iter().filter(|k| k.display_name == input).collect();
+    let active: Vec<&ApiKey> = named
+        .iter()
+        .copied()
+        .filter(|k| output::key_state(k, now) == "active")
+        .collect();
+    match (active.as_slice(), named.as_slice()) {
+        ([one], _) => Ok(one.name.clone()),
+        ([], []) => ctx.expand(API_KEYS, input).await,
+        ([], [one]) => Err(CliError::new(
+            Code::FailedPrecondition,
+            format!(
+                "key {input:?} ({}) is already {}",
+                names::short(&one.name),
+                output::key_state(one, now)
+            ),
+        )),
+        ([], _) => Err(CliError::new(
+            Code::FailedPrecondition,
+            format!("every key named {input:?} is already revoked or expired"),
+        )),
+        (many, _) => Err(CliError::new(
             Code::FailedPrecondition,
             format!(
                 "{} active keys are named {input:?} ({}); revoke one by id",
@@ -1030,7 +1054,7 @@ pub async fn can(ctx: &mut Ctx, args: CanArgs) -> Result<(), CliError> {
             .as_ref()
             .map(|r| r.summary.as_str())
             .unwrap_or_default();
-        println!(
+        outln!(
             "{}: {summary}",
             if resp.allowed { "allowed" } else { "denied" }
         );

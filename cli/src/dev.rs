@@ -242,13 +242,13 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         ));
     }
     if stack.identity.is_some() {
-        println!("identity listening on {}", stack.identity_endpoint);
+        outln!("identity listening on {}", stack.identity_endpoint);
     }
     if stack.authz.is_some() {
-        println!("authz listening on {}", stack.authz_endpoint);
+        outln!("authz listening on {}", stack.authz_endpoint);
     }
     if stack.identity.is_some() {
-        println!(
+        outln!(
             "bootstrap token in {}",
             args.data_dir.join("bootstrap-token").display()
         );

@@ -2,6 +2,14 @@
 //! (every service in one process) and `paddock bench`.
 #![forbid(unsafe_code)]
 
+/// `println!` that ends the process quietly when stdout is closed (e.g.
+/// `paddock member list | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod commands;
 mod dev;
@@ -95,7 +103,10 @@ pub enum Command {
 /// Parses the command line, runs the command and returns the exit code:
 /// 0 success, 1 failure (or a denied `can`), 2 usage error.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_exit(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,6 +126,33 @@ pub fn run() -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+/// `--help` and `--version` print as clap does; every other parse error
+/// becomes `INVALID_ARGUMENT: ...` on stderr with exit 2.
+fn usage_exit(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return if err.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = err.render().to_string();
+    let text = text.trim_end();
+    eprintln!(
+        "{}: {}",
+        error::code_name(tonic::Code::InvalidArgument),
+        text.strip_prefix("error: ").unwrap_or(text)
+    );
+    ExitCode::from(2)
 }
 
 async fn execute(cli: Cli) -> Result<(), CliError> {

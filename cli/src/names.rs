@@ -76,6 +76,19 @@ pub fn expand_resource(org: &str, input: &str) -> Result<String, CliError> {
     Ok(format!("organizations/{org}/{input}"))
 }
 
+/// An endpoint flag must be an `http://` or `https://` URL with a host.
+pub fn check_endpoint(flag: &str, endpoint: &str) -> Result<(), CliError> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.starts_with(':') => Ok(()),
+        _ => Err(CliError::usage(format!(
+            "invalid {flag} {endpoint:?}: expected http://HOST:PORT"
+        ))),
+    }
+}
+
 fn singular(collection: &str) -> &str {
     match collection {
         MEMBERS => "member",
@@ -190,6 +203,21 @@ mod tests {
         assert_eq!(org_of("organizations/acme"), Some("acme"));
         assert_eq!(org_of("projects/web"), None);
         assert_eq!(short("organizations/acme/apiKeys/abc"), "abc");
+    }
+
+    #[test]
+    fn endpoints() {
+        assert!(check_endpoint("--x", "http://127.0.0.1:7101").is_ok());
+        assert!(check_endpoint("--x", "https://paddock.example").is_ok());
+        for bad in [
+            "notaurl",
+            "127.0.0.1:7101",
+            "http://",
+            "http://:80",
+            "ftp://x",
+        ] {
+            assert!(check_endpoint("--x", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

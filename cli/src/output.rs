@@ -15,11 +15,25 @@ pub enum Format {
     Json,
 }
 
+/// Writes one line on stdout. A closed stdout (the reader went away) ends
+/// the process with success, as for `grep`; any other write error with 1.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}").and_then(|()| out.flush()) {
+        std::process::exit(if e.kind() == std::io::ErrorKind::BrokenPipe {
+            0
+        } else {
+            1
+        });
+    }
+}
+
 /// Prints a JSON value on stdout, pretty.
 pub fn print_json(value: &Value) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(_) => println!("{value}"),
+        Ok(s) => outln!("{s}"),
+        Err(_) => outln!("{value}"),
     }
 }
 
@@ -253,7 +267,7 @@ impl Table {
     }
 
     pub fn print(&self) {
-        println!("{}", self.render());
+        outln!("{}", self.render());
     }
 }
 
@@ -261,7 +275,7 @@ impl Table {
 pub fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in fields {
-        println!("{k:<width$}  {v}", k = format!("{k}:"), width = width + 1);
+        outln!("{k:<width$}  {v}", k = format!("{k}:"), width = width + 1);
     }
 }
 
