@@ -3,9 +3,9 @@
 //! dir and database, and runs CLI commands against it.
 #![forbid(unsafe_code)]
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,9 @@ use serde_json::Value;
 /// How long `paddock dev` may take to come up (PostgreSQL migrations on a
 /// busy 2-core machine included).
 const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long `paddock dev` may take to shut down gracefully.
+const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Generates a SQLite and a PostgreSQL test from one `fn(Backend)`.
 #[macro_export]
@@ -136,10 +139,45 @@ impl Output {
     }
 }
 
+/// Runs `paddock dev` on port 0 with its data dir under `root`, its output
+/// appended to `root/dev.log`.
+fn spawn_dev(root: &Path, database_url: Option<&str>) -> Child {
+    let bin = paddock_bin();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("dev.log"))
+        .expect("open dev.log");
+    let mut cmd = Command::new(bin);
+    cmd.arg("dev")
+        .arg("--data-dir")
+        .arg(root.join("data"))
+        .args([
+            "--identity-listen",
+            "127.0.0.1:0",
+            "--authz-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("PADDOCK_IDENTITY_DATABASE_URL")
+        .env_remove("PADDOCK_TOKEN")
+        .env("PADDOCK_LOG", "info")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log);
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+}
+
 /// `paddock dev` running as a child process; killed when dropped.
 pub struct Dev {
     child: Child,
     pub backend: Backend,
+    database_url: Option<String>,
     pub identity_endpoint: String,
     pub authz_endpoint: String,
     // Dropped last: the child is gone before its data dir is removed.
@@ -151,9 +189,6 @@ impl Dev {
     /// PostgreSQL, a fresh database; returns once it has written
     /// `endpoints.json`.
     pub fn start(backend: Backend) -> Dev {
-        let bin = paddock_bin();
-        let dir = TempDir::new();
-        let data_dir = dir.path().join("data");
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(
@@ -164,47 +199,63 @@ impl Dev {
                     .block_on(paddock_testkit::fresh_postgres()),
             ),
         };
-        let log = File::create(dir.path().join("dev.log")).expect("create dev.log");
-        let mut cmd = Command::new(bin);
-        cmd.arg("dev")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args([
-                "--identity-listen",
-                "127.0.0.1:0",
-                "--authz-listen",
-                "127.0.0.1:0",
-            ])
-            .env_remove("DATABASE_URL")
-            .env_remove("PADDOCK_IDENTITY_DATABASE_URL")
-            .env_remove("PADDOCK_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log);
-        if let Some(url) = &database_url {
-            cmd.env("DATABASE_URL", url);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let dir = TempDir::new();
+        let child = spawn_dev(dir.path(), database_url.as_deref());
         let mut dev = Dev {
             child,
             backend,
+            database_url,
             identity_endpoint: String::new(),
             authz_endpoint: String::new(),
             dir,
         };
-        let endpoints = dev.wait_for_endpoints(&data_dir.join("endpoints.json"));
-        dev.identity_endpoint = endpoints["identity"]
+        dev.wait_until_serving();
+        dev
+    }
+
+    /// Stops `paddock dev` with SIGTERM, as a service manager would, and
+    /// returns how it exited.
+    pub fn stop(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for paddock dev") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "paddock dev did not stop within {STOP_DEADLINE:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts `paddock dev` again on the same data dir and database (after
+    /// [`Dev::stop`]); the endpoints change.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.data_dir().join("endpoints.json"));
+        self.child = spawn_dev(self.dir.path(), self.database_url.as_deref());
+        self.wait_until_serving();
+    }
+
+    fn wait_until_serving(&mut self) {
+        let endpoints = self.wait_for_endpoints(&self.data_dir().join("endpoints.json"));
+        self.identity_endpoint = endpoints["identity"]
             .as_str()
             .expect("identity endpoint")
             .to_owned();
-        dev.authz_endpoint = endpoints["authz"]
+        self.authz_endpoint = endpoints["authz"]
             .as_str()
             .expect("authz endpoint")
             .to_owned();
-        dev
     }
 
     /// Polls for `endpoints.json` (complete JSON) until the deadline or until

@@ -280,6 +280,40 @@ fn other_organizations_are_not_found(backend: Backend) {
     );
 }
 
+fn restart_keeps_state(backend: Backend) {
+    let mut dev = Dev::start(backend);
+    let bootstrap = dev.bootstrap_token();
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    dev.paddock(Some(&owner), &["project", "create", "web"])
+        .json();
+
+    let status = dev.stop();
+    assert!(
+        status.success(),
+        "paddock dev did not exit cleanly on SIGTERM: {status}\n{}",
+        dev.log()
+    );
+    dev.restart();
+
+    assert_eq!(
+        dev.bootstrap_token(),
+        bootstrap,
+        "the bootstrap token changed across a restart"
+    );
+    let me = dev.paddock(Some(&owner), &["whoami"]).json();
+    assert_eq!(me["organization"], "organizations/acme", "{me:#}");
+    let project = dev.paddock(Some(&owner), &["project", "get", "web"]).json();
+    assert_eq!(
+        project["name"], "organizations/acme/projects/web",
+        "{project:#}"
+    );
+    dev.paddock(
+        Some(&bootstrap),
+        &["org", "create", "acme", "--owner", "x@acme.test"],
+    )
+    .failure("ALREADY_EXISTS");
+}
+
 e2e_tests!(
     org_create_and_whoami,
     invite_and_accept,
@@ -287,4 +321,5 @@ e2e_tests!(
     scoped_keys_and_roles,
     revoked_and_bad_tokens,
     other_organizations_are_not_found,
+    restart_keeps_state,
 );
