@@ -343,11 +343,15 @@ async fn seed(
     let workers = usize::from(args.seed_concurrency);
 
     // Members: every tenth an admin, the rest developers.
-    let members = {
-        let (owner, anonymous, parent) = (owner.clone(), anonymous.clone(), parent.clone());
-        parallel("members", args.members, workers, move |i| {
-            let (mut owner, mut anonymous, parent) =
-                (owner.clone(), anonymous.clone(), parent.clone());
+    // Invites are created concurrently first, then accepted by a few
+    // callers: identity's AcceptInvite transaction reads before it writes
+    // and takes a second pooled connection while it holds the first, so
+    // accepts that overlap other writes fail on SQLite ("database is
+    // locked", retried below) and many at once exhaust the pool.
+    let codes = {
+        let (owner, parent) = (owner.clone(), parent.clone());
+        parallel("member invites", args.members, workers, move |i| {
+            let (mut owner, parent) = (owner.clone(), parent.clone());
             async move {
                 let role = if i % 10 == 9 { "admin" } else { "developer" };
                 let invite = owner
@@ -359,17 +363,33 @@ async fn seed(
                     })
                     .await?
                     .into_inner();
-                let accepted = anonymous
-                    .accept_invite(AcceptInviteRequest {
-                        code: invite.code,
-                        key_display_name: String::new(),
-                    })
-                    .await?
-                    .into_inner();
-                let name = accepted.member.map(|m| m.name).unwrap_or_default();
-                Ok((name, Secret::new(accepted.api_key_secret)))
+                Ok(invite.code)
             }
         })
+        .await?
+    };
+    let codes = Arc::new(codes);
+    let members = {
+        let anonymous = anonymous.clone();
+        parallel(
+            "members (accepting invites)",
+            codes.len(),
+            workers.min(ACCEPT_CALLERS),
+            move |i| {
+                let (mut anonymous, codes) = (anonymous.clone(), codes.clone());
+                async move {
+                    let accepted = anonymous
+                        .accept_invite(AcceptInviteRequest {
+                            code: codes[i].clone(),
+                            key_display_name: String::new(),
+                        })
+                        .await?
+                        .into_inner();
+                    let name = accepted.member.map(|m| m.name).unwrap_or_default();
+                    Ok((name, Secret::new(accepted.api_key_secret)))
+                }
+            },
+        )
         .await?
     };
 
@@ -469,6 +489,9 @@ async fn seed(
         project,
     })
 }
+
+/// Concurrent AcceptInvite callers while seeding (see `seed`).
+const ACCEPT_CALLERS: usize = 4;
 
 /// How often one seeding call is retried after a transient failure.
 const SEED_RETRIES: u32 = 20;

@@ -305,6 +305,8 @@ pub enum MemberCommand {
     },
     /// Redeem an invite code (no token needed); prints your first key.
     Accept {
+        /// The pdi_ code, or - to read it from stdin (keeps it out of the
+        /// process list and shell history).
         code: String,
         /// Name of the first key.
         #[arg(long)]
@@ -360,6 +362,13 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
             Ok(())
         }
         MemberCommand::Accept { code, key_name } => {
+            let code = if code == "-" {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line
+            } else {
+                code
+            };
             let mut client = ctx.anonymous_identity()?;
             let resp = client
                 .accept_invite(AcceptInviteRequest {

@@ -175,3 +175,41 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("paddock-data")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "paddock",
+            "project",
+            "get",
+            "web",
+            "-o",
+            "json",
+            "--identity-endpoint",
+            "http://h:1",
+        ]);
+        let cli = cli.expect("parses");
+        assert_eq!(cli.global.output, Format::Json);
+        assert_eq!(cli.global.identity_endpoint, "http://h:1");
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        assert!(
+            Cli::try_parse_from(["paddock", "key", "create", "ci", "--expires", "5y"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["paddock", "bench", "authz", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["paddock", "dev", "--identity-listen", "nowhere"]).is_err());
+    }
+}
