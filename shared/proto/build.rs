@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(FILES)?;
     let pool = compiler.descriptor_pool();
-    std::fs::write(out.join("paddock_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    std::fs::write(
+        out.join("paddock_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
     std::fs::write(out.join("access_table.rs"), access_table(&pool)?)?;
 
     tonic_prost_build::configure()
@@ -52,7 +55,11 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
             let Value::Message(access) = access.as_ref() else {
                 return Err(format!("{path}: access rule is not a message").into());
             };
-            let rule = if let Some(Value::String(p)) = access.get_field_by_name("permission").as_deref().filter(|_| access.has_field_by_name("permission")) {
+            let rule = if let Some(Value::String(p)) = access
+                .get_field_by_name("permission")
+                .as_deref()
+                .filter(|_| access.has_field_by_name("permission"))
+            {
                 if p.is_empty() {
                     return Err(format!("{path}: empty permission").into());
                 }
@@ -72,7 +79,9 @@ fn access_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Err
         }
     }
     rows.sort();
-    let mut src = String::from("/// Every Paddock RPC and its declared access rule, sorted by path.\npub static ACCESS: &[(&str, Access)] = &[\n");
+    let mut src = String::from(
+        "/// Every Paddock RPC and its declared access rule, sorted by path.\npub static ACCESS: &[(&str, Access)] = &[\n",
+    );
     for (path, rule) in rows {
         writeln!(src, "    ({path:?}, {rule}),")?;
     }

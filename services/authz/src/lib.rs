@@ -12,11 +12,13 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use paddock_proto::authz::v1::authz_service_server::{AuthzService, AuthzServiceServer};
 use paddock_proto::authz::v1::{
-    BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse, ListPermissionsRequest, ListPermissionsResponse,
-    ListRolesRequest, ListRolesResponse, PermissionGroup, Role,
+    BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse, ListPermissionsRequest,
+    ListPermissionsResponse, ListRolesRequest, ListRolesResponse, PermissionGroup, Role,
 };
 use paddock_proto::identity::v1::{Principal, PrincipalKind};
-use paddock_shared::auth::{self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity};
+use paddock_shared::auth::{
+    self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity,
+};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
@@ -28,25 +30,41 @@ pub use decide::evaluate;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long = "listen", env = "PADDOCK_AUTHZ_LISTEN", default_value = "127.0.0.1:7102")]
+    #[arg(
+        long = "listen",
+        env = "PADDOCK_AUTHZ_LISTEN",
+        default_value = "127.0.0.1:7102"
+    )]
     pub listen: SocketAddr,
     /// The identity service.
-    #[arg(long = "identity-endpoint", env = "PADDOCK_IDENTITY_ENDPOINT", default_value = "http://127.0.0.1:7101")]
+    #[arg(
+        long = "identity-endpoint",
+        env = "PADDOCK_IDENTITY_ENDPOINT",
+        default_value = "http://127.0.0.1:7101"
+    )]
     pub identity_endpoint: String,
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Starts the authz service; it calls identity with `service_token`.
-pub async fn start(config: &Config, service_token: &Secret<String>) -> Result<ServerHandle, StartError> {
+pub async fn start(
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
     let (listener, addr) = server::bind(config.listen).await?;
-    let identity = RemoteIdentity::new(auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?);
+    let identity = RemoteIdentity::new(auth::identity_client(
+        &config.identity_endpoint,
+        BearerAuth::new(service_token)?,
+    )?);
     let authn = CachedAuthenticator::new(identity);
     let watch = authn.inner().watch(authn.cache());
     let admission = Admission::new(Arc::new(authn), Arc::new(LocalAuthorizer));
     let name = <AuthzServiceServer<Authz> as tonic::server::NamedService>::NAME;
     let (_health, routes) = server::health_and_reflection(&[name]).await;
-    let routes = routes.add_service(AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES));
+    let routes = routes.add_service(
+        AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+    );
     tracing::info!(%addr, "authz listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background([watch]))
 }
@@ -73,13 +91,18 @@ fn subject(caller: &Principal, asked: Option<Principal>) -> Result<Principal, St
         None => Ok(caller.clone()),
         Some(p) if caller.kind == PrincipalKind::Service as i32 => Ok(p),
         Some(p) if p.id == caller.id && p.key_id == caller.key_id => Ok(caller.clone()),
-        Some(_) => Err(Status::permission_denied("only service principals may check other principals; leave principal unset")),
+        Some(_) => Err(Status::permission_denied(
+            "only service principals may check other principals; leave principal unset",
+        )),
     }
 }
 
 fn validate(permission: &str, resource: &str) -> Result<(), Status> {
     if rbac::permission_index(permission).is_none() {
-        return Err(Status::invalid_argument(format!("unknown permission {:?}", paddock_shared::names::truncate(permission))));
+        return Err(Status::invalid_argument(format!(
+            "unknown permission {:?}",
+            paddock_shared::names::truncate(permission)
+        )));
     }
     if !resource.is_empty() && paddock_shared::names::organization_of(resource).is_none() {
         return Err(Status::invalid_argument(format!(
@@ -92,7 +115,10 @@ fn validate(permission: &str, resource: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl AuthzService for Authz {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let mut req = request.into_inner();
         validate(&req.permission, &req.resource)?;
@@ -100,11 +126,16 @@ impl AuthzService for Authz {
         Ok(Response::new(evaluate(&req)))
     }
 
-    async fn batch_check(&self, request: Request<BatchCheckRequest>) -> Result<Response<BatchCheckResponse>, Status> {
+    async fn batch_check(
+        &self,
+        request: Request<BatchCheckRequest>,
+    ) -> Result<Response<BatchCheckResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let req = request.into_inner();
         if req.items.is_empty() || req.items.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("items must hold 1 to {MAX_BATCH} checks")));
+            return Err(Status::invalid_argument(format!(
+                "items must hold 1 to {MAX_BATCH} checks"
+            )));
         }
         let principal = subject(&caller, req.principal)?;
         let mut results = Vec::with_capacity(req.items.len());
@@ -120,20 +151,34 @@ impl AuthzService for Authz {
         Ok(Response::new(BatchCheckResponse { results }))
     }
 
-    async fn list_permissions(&self, request: Request<ListPermissionsRequest>) -> Result<Response<ListPermissionsResponse>, Status> {
+    async fn list_permissions(
+        &self,
+        request: Request<ListPermissionsRequest>,
+    ) -> Result<Response<ListPermissionsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let principal = subject(&caller, request.into_inner().principal)?;
         let (permissions, reason) = decide::effective(&principal);
-        Ok(Response::new(ListPermissionsResponse { permissions, reason: Some(reason) }))
+        Ok(Response::new(ListPermissionsResponse {
+            permissions,
+            reason: Some(reason),
+        }))
     }
 
-    async fn list_roles(&self, _request: Request<ListRolesRequest>) -> Result<Response<ListRolesResponse>, Status> {
+    async fn list_roles(
+        &self,
+        _request: Request<ListRolesRequest>,
+    ) -> Result<Response<ListRolesResponse>, Status> {
         let roles = rbac::Role::ALL
             .into_iter()
             .map(|r| Role {
                 name: r.as_str().to_owned(),
                 description: r.description().to_owned(),
-                permissions: r.permissions().names().into_iter().map(str::to_owned).collect(),
+                permissions: r
+                    .permissions()
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
             })
             .collect();
         let groups = rbac::GROUPS
@@ -141,10 +186,19 @@ impl AuthzService for Authz {
             .map(|(name, description)| PermissionGroup {
                 name: (*name).to_owned(),
                 description: (*description).to_owned(),
-                permissions: rbac::group_permissions(name).unwrap_or_default().names().into_iter().map(str::to_owned).collect(),
+                permissions: rbac::group_permissions(name)
+                    .unwrap_or_default()
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
             })
             .collect();
         let permissions = rbac::PERMISSIONS.iter().map(|p| (*p).to_owned()).collect();
-        Ok(Response::new(ListRolesResponse { roles, groups, permissions }))
+        Ok(Response::new(ListRolesResponse {
+            roles,
+            groups,
+            permissions,
+        }))
     }
 }

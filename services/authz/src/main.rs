@@ -8,7 +8,11 @@ struct Cli {
     #[command(flatten)]
     config: paddock_authz::Config,
     /// File holding the service token shared by the services (mode 0600).
-    #[arg(long, env = "PADDOCK_SERVICE_TOKEN_FILE", default_value = "paddock-data/service-token")]
+    #[arg(
+        long,
+        env = "PADDOCK_SERVICE_TOKEN_FILE",
+        default_value = "paddock-data/service-token"
+    )]
     service_token_file: std::path::PathBuf,
 }
 
@@ -16,7 +20,10 @@ struct Cli {
 async fn main() -> Result<(), paddock_authz::StartError> {
     paddock_shared::telemetry::init();
     let cli = Cli::parse();
-    let token = paddock_shared::server::load_or_create_token(&cli.service_token_file, paddock_shared::token::TokenKind::Service)?;
+    let token = paddock_shared::server::load_or_create_token(
+        &cli.service_token_file,
+        paddock_shared::token::TokenKind::Service,
+    )?;
     let server = paddock_authz::start(&cli.config, &token).await?;
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;

@@ -38,13 +38,21 @@ impl LastUsed {
         }
         let mut tx = db.pool.begin().await?;
         for (id, at) in &batch {
-            sqlx::query("UPDATE api_keys SET last_used_time = $1 WHERE id = $2").bind(*at).bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE api_keys SET last_used_time = $1 WHERE id = $2")
+                .bind(*at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await
     }
 
     /// Flushes every `every` until the task is aborted.
-    pub fn spawn_flusher(self: Arc<Self>, db: Database, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_flusher(
+        self: Arc<Self>,
+        db: Database,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -69,7 +77,17 @@ fn unauthenticated(msg: &str) -> Status {
     Status::unauthenticated(msg.to_owned())
 }
 
-type KeyRow = (String, String, String, String, String, Option<i64>, Option<i64>, Option<String>, Option<String>);
+type KeyRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
 
 impl LocalAuthenticator {
     async fn api_key(&self, parsed: &token::ParsedToken<'_>) -> Result<Principal, Status> {
@@ -86,7 +104,8 @@ impl LocalAuthenticator {
             tracing::error!(error = %e, "key lookup failed");
             Status::unavailable("identity storage unavailable")
         })?;
-        let Some((hash, org, owner_id, key_role, scope, expire, revoked, display, role)) = row else {
+        let Some((hash, org, owner_id, key_role, scope, expire, revoked, display, role)) = row
+        else {
             return Err(unauthenticated("invalid API key"));
         };
         if !parsed.matches(&hash) {
@@ -103,9 +122,15 @@ impl LocalAuthenticator {
         };
         self.last_used.touch(parsed.id);
         let (kind, name) = if owner_id.starts_with('a') {
-            (PrincipalKind::Agent, names::child_name(&org, "agents", &display))
+            (
+                PrincipalKind::Agent,
+                names::child_name(&org, "agents", &display),
+            )
         } else {
-            (PrincipalKind::Member, names::child_name(&org, "members", &owner_id))
+            (
+                PrincipalKind::Member,
+                names::child_name(&org, "members", &owner_id),
+            )
         };
         Ok(Principal {
             id: owner_id,
@@ -122,11 +147,12 @@ impl LocalAuthenticator {
     }
 
     async fn bootstrap(&self, parsed: &token::ParsedToken<'_>) -> Result<Principal, Status> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
-            .bind(parsed.id)
-            .fetch_optional(&self.db.pool)
-            .await
-            .map_err(|_| Status::unavailable("identity storage unavailable"))?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
+                .bind(parsed.id)
+                .fetch_optional(&self.db.pool)
+                .await
+                .map_err(|_| Status::unavailable("identity storage unavailable"))?;
         match row {
             Some((hash,)) if parsed.matches(&hash) => Ok(Principal {
                 id: "platform".to_owned(),
@@ -143,7 +169,8 @@ impl LocalAuthenticator {
 impl Authenticator for LocalAuthenticator {
     fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>> {
         Box::pin(async move {
-            let parsed = token::parse(&token).map_err(|e| Status::unauthenticated(format!("malformed token: {e}")))?;
+            let parsed = token::parse(&token)
+                .map_err(|e| Status::unauthenticated(format!("malformed token: {e}")))?;
             match parsed.kind {
                 TokenKind::ApiKey => self.api_key(&parsed).await,
                 TokenKind::Bootstrap => self.bootstrap(&parsed).await,
@@ -154,28 +181,38 @@ impl Authenticator for LocalAuthenticator {
                     ..Default::default()
                 }),
                 TokenKind::Service => Err(unauthenticated("invalid service token")),
-                TokenKind::Invite => Err(unauthenticated("an invite code is not an API key; redeem it with AcceptInvite")),
+                TokenKind::Invite => Err(unauthenticated(
+                    "an invite code is not an API key; redeem it with AcceptInvite",
+                )),
             }
         })
     }
 }
 
 pub fn split_scope(scope: &str) -> Vec<String> {
-    scope.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    scope
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Makes sure `{data_dir}/bootstrap-token` holds a token whose hash is
 /// stored; mints a new one (replacing any other) when it does not.
-pub async fn ensure_bootstrap_token(db: &Database, data_dir: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn ensure_bootstrap_token(
+    db: &Database,
+    data_dir: &Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let path = data_dir.join("bootstrap-token");
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(parsed) = token::parse(text.trim())
         && parsed.kind == TokenKind::Bootstrap
     {
-        let row: Option<(String,)> = sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
-            .bind(parsed.id)
-            .fetch_optional(&db.pool)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
+                .bind(parsed.id)
+                .fetch_optional(&db.pool)
+                .await?;
         if row.is_some_and(|(h,)| parsed.matches(&h)) {
             return Ok(());
         }

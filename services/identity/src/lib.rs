@@ -6,8 +6,8 @@ mod authn;
 mod service;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
@@ -27,16 +27,28 @@ pub const MIGRATIONS: &[Migration] = &[(1, include_str!("../migrations/0001_init
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long = "listen", env = "PADDOCK_IDENTITY_LISTEN", default_value = "127.0.0.1:7101")]
+    #[arg(
+        long = "listen",
+        env = "PADDOCK_IDENTITY_LISTEN",
+        default_value = "127.0.0.1:7101"
+    )]
     pub listen: SocketAddr,
     /// Data directory: SQLite database and the bootstrap token file.
-    #[arg(long = "data-dir", env = "PADDOCK_DATA_DIR", default_value = "paddock-data")]
+    #[arg(
+        long = "data-dir",
+        env = "PADDOCK_DATA_DIR",
+        default_value = "paddock-data"
+    )]
     pub data_dir: PathBuf,
     /// PostgreSQL URL; SQLite under the data dir when unset.
     #[arg(long = "database-url", env = "PADDOCK_IDENTITY_DATABASE_URL")]
     pub database_url: Option<String>,
     /// The authz service.
-    #[arg(long = "authz-endpoint", env = "PADDOCK_AUTHZ_ENDPOINT", default_value = "http://127.0.0.1:7102")]
+    #[arg(
+        long = "authz-endpoint",
+        env = "PADDOCK_AUTHZ_ENDPOINT",
+        default_value = "http://127.0.0.1:7102"
+    )]
     pub authz_endpoint: String,
     /// How often `last_used_at` of keys is written, in one batch.
     #[arg(long = "last-used-flush", default_value = "10s", value_parser = paddock_shared::time::parse_duration)]
@@ -48,23 +60,51 @@ pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 /// Starts the identity service. It recognizes `service_token` as the service
 /// principal and writes the platform bootstrap token to
 /// `{data_dir}/bootstrap-token` (mode 0600).
-pub async fn start(config: &Config, service_token: &Secret<String>) -> Result<ServerHandle, StartError> {
-    let db = Database::connect("identity", &config.data_dir, config.database_url.as_deref(), MIGRATIONS).await?;
+pub async fn start(
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let db = Database::connect(
+        "identity",
+        &config.data_dir,
+        config.database_url.as_deref(),
+        MIGRATIONS,
+    )
+    .await?;
     authn::ensure_bootstrap_token(&db, &config.data_dir).await?;
     let (listener, addr) = server::bind(config.listen).await?;
 
     let last_used = Arc::new(LastUsed::default());
-    let local = LocalAuthenticator { db: db.clone(), service_hash: token::hash(service_token.expose()), last_used: last_used.clone() };
+    let local = LocalAuthenticator {
+        db: db.clone(),
+        service_hash: token::hash(service_token.expose()),
+        last_used: last_used.clone(),
+    };
     let authn = Arc::new(CachedAuthenticator::new(local));
-    let authz = RemoteAuthz::new(auth::authz_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?);
+    let authz = RemoteAuthz::new(auth::authz_client(
+        &config.authz_endpoint,
+        BearerAuth::new(service_token)?,
+    )?);
     let admission = Admission::new(authn.clone(), Arc::new(authz));
     let (invalidations, _) = tokio::sync::broadcast::channel(1024);
-    let identity = Identity { db: db.clone(), admission: admission.clone(), cache: authn.cache(), authn, invalidations };
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let identity = Identity {
+        db: db.clone(),
+        admission: admission.clone(),
+        cache: authn.cache(),
+        authn,
+        invalidations,
+        closing: closing_rx,
+    };
 
     let name = <IdentityServiceServer<Identity> as tonic::server::NamedService>::NAME;
     let (_health, routes) = server::health_and_reflection(&[name]).await;
-    let routes = routes.add_service(IdentityServiceServer::new(identity).max_decoding_message_size(server::MAX_MESSAGE_BYTES));
+    let routes = routes.add_service(
+        IdentityServiceServer::new(identity).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+    );
     let flusher = last_used.spawn_flusher(db, config.last_used_flush);
     tracing::info!(%addr, "identity listening");
-    Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background([flusher]))
+    Ok(ServerHandle::spawn(listener, addr, admission, routes)
+        .with_background([flusher])
+        .with_closing(closing))
 }

@@ -20,8 +20,13 @@ async fn main() -> Result<(), paddock_identity::StartError> {
     if cli.config.database_url.is_none() {
         cli.config.database_url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     }
-    let token_file = cli.service_token_file.unwrap_or_else(|| cli.config.data_dir.join("service-token"));
-    let token = paddock_shared::server::load_or_create_token(&token_file, paddock_shared::token::TokenKind::Service)?;
+    let token_file = cli
+        .service_token_file
+        .unwrap_or_else(|| cli.config.data_dir.join("service-token"));
+    let token = paddock_shared::server::load_or_create_token(
+        &token_file,
+        paddock_shared::token::TokenKind::Service,
+    )?;
     let server = paddock_identity::start(&cli.config, &token).await?;
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;

@@ -38,13 +38,27 @@ pub struct Identity {
     pub cache: Arc<PrincipalCache>,
     pub authn: Arc<dyn Authenticator>,
     pub invalidations: broadcast::Sender<Invalidation>,
+    /// Turns true when the server shuts down; ends the watch streams.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 type OrgRow = (String, String, i64, i64, i64);
 type MemberRow = (String, String, String, String, i64);
 type AgentRow = (String, String, String, String, String, String, i64);
 type ProjectRow = (String, String, String, String, String, i64, i64);
-type KeyRow = (String, String, String, String, String, String, Option<i64>, String, i64, Option<i64>, Option<i64>);
+type KeyRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 
 const KEY_COLUMNS: &str = "id, org_id, owner_id, display_name, role, scope, expire_time, created_by, create_time, last_used_time, revoke_time";
 
@@ -53,7 +67,9 @@ fn organization((id, display_name, max_secs, allow_never, create): OrgRow) -> Or
         name: org_name(&id),
         display_name,
         settings: Some(OrganizationSettings {
-            max_key_lifetime: Some(time::proto_duration(Duration::from_secs(max_secs.max(0) as u64))),
+            max_key_lifetime: Some(time::proto_duration(Duration::from_secs(
+                max_secs.max(0) as u64
+            ))),
             allow_non_expiring_keys: allow_never != 0,
         }),
         create_time: Some(timestamp(create)),
@@ -61,14 +77,27 @@ fn organization((id, display_name, max_secs, allow_never, create): OrgRow) -> Or
 }
 
 fn member((id, org, email, role, create): MemberRow) -> Member {
-    Member { name: child_name(&org, "members", &id), email, role, create_time: Some(timestamp(create)) }
+    Member {
+        name: child_name(&org, "members", &id),
+        email,
+        role,
+        create_time: Some(timestamp(create)),
+    }
 }
 
 fn agent((_, org, agent_id, description, role, created_by, create): AgentRow) -> Agent {
-    Agent { name: child_name(&org, "agents", &agent_id), description, role, created_by, create_time: Some(timestamp(create)) }
+    Agent {
+        name: child_name(&org, "agents", &agent_id),
+        description,
+        role,
+        created_by,
+        create_time: Some(timestamp(create)),
+    }
 }
 
-fn project((org, id, display_name, description, created_by, create, update): ProjectRow) -> Project {
+fn project(
+    (org, id, display_name, description, created_by, create, update): ProjectRow,
+) -> Project {
     Project {
         name: child_name(&org, "projects", &id),
         display_name,
@@ -81,7 +110,8 @@ fn project((org, id, display_name, description, created_by, create, update): Pro
 
 /// A key row with its owner's resource name resolved by the caller.
 fn api_key(row: KeyRow, owner: String) -> ApiKey {
-    let (id, org, _, display_name, role, scope, expire, created_by, create, last_used, revoked) = row;
+    let (id, org, _, display_name, role, scope, expire, created_by, create, last_used, revoked) =
+        row;
     ApiKey {
         name: child_name(&org, "apiKeys", &id),
         display_name,
@@ -100,7 +130,9 @@ fn api_key(row: KeyRow, owner: String) -> ApiKey {
 fn new_principal_id(prefix: char) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    std::iter::once(prefix).chain((0..15).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)).collect()
+    std::iter::once(prefix)
+        .chain((0..15).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char))
+        .collect()
 }
 
 /// The caller's organization id (`acme` of `organizations/acme`).
@@ -142,7 +174,11 @@ fn page(size: i32, token: &str) -> Result<Page> {
     if size < 0 {
         return Err(Error::invalid("page_size must not be negative"));
     }
-    let size = if size == 0 { DEFAULT_PAGE } else { i64::from(size).min(MAX_PAGE) };
+    let size = if size == 0 {
+        DEFAULT_PAGE
+    } else {
+        i64::from(size).min(MAX_PAGE)
+    };
     let after = if token.is_empty() {
         String::new()
     } else {
@@ -156,10 +192,13 @@ fn encode_token(key: &str) -> String {
 }
 
 fn decode_token(token: &str) -> Option<String> {
-    if token.len() % 2 != 0 || token.len() > 256 {
+    if !token.len().is_multiple_of(2) || token.len() > 256 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..token.len()).step_by(2).map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok()).collect();
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
     String::from_utf8(bytes?).ok()
 }
 
@@ -167,14 +206,21 @@ fn decode_token(token: &str) -> Option<String> {
 fn next_page<T>(rows: &mut Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> String {
     if rows.len() as i64 > page.size {
         rows.truncate(page.size as usize);
-        rows.last().map(|r| encode_token(&key(r))).unwrap_or_default()
+        rows.last()
+            .map(|r| encode_token(&key(r)))
+            .unwrap_or_default()
     } else {
         String::new()
     }
 }
 
 fn parse_role(role: &str) -> Result<Role> {
-    Role::parse(role).ok_or_else(|| Error::invalid(format!("unknown role {:?}: use owner, admin, developer or agent", names::truncate(role))))
+    Role::parse(role).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown role {:?}: use owner, admin, developer or agent",
+            names::truncate(role)
+        ))
+    })
 }
 
 fn caller_permissions(caller: &Principal) -> PermissionSet {
@@ -183,10 +229,15 @@ fn caller_permissions(caller: &Principal) -> PermissionSet {
 
 /// Nobody grants a role above their own (their key's effective set).
 fn check_grantable(caller: &Principal, role: Role) -> Result<()> {
-    let missing: Vec<_> = role.permissions().names().into_iter().filter(|p| {
-        let i = rbac::permission_index(p).unwrap_or(0);
-        !caller_permissions(caller).contains(i)
-    }).collect();
+    let missing: Vec<_> = role
+        .permissions()
+        .names()
+        .into_iter()
+        .filter(|p| {
+            let i = rbac::permission_index(p).unwrap_or(0);
+            !caller_permissions(caller).contains(i)
+        })
+        .collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -200,7 +251,9 @@ fn check_grantable(caller: &Principal, role: Role) -> Result<()> {
 
 fn validate_scope(scope: &[String]) -> Result<()> {
     if scope.len() > MAX_SCOPE_ENTRIES {
-        return Err(Error::invalid(format!("scope has more than {MAX_SCOPE_ENTRIES} entries")));
+        return Err(Error::invalid(format!(
+            "scope has more than {MAX_SCOPE_ENTRIES} entries"
+        )));
     }
     rbac::scope_permissions(scope).map(|_| ()).map_err(|bad| {
         Error::invalid(format!(
@@ -214,10 +267,18 @@ fn mask_paths(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Result
     let paths = mask.map(|m| m.paths.clone()).unwrap_or_default();
     for p in &paths {
         if !allowed.contains(&p.as_str()) {
-            return Err(Error::invalid(format!("update_mask path {:?} cannot be updated; allowed: {}", names::truncate(p), allowed.join(", "))));
+            return Err(Error::invalid(format!(
+                "update_mask path {:?} cannot be updated; allowed: {}",
+                names::truncate(p),
+                allowed.join(", ")
+            )));
         }
     }
-    Ok(if paths.is_empty() { allowed.iter().map(|s| (*s).to_owned()).collect() } else { paths })
+    Ok(if paths.is_empty() {
+        allowed.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        paths
+    })
 }
 
 impl Identity {
@@ -236,7 +297,12 @@ impl Identity {
     }
 
     /// The expiry of a new key under the org's settings.
-    async fn key_expiry(&self, org: &str, ttl: Option<&prost_types::Duration>, never: bool) -> Result<Option<i64>> {
+    async fn key_expiry(
+        &self,
+        org: &str,
+        ttl: Option<&prost_types::Duration>,
+        never: bool,
+    ) -> Result<Option<i64>> {
         let (max, allow_never) = self.org_settings(org).await?;
         if never {
             if ttl.is_some() {
@@ -251,7 +317,9 @@ impl Identity {
         }
         let ttl = match ttl {
             None => max,
-            Some(d) => time::duration(d).filter(|d| !d.is_zero()).ok_or_else(|| Error::invalid("ttl must be positive"))?,
+            Some(d) => time::duration(d)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| Error::invalid("ttl must be positive"))?,
         };
         if ttl > max {
             return Err(Error::invalid(format!(
@@ -264,37 +332,47 @@ impl Identity {
 
     /// Owners must keep at least one owner.
     async fn ensure_other_owner(&self, org: &str, member_id: &str) -> Result<()> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM members WHERE org_id = $1 AND role = 'owner' AND id <> $2")
-            .bind(org)
-            .bind(member_id)
-            .fetch_one(&self.db.pool)
-            .await?;
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM members WHERE org_id = $1 AND role = 'owner' AND id <> $2",
+        )
+        .bind(org)
+        .bind(member_id)
+        .fetch_one(&self.db.pool)
+        .await?;
         if n == 0 {
-            return Err(Error::FailedPrecondition("the organization must keep at least one owner".into()));
+            return Err(Error::FailedPrecondition(
+                "the organization must keep at least one owner".into(),
+            ));
         }
         Ok(())
     }
 
     async fn owner_name(&self, org: &str, owner_id: &str) -> Result<String> {
         if owner_id.starts_with('a') {
-            let row: Option<(String,)> = sqlx::query_as("SELECT agent_id FROM agents WHERE id = $1").bind(owner_id).fetch_optional(&self.db.pool).await?;
-            Ok(row.map(|(a,)| child_name(org, "agents", &a)).unwrap_or_default())
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT agent_id FROM agents WHERE id = $1")
+                    .bind(owner_id)
+                    .fetch_optional(&self.db.pool)
+                    .await?;
+            Ok(row
+                .map(|(a,)| child_name(org, "agents", &a))
+                .unwrap_or_default())
         } else {
             Ok(child_name(org, "members", owner_id))
         }
     }
 
     /// Inserts a key row (inside `tx`); returns the row and the secret.
-    async fn insert_key(
-        tx: &mut sqlx::AnyConnection,
-        org: &str,
-        owner_id: &str,
-        display_name: &str,
-        role: &str,
-        scope: &[String],
-        expire: Option<i64>,
-        created_by: &str,
-    ) -> Result<(KeyRow, String)> {
+    async fn insert_key(tx: &mut sqlx::AnyConnection, key: NewKey<'_>) -> Result<(KeyRow, String)> {
+        let NewKey {
+            org,
+            owner_id,
+            display_name,
+            role,
+            scope,
+            expire,
+            created_by,
+        } = key;
         let (id, secret) = token::mint(TokenKind::ApiKey);
         let now = now_micros();
         let scope = scope.join(",");
@@ -314,9 +392,32 @@ impl Identity {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let row = (id, org.to_owned(), owner_id.to_owned(), display_name.to_owned(), role.to_owned(), scope, expire, created_by.to_owned(), now, None, None);
+        let row = (
+            id,
+            org.to_owned(),
+            owner_id.to_owned(),
+            display_name.to_owned(),
+            role.to_owned(),
+            scope,
+            expire,
+            created_by.to_owned(),
+            now,
+            None,
+            None,
+        );
         Ok((row, secret))
     }
+}
+
+/// The fields of a key about to be minted.
+struct NewKey<'a> {
+    org: &'a str,
+    owner_id: &'a str,
+    display_name: &'a str,
+    role: &'a str,
+    scope: &'a [String],
+    expire: Option<i64>,
+    created_by: &'a str,
 }
 
 fn caller<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -327,7 +428,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchInvalidationsResponse, 
 
 #[tonic::async_trait]
 impl IdentityService for Identity {
-    async fn create_organization(&self, request: Request<CreateOrganizationRequest>) -> Result<Response<CreateOrganizationResponse>, Status> {
+    async fn create_organization(
+        &self,
+        request: Request<CreateOrganizationRequest>,
+    ) -> Result<Response<CreateOrganizationResponse>, Status> {
         let req = request.into_inner();
         validate_id("organization", &req.organization_id)?;
         validate_text("display_name", &req.display_name, 200)?;
@@ -353,18 +457,39 @@ impl IdentityService for Identity {
             .await
             .map_err(Error::from)?;
         let expire = Some(now.saturating_add(DEFAULT_KEY_LIFETIME.as_micros() as i64));
-        let (row, secret) = Self::insert_key(&mut tx, &org, &owner_id, "owner", "", &[], expire, "platform").await?;
+        let (row, secret) = Self::insert_key(
+            &mut tx,
+            NewKey {
+                org: &org,
+                owner_id: &owner_id,
+                display_name: "owner",
+                role: "",
+                scope: &[],
+                expire,
+                created_by: "platform",
+            },
+        )
+        .await?;
         tx.commit().await.map_err(Error::from)?;
         let owner_name = child_name(&org, "members", &owner_id);
         Ok(Response::new(CreateOrganizationResponse {
-            organization: Some(organization((org.clone(), req.display_name, DEFAULT_KEY_LIFETIME.as_secs() as i64, 0, now))),
+            organization: Some(organization((
+                org.clone(),
+                req.display_name,
+                DEFAULT_KEY_LIFETIME.as_secs() as i64,
+                0,
+                now,
+            ))),
             owner: Some(member((owner_id, org, email, "owner".into(), now))),
             owner_key: Some(api_key(row, owner_name)),
             owner_key_secret: secret,
         }))
     }
 
-    async fn get_organization(&self, request: Request<GetOrganizationRequest>) -> Result<Response<GetOrganizationResponse>, Status> {
+    async fn get_organization(
+        &self,
+        request: Request<GetOrganizationRequest>,
+    ) -> Result<Response<GetOrganizationResponse>, Status> {
         let caller = caller(&request)?;
         let org = parent_org(&caller, &request.get_ref().name)?;
         let row: Option<OrgRow> = sqlx::query_as("SELECT id, display_name, max_key_lifetime_secs, allow_non_expiring_keys, create_time FROM organizations WHERE id = $1")
@@ -373,22 +498,41 @@ impl IdentityService for Identity {
             .await
             .map_err(Error::from)?;
         let row = row.ok_or_else(|| Error::not_found(org_name(org)))?;
-        Ok(Response::new(GetOrganizationResponse { organization: Some(organization(row)) }))
+        Ok(Response::new(GetOrganizationResponse {
+            organization: Some(organization(row)),
+        }))
     }
 
-    async fn update_organization(&self, request: Request<UpdateOrganizationRequest>) -> Result<Response<UpdateOrganizationResponse>, Status> {
+    async fn update_organization(
+        &self,
+        request: Request<UpdateOrganizationRequest>,
+    ) -> Result<Response<UpdateOrganizationResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let update = req.organization.ok_or_else(|| Error::invalid("organization is required"))?;
+        let update = req
+            .organization
+            .ok_or_else(|| Error::invalid("organization is required"))?;
         let org = parent_org(&caller, &update.name)?.to_owned();
-        let paths = mask_paths(req.update_mask.as_ref(), &["display_name", "settings.max_key_lifetime", "settings.allow_non_expiring_keys"])?;
+        let paths = mask_paths(
+            req.update_mask.as_ref(),
+            &[
+                "display_name",
+                "settings.max_key_lifetime",
+                "settings.allow_non_expiring_keys",
+            ],
+        )?;
         let settings = update.settings.unwrap_or_default();
         let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
                     validate_text("display_name", &update.display_name, 200)?;
-                    sqlx::query("UPDATE organizations SET display_name = $1 WHERE id = $2").bind(&update.display_name).bind(&org).execute(&mut *tx).await.map_err(Error::from)?;
+                    sqlx::query("UPDATE organizations SET display_name = $1 WHERE id = $2")
+                        .bind(&update.display_name)
+                        .bind(&org)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Error::from)?;
                 }
                 "settings.max_key_lifetime" => {
                     let d = settings
@@ -396,33 +540,68 @@ impl IdentityService for Identity {
                         .as_ref()
                         .and_then(time::duration)
                         .filter(|d| !d.is_zero() && d.as_secs() <= 10 * 365 * 86_400)
-                        .ok_or_else(|| Error::invalid("settings.max_key_lifetime must be between 1s and 10 years"))?;
-                    sqlx::query("UPDATE organizations SET max_key_lifetime_secs = $1 WHERE id = $2").bind(d.as_secs().max(1) as i64).bind(&org).execute(&mut *tx).await.map_err(Error::from)?;
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                "settings.max_key_lifetime must be between 1s and 10 years",
+                            )
+                        })?;
+                    sqlx::query(
+                        "UPDATE organizations SET max_key_lifetime_secs = $1 WHERE id = $2",
+                    )
+                    .bind(d.as_secs().max(1) as i64)
+                    .bind(&org)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::from)?;
                 }
                 _ => {
-                    sqlx::query("UPDATE organizations SET allow_non_expiring_keys = $1 WHERE id = $2")
-                        .bind(i64::from(settings.allow_non_expiring_keys))
-                        .bind(&org)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(Error::from)?;
+                    sqlx::query(
+                        "UPDATE organizations SET allow_non_expiring_keys = $1 WHERE id = $2",
+                    )
+                    .bind(i64::from(settings.allow_non_expiring_keys))
+                    .bind(&org)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::from)?;
                 }
             }
         }
         tx.commit().await.map_err(Error::from)?;
-        let resp = self.get_organization(Request::new(GetOrganizationRequest { name: String::new() }).with_caller(caller)).await?;
-        Ok(Response::new(UpdateOrganizationResponse { organization: resp.into_inner().organization }))
+        let resp = self
+            .get_organization(
+                Request::new(GetOrganizationRequest {
+                    name: String::new(),
+                })
+                .with_caller(caller),
+            )
+            .await?;
+        Ok(Response::new(UpdateOrganizationResponse {
+            organization: resp.into_inner().organization,
+        }))
     }
 
-    async fn delete_organization(&self, request: Request<DeleteOrganizationRequest>) -> Result<Response<DeleteOrganizationResponse>, Status> {
+    async fn delete_organization(
+        &self,
+        request: Request<DeleteOrganizationRequest>,
+    ) -> Result<Response<DeleteOrganizationResponse>, Status> {
         let caller = caller(&request)?;
         let org = parent_org(&caller, &request.get_ref().name)?.to_owned();
         let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         // Children first, so the delete does not depend on cascade support.
         for table in ["api_keys", "invites", "projects", "agents", "members"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE org_id = $1"))).bind(&org).execute(&mut *tx).await.map_err(Error::from)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE org_id = $1"
+            )))
+            .bind(&org)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
         }
-        let done = sqlx::query("DELETE FROM organizations WHERE id = $1").bind(&org).execute(&mut *tx).await.map_err(Error::from)?;
+        let done = sqlx::query("DELETE FROM organizations WHERE id = $1")
+            .bind(&org)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found(org_name(&org)).into());
         }
@@ -431,21 +610,35 @@ impl IdentityService for Identity {
         Ok(Response::new(DeleteOrganizationResponse {}))
     }
 
-    async fn create_invite(&self, request: Request<CreateInviteRequest>) -> Result<Response<CreateInviteResponse>, Status> {
+    async fn create_invite(
+        &self,
+        request: Request<CreateInviteRequest>,
+    ) -> Result<Response<CreateInviteResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
         let email = names::normalize_email(&req.email)?;
         let role = parse_role(&req.role)?;
         if role == Role::Agent {
-            return Err(Error::invalid("role agent is for AI-agent identities; create an agent instead").into());
+            return Err(Error::invalid(
+                "role agent is for AI-agent identities; create an agent instead",
+            )
+            .into());
         }
         check_grantable(&caller, role)?;
         let ttl = match &req.ttl {
             None => DEFAULT_INVITE_TTL,
-            Some(d) => time::duration(d).filter(|d| !d.is_zero() && *d <= MAX_INVITE_TTL).ok_or_else(|| Error::invalid("ttl must be between 1s and 30 days"))?,
+            Some(d) => time::duration(d)
+                .filter(|d| !d.is_zero() && *d <= MAX_INVITE_TTL)
+                .ok_or_else(|| Error::invalid("ttl must be between 1s and 30 days"))?,
         };
-        let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM members WHERE org_id = $1 AND email = $2").bind(&org).bind(&email).fetch_optional(&self.db.pool).await.map_err(Error::from)?;
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM members WHERE org_id = $1 AND email = $2")
+                .bind(&org)
+                .bind(&email)
+                .fetch_optional(&self.db.pool)
+                .await
+                .map_err(Error::from)?;
         if exists.is_some() {
             return Err(Error::AlreadyExists(format!("{email} is already a member")).into());
         }
@@ -464,16 +657,29 @@ impl IdentityService for Identity {
             .execute(&self.db.pool)
             .await
             .map_err(Error::from)?;
-        Ok(Response::new(CreateInviteResponse { code, expire_time: Some(timestamp(expire)), email, role: role.as_str().to_owned() }))
+        Ok(Response::new(CreateInviteResponse {
+            code,
+            expire_time: Some(timestamp(expire)),
+            email,
+            role: role.as_str().to_owned(),
+        }))
     }
 
-    async fn accept_invite(&self, request: Request<AcceptInviteRequest>) -> Result<Response<AcceptInviteResponse>, Status> {
+    async fn accept_invite(
+        &self,
+        request: Request<AcceptInviteRequest>,
+    ) -> Result<Response<AcceptInviteResponse>, Status> {
         let req = request.into_inner();
-        let parsed = token::parse(req.code.trim()).map_err(|e| Error::invalid(format!("malformed invite code: {e}")))?;
+        let parsed = token::parse(req.code.trim())
+            .map_err(|e| Error::invalid(format!("malformed invite code: {e}")))?;
         if parsed.kind != TokenKind::Invite {
             return Err(Error::invalid("not an invite code (expected pdi_…)").into());
         }
-        let key_name = if req.key_display_name.is_empty() { "default".to_owned() } else { req.key_display_name };
+        let key_name = if req.key_display_name.is_empty() {
+            "default".to_owned()
+        } else {
+            req.key_display_name
+        };
         validate_text("key_display_name", &key_name, 200)?;
         let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         let row: Option<(String, String, String, String, i64, Option<i64>)> =
@@ -482,25 +688,32 @@ impl IdentityService for Identity {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(Error::from)?;
-        let Some((org, _, email, role, expire, accepted)) = row.filter(|r| parsed.matches(&r.1)) else {
+        let Some((org, _, email, role, expire, accepted)) = row.filter(|r| parsed.matches(&r.1))
+        else {
             return Err(Error::NotFound("invite code not found".into()).into());
         };
         if accepted.is_some() {
-            return Err(Error::FailedPrecondition("invite code has already been used".into()).into());
+            return Err(
+                Error::FailedPrecondition("invite code has already been used".into()).into(),
+            );
         }
         if expire <= now_micros() {
             return Err(Error::FailedPrecondition("invite code has expired".into()).into());
         }
         // Single use even under races: only one UPDATE sees accept_time NULL.
         let now = now_micros();
-        let claimed = sqlx::query("UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL")
-            .bind(now)
-            .bind(parsed.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::from)?;
+        let claimed = sqlx::query(
+            "UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL",
+        )
+        .bind(now)
+        .bind(parsed.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::from)?;
         if claimed.rows_affected() != 1 {
-            return Err(Error::FailedPrecondition("invite code has already been used".into()).into());
+            return Err(
+                Error::FailedPrecondition("invite code has already been used".into()).into(),
+            );
         }
         let member_id = new_principal_id('m');
         sqlx::query("INSERT INTO members (id, org_id, email, role, create_time) VALUES ($1, $2, $3, $4, $5)")
@@ -515,7 +728,19 @@ impl IdentityService for Identity {
         let (max, _) = self.org_settings(&org).await?;
         let expire = Some(now.saturating_add(max.as_micros() as i64));
         let name = child_name(&org, "members", &member_id);
-        let (key, secret) = Self::insert_key(&mut tx, &org, &member_id, &key_name, "", &[], expire, &name).await?;
+        let (key, secret) = Self::insert_key(
+            &mut tx,
+            NewKey {
+                org: &org,
+                owner_id: &member_id,
+                display_name: &key_name,
+                role: "",
+                scope: &[],
+                expire,
+                created_by: &name,
+            },
+        )
+        .await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Response::new(AcceptInviteResponse {
             member: Some(member((member_id, org, email, role, now))),
@@ -524,7 +749,10 @@ impl IdentityService for Identity {
         }))
     }
 
-    async fn list_members(&self, request: Request<ListMembersRequest>) -> Result<Response<ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        request: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
@@ -548,10 +776,16 @@ impl IdentityService for Identity {
         }
         .map_err(Error::from)?;
         let next_page_token = next_page(&mut rows, &page, |r| r.0.clone());
-        Ok(Response::new(ListMembersResponse { members: rows.into_iter().map(member).collect(), next_page_token }))
+        Ok(Response::new(ListMembersResponse {
+            members: rows.into_iter().map(member).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn get_member(&self, request: Request<GetMemberRequest>) -> Result<Response<GetMemberResponse>, Status> {
+    async fn get_member(
+        &self,
+        request: Request<GetMemberRequest>,
+    ) -> Result<Response<GetMemberResponse>, Status> {
         let caller = caller(&request)?;
         let name = &request.get_ref().name;
         let id = own_child(&caller, name, "members")?;
@@ -562,13 +796,20 @@ impl IdentityService for Identity {
             .await
             .map_err(Error::from)?;
         let row = row.ok_or_else(|| Error::not_found(names::truncate(name)))?;
-        Ok(Response::new(GetMemberResponse { member: Some(member(row)) }))
+        Ok(Response::new(GetMemberResponse {
+            member: Some(member(row)),
+        }))
     }
 
-    async fn update_member(&self, request: Request<UpdateMemberRequest>) -> Result<Response<UpdateMemberResponse>, Status> {
+    async fn update_member(
+        &self,
+        request: Request<UpdateMemberRequest>,
+    ) -> Result<Response<UpdateMemberResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let update = req.member.ok_or_else(|| Error::invalid("member is required"))?;
+        let update = req
+            .member
+            .ok_or_else(|| Error::invalid("member is required"))?;
         mask_paths(req.update_mask.as_ref(), &["role"])?;
         let org = caller_org(&caller)?.to_owned();
         let id = own_child(&caller, &update.name, "members")?.to_owned();
@@ -585,46 +826,90 @@ impl IdentityService for Identity {
             .map_err(Error::from)?;
         let mut current = current.ok_or_else(|| Error::not_found(names::truncate(&update.name)))?;
         if let Some(old) = Role::parse(&current.3) {
-            check_grantable(&caller, old).map_err(|_| Error::PermissionDenied(format!("cannot change the role of a member whose role ({}) is above your own", old.as_str())))?;
+            check_grantable(&caller, old).map_err(|_| {
+                Error::PermissionDenied(format!(
+                    "cannot change the role of a member whose role ({}) is above your own",
+                    old.as_str()
+                ))
+            })?;
         }
         if current.3 == "owner" && role != Role::Owner {
             self.ensure_other_owner(&org, &id).await?;
         }
-        sqlx::query("UPDATE members SET role = $1 WHERE id = $2").bind(role.as_str()).bind(&id).execute(&self.db.pool).await.map_err(Error::from)?;
+        sqlx::query("UPDATE members SET role = $1 WHERE id = $2")
+            .bind(role.as_str())
+            .bind(&id)
+            .execute(&self.db.pool)
+            .await
+            .map_err(Error::from)?;
         self.publish(Invalidation::Principal(id));
         current.3 = role.as_str().to_owned();
-        Ok(Response::new(UpdateMemberResponse { member: Some(member(current)) }))
+        Ok(Response::new(UpdateMemberResponse {
+            member: Some(member(current)),
+        }))
     }
 
-    async fn delete_member(&self, request: Request<DeleteMemberRequest>) -> Result<Response<DeleteMemberResponse>, Status> {
+    async fn delete_member(
+        &self,
+        request: Request<DeleteMemberRequest>,
+    ) -> Result<Response<DeleteMemberResponse>, Status> {
         let caller = caller(&request)?;
         let org = caller_org(&caller)?.to_owned();
         let name = request.into_inner().name;
         let id = own_child(&caller, &name, "members")?.to_owned();
-        let role: Option<(String,)> = sqlx::query_as("SELECT role FROM members WHERE id = $1 AND org_id = $2").bind(&id).bind(&org).fetch_optional(&self.db.pool).await.map_err(Error::from)?;
+        let role: Option<(String,)> =
+            sqlx::query_as("SELECT role FROM members WHERE id = $1 AND org_id = $2")
+                .bind(&id)
+                .bind(&org)
+                .fetch_optional(&self.db.pool)
+                .await
+                .map_err(Error::from)?;
         let (role,) = role.ok_or_else(|| Error::not_found(names::truncate(&name)))?;
         if role == "owner" {
             self.ensure_other_owner(&org, &id).await?;
         }
         let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
-        sqlx::query("DELETE FROM api_keys WHERE owner_id = $1").bind(&id).execute(&mut *tx).await.map_err(Error::from)?;
-        sqlx::query("DELETE FROM members WHERE id = $1").bind(&id).execute(&mut *tx).await.map_err(Error::from)?;
+        sqlx::query("DELETE FROM api_keys WHERE owner_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        sqlx::query("DELETE FROM members WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
         tx.commit().await.map_err(Error::from)?;
         self.publish(Invalidation::Principal(id));
         Ok(Response::new(DeleteMemberResponse {}))
     }
 
-    async fn create_agent(&self, request: Request<CreateAgentRequest>) -> Result<Response<CreateAgentResponse>, Status> {
+    async fn create_agent(
+        &self,
+        request: Request<CreateAgentRequest>,
+    ) -> Result<Response<CreateAgentResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
         validate_id("agent", &req.agent_id)?;
         let spec = req.agent.unwrap_or_default();
         validate_text("description", &spec.description, 2000)?;
-        let role = if spec.role.is_empty() { Role::Agent } else { parse_role(&spec.role)? };
+        let role = if spec.role.is_empty() {
+            Role::Agent
+        } else {
+            parse_role(&spec.role)?
+        };
         check_grantable(&caller, role)?;
         let now = now_micros();
-        let row: AgentRow = (new_principal_id('a'), org, req.agent_id, spec.description, role.as_str().to_owned(), caller.name.clone(), now);
+        let row: AgentRow = (
+            new_principal_id('a'),
+            org,
+            req.agent_id,
+            spec.description,
+            role.as_str().to_owned(),
+            caller.name.clone(),
+            now,
+        );
         sqlx::query("INSERT INTO agents (id, org_id, agent_id, description, role, created_by, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -636,10 +921,15 @@ impl IdentityService for Identity {
             .execute(&self.db.pool)
             .await
             .map_err(Error::from)?;
-        Ok(Response::new(CreateAgentResponse { agent: Some(agent(row)) }))
+        Ok(Response::new(CreateAgentResponse {
+            agent: Some(agent(row)),
+        }))
     }
 
-    async fn list_agents(&self, request: Request<ListAgentsRequest>) -> Result<Response<ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
@@ -654,10 +944,16 @@ impl IdentityService for Identity {
         .await
         .map_err(Error::from)?;
         let next_page_token = next_page(&mut rows, &page, |r| r.2.clone());
-        Ok(Response::new(ListAgentsResponse { agents: rows.into_iter().map(agent).collect(), next_page_token }))
+        Ok(Response::new(ListAgentsResponse {
+            agents: rows.into_iter().map(agent).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn get_agent(&self, request: Request<GetAgentRequest>) -> Result<Response<GetAgentResponse>, Status> {
+    async fn get_agent(
+        &self,
+        request: Request<GetAgentRequest>,
+    ) -> Result<Response<GetAgentResponse>, Status> {
         let caller = caller(&request)?;
         let name = &request.get_ref().name;
         let id = own_child(&caller, name, "agents")?;
@@ -668,25 +964,47 @@ impl IdentityService for Identity {
             .await
             .map_err(Error::from)?;
         let row = row.ok_or_else(|| Error::not_found(names::truncate(name)))?;
-        Ok(Response::new(GetAgentResponse { agent: Some(agent(row)) }))
+        Ok(Response::new(GetAgentResponse {
+            agent: Some(agent(row)),
+        }))
     }
 
-    async fn delete_agent(&self, request: Request<DeleteAgentRequest>) -> Result<Response<DeleteAgentResponse>, Status> {
+    async fn delete_agent(
+        &self,
+        request: Request<DeleteAgentRequest>,
+    ) -> Result<Response<DeleteAgentResponse>, Status> {
         let caller = caller(&request)?;
         let name = request.into_inner().name;
         let agent_id = own_child(&caller, &name, "agents")?;
         let org = caller_org(&caller)?;
-        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE org_id = $1 AND agent_id = $2").bind(org).bind(agent_id).fetch_optional(&self.db.pool).await.map_err(Error::from)?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM agents WHERE org_id = $1 AND agent_id = $2")
+                .bind(org)
+                .bind(agent_id)
+                .fetch_optional(&self.db.pool)
+                .await
+                .map_err(Error::from)?;
         let (id,) = row.ok_or_else(|| Error::not_found(names::truncate(&name)))?;
         let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
-        sqlx::query("DELETE FROM api_keys WHERE owner_id = $1").bind(&id).execute(&mut *tx).await.map_err(Error::from)?;
-        sqlx::query("DELETE FROM agents WHERE id = $1").bind(&id).execute(&mut *tx).await.map_err(Error::from)?;
+        sqlx::query("DELETE FROM api_keys WHERE owner_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
         tx.commit().await.map_err(Error::from)?;
         self.publish(Invalidation::Principal(id));
         Ok(Response::new(DeleteAgentResponse {}))
     }
 
-    async fn create_project(&self, request: Request<CreateProjectRequest>) -> Result<Response<CreateProjectResponse>, Status> {
+    async fn create_project(
+        &self,
+        request: Request<CreateProjectRequest>,
+    ) -> Result<Response<CreateProjectResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
@@ -695,7 +1013,15 @@ impl IdentityService for Identity {
         validate_text("display_name", &spec.display_name, 200)?;
         validate_text("description", &spec.description, 2000)?;
         let now = now_micros();
-        let row: ProjectRow = (org, req.project_id, spec.display_name, spec.description, caller.name.clone(), now, now);
+        let row: ProjectRow = (
+            org,
+            req.project_id,
+            spec.display_name,
+            spec.description,
+            caller.name.clone(),
+            now,
+            now,
+        );
         sqlx::query("INSERT INTO projects (org_id, project_id, display_name, description, created_by, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -707,10 +1033,15 @@ impl IdentityService for Identity {
             .execute(&self.db.pool)
             .await
             .map_err(Error::from)?;
-        Ok(Response::new(CreateProjectResponse { project: Some(project(row)) }))
+        Ok(Response::new(CreateProjectResponse {
+            project: Some(project(row)),
+        }))
     }
 
-    async fn list_projects(&self, request: Request<ListProjectsRequest>) -> Result<Response<ListProjectsResponse>, Status> {
+    async fn list_projects(
+        &self,
+        request: Request<ListProjectsRequest>,
+    ) -> Result<Response<ListProjectsResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
@@ -725,27 +1056,46 @@ impl IdentityService for Identity {
         .await
         .map_err(Error::from)?;
         let next_page_token = next_page(&mut rows, &page, |r| r.1.clone());
-        Ok(Response::new(ListProjectsResponse { projects: rows.into_iter().map(project).collect(), next_page_token }))
+        Ok(Response::new(ListProjectsResponse {
+            projects: rows.into_iter().map(project).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn get_project(&self, request: Request<GetProjectRequest>) -> Result<Response<GetProjectResponse>, Status> {
+    async fn get_project(
+        &self,
+        request: Request<GetProjectRequest>,
+    ) -> Result<Response<GetProjectResponse>, Status> {
         let caller = caller(&request)?;
         let name = &request.get_ref().name;
         let id = own_child(&caller, name, "projects")?;
-        let row = self.project_row(caller_org(&caller)?, id).await?.ok_or_else(|| Error::not_found(names::truncate(name)))?;
-        Ok(Response::new(GetProjectResponse { project: Some(project(row)) }))
+        let row = self
+            .project_row(caller_org(&caller)?, id)
+            .await?
+            .ok_or_else(|| Error::not_found(names::truncate(name)))?;
+        Ok(Response::new(GetProjectResponse {
+            project: Some(project(row)),
+        }))
     }
 
-    async fn update_project(&self, request: Request<UpdateProjectRequest>) -> Result<Response<UpdateProjectResponse>, Status> {
+    async fn update_project(
+        &self,
+        request: Request<UpdateProjectRequest>,
+    ) -> Result<Response<UpdateProjectResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let update = req.project.ok_or_else(|| Error::invalid("project is required"))?;
+        let update = req
+            .project
+            .ok_or_else(|| Error::invalid("project is required"))?;
         let paths = mask_paths(req.update_mask.as_ref(), &["display_name", "description"])?;
         let org = caller_org(&caller)?;
         let id = own_child(&caller, &update.name, "projects")?;
         validate_text("display_name", &update.display_name, 200)?;
         validate_text("description", &update.description, 2000)?;
-        let mut row = self.project_row(org, id).await?.ok_or_else(|| Error::not_found(names::truncate(&update.name)))?;
+        let mut row = self
+            .project_row(org, id)
+            .await?
+            .ok_or_else(|| Error::not_found(names::truncate(&update.name)))?;
         for p in &paths {
             match p.as_str() {
                 "display_name" => row.2 = update.display_name.clone(),
@@ -762,10 +1112,15 @@ impl IdentityService for Identity {
             .execute(&self.db.pool)
             .await
             .map_err(Error::from)?;
-        Ok(Response::new(UpdateProjectResponse { project: Some(project(row)) }))
+        Ok(Response::new(UpdateProjectResponse {
+            project: Some(project(row)),
+        }))
     }
 
-    async fn delete_project(&self, request: Request<DeleteProjectRequest>) -> Result<Response<DeleteProjectResponse>, Status> {
+    async fn delete_project(
+        &self,
+        request: Request<DeleteProjectRequest>,
+    ) -> Result<Response<DeleteProjectResponse>, Status> {
         let caller = caller(&request)?;
         let name = &request.get_ref().name;
         let id = own_child(&caller, name, "projects")?;
@@ -781,63 +1136,123 @@ impl IdentityService for Identity {
         Ok(Response::new(DeleteProjectResponse {}))
     }
 
-    async fn create_api_key(&self, request: Request<CreateApiKeyRequest>) -> Result<Response<CreateApiKeyResponse>, Status> {
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
         let spec = req.api_key.unwrap_or_default();
-        let display_name = if spec.display_name.is_empty() { "key".to_owned() } else { spec.display_name };
+        let display_name = if spec.display_name.is_empty() {
+            "key".to_owned()
+        } else {
+            spec.display_name
+        };
         validate_text("display_name", &display_name, 200)?;
         validate_scope(&spec.scope)?;
-        let key_role = if spec.role.is_empty() { None } else { Some(parse_role(&spec.role)?) };
+        let key_role = if spec.role.is_empty() {
+            None
+        } else {
+            Some(parse_role(&spec.role)?)
+        };
         // Whose key: the caller's own, or a named member's or agent's.
-        let (owner_id, owner_name, owner_role) = if spec.owner.is_empty() || spec.owner == caller.name {
+        let (owner_id, owner_name, owner_role) = if spec.owner.is_empty()
+            || spec.owner == caller.name
+        {
             (caller.id.clone(), caller.name.clone(), caller.role.clone())
         } else if let Ok((o, agent_id)) = parse_child(&spec.owner, "agents") {
-            let row: Option<(String, String)> = sqlx::query_as("SELECT id, role FROM agents WHERE org_id = $1 AND agent_id = $2")
-                .bind(&org)
-                .bind(agent_id)
-                .fetch_optional(&self.db.pool)
-                .await
-                .map_err(Error::from)?;
-            let (id, role) = row.filter(|_| o == org).ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT id, role FROM agents WHERE org_id = $1 AND agent_id = $2")
+                    .bind(&org)
+                    .bind(agent_id)
+                    .fetch_optional(&self.db.pool)
+                    .await
+                    .map_err(Error::from)?;
+            let (id, role) = row
+                .filter(|_| o == org)
+                .ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
             (id, spec.owner.clone(), role)
         } else {
-            let (o, member_id) = parse_child(&spec.owner, "members").map_err(|_| Error::invalid("owner must be a member or agent resource name"))?;
-            let row: Option<(String,)> = sqlx::query_as("SELECT role FROM members WHERE org_id = $1 AND id = $2").bind(&org).bind(member_id).fetch_optional(&self.db.pool).await.map_err(Error::from)?;
-            let (role,) = row.filter(|_| o == org).ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
+            let (o, member_id) = parse_child(&spec.owner, "members")
+                .map_err(|_| Error::invalid("owner must be a member or agent resource name"))?;
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT role FROM members WHERE org_id = $1 AND id = $2")
+                    .bind(&org)
+                    .bind(member_id)
+                    .fetch_optional(&self.db.pool)
+                    .await
+                    .map_err(Error::from)?;
+            let (role,) = row
+                .filter(|_| o == org)
+                .ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
             (member_id.to_owned(), spec.owner.clone(), role)
         };
         let key_resource = child_name(&org, "apiKeys", "-");
-        self.admission.require(&caller, "api_keys.manage_own", &key_resource, &owner_id).await?;
+        self.admission
+            .require(&caller, "api_keys.manage_own", &key_resource, &owner_id)
+            .await?;
         // Nobody mints a key above their own.
         let mine = caller_permissions(&caller);
         if let Some(r) = key_role
-            && !r.permissions().is_subset_of(Grant::of(&caller.role, &caller.key_role, &[]).effective())
+            && !r
+                .permissions()
+                .is_subset_of(Grant::of(&caller.role, &caller.key_role, &[]).effective())
         {
-            return Err(Error::PermissionDenied(format!("cannot mint a key with role {}: it is above your own", r.as_str())).into());
+            return Err(Error::PermissionDenied(format!(
+                "cannot mint a key with role {}: it is above your own",
+                r.as_str()
+            ))
+            .into());
         }
         let new = Grant::of(&owner_role, &spec.role, &spec.scope).effective();
         if !new.is_subset_of(mine) {
-            let extra: Vec<_> = new.names().into_iter().filter(|p| !mine.contains(rbac::permission_index(p).unwrap_or(0))).collect();
+            let extra: Vec<_> = new
+                .names()
+                .into_iter()
+                .filter(|p| !mine.contains(rbac::permission_index(p).unwrap_or(0)))
+                .collect();
             return Err(Error::PermissionDenied(format!(
                 "cannot mint a key above your own permissions (it would hold {}); narrow it with role or scope",
                 extra.join(", ")
             ))
             .into());
         }
-        let expire = self.key_expiry(&org, req.ttl.as_ref(), req.never_expires).await?;
+        let expire = self
+            .key_expiry(&org, req.ttl.as_ref(), req.never_expires)
+            .await?;
         let mut conn = self.db.pool.acquire().await.map_err(Error::from)?;
-        let (row, secret) = Self::insert_key(&mut conn, &org, &owner_id, &display_name, &spec.role, &spec.scope, expire, &caller.name).await?;
-        Ok(Response::new(CreateApiKeyResponse { api_key: Some(api_key(row, owner_name)), secret }))
+        let (row, secret) = Self::insert_key(
+            &mut conn,
+            NewKey {
+                org: &org,
+                owner_id: &owner_id,
+                display_name: &display_name,
+                role: &spec.role,
+                scope: &spec.scope,
+                expire,
+                created_by: &caller.name,
+            },
+        )
+        .await?;
+        Ok(Response::new(CreateApiKeyResponse {
+            api_key: Some(api_key(row, owner_name)),
+            secret,
+        }))
     }
 
-    async fn list_api_keys(&self, request: Request<ListApiKeysRequest>) -> Result<Response<ListApiKeysResponse>, Status> {
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
         let page = page(req.page_size, &req.page_token)?;
-        let all = self.admission.allows(&caller, "api_keys.read", &org_name(&org), "").await?;
+        let all = self
+            .admission
+            .allows(&caller, "api_keys.read", &org_name(&org), "")
+            .await?;
         let mut rows: Vec<KeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = $1 AND id > $2 \
              AND ($4 = 1 OR (revoke_time IS NULL AND (expire_time IS NULL OR expire_time > $5))) \
@@ -859,56 +1274,102 @@ impl IdentityService for Identity {
             let owner = self.owner_name(&org, &row.2).await?;
             keys.push(api_key(row, owner));
         }
-        Ok(Response::new(ListApiKeysResponse { api_keys: keys, next_page_token }))
+        Ok(Response::new(ListApiKeysResponse {
+            api_keys: keys,
+            next_page_token,
+        }))
     }
 
-    async fn revoke_api_key(&self, request: Request<RevokeApiKeyRequest>) -> Result<Response<RevokeApiKeyResponse>, Status> {
+    async fn revoke_api_key(
+        &self,
+        request: Request<RevokeApiKeyRequest>,
+    ) -> Result<Response<RevokeApiKeyResponse>, Status> {
         let caller = caller(&request)?;
         let name = request.into_inner().name;
         let id = own_child(&caller, &name, "apiKeys")?.to_owned();
         let org = caller_org(&caller)?.to_owned();
-        let row: Option<KeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND org_id = $2")))
-            .bind(&id)
-            .bind(&org)
-            .fetch_optional(&self.db.pool)
-            .await
-            .map_err(Error::from)?;
+        let row: Option<KeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND org_id = $2"
+        )))
+        .bind(&id)
+        .bind(&org)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(Error::from)?;
         let mut row = row.ok_or_else(|| Error::not_found(names::truncate(&name)))?;
         // Not even its existence leaks to someone who may not see it.
-        if !self.admission.allows(&caller, "api_keys.read", &name, &row.2).await? {
+        if !self
+            .admission
+            .allows(&caller, "api_keys.read", &name, &row.2)
+            .await?
+        {
             return Err(Error::not_found(names::truncate(&name)).into());
         }
-        self.admission.require(&caller, "api_keys.manage_own", &name, &row.2).await?;
+        self.admission
+            .require(&caller, "api_keys.manage_own", &name, &row.2)
+            .await?;
         if row.10.is_none() {
             let now = now_micros();
-            sqlx::query("UPDATE api_keys SET revoke_time = $1 WHERE id = $2 AND revoke_time IS NULL").bind(now).bind(&id).execute(&self.db.pool).await.map_err(Error::from)?;
+            sqlx::query(
+                "UPDATE api_keys SET revoke_time = $1 WHERE id = $2 AND revoke_time IS NULL",
+            )
+            .bind(now)
+            .bind(&id)
+            .execute(&self.db.pool)
+            .await
+            .map_err(Error::from)?;
             row.10 = Some(now);
         }
         self.publish(Invalidation::Key(id));
         let owner = self.owner_name(&org, &row.2).await?;
-        Ok(Response::new(RevokeApiKeyResponse { api_key: Some(api_key(row, owner)) }))
+        Ok(Response::new(RevokeApiKeyResponse {
+            api_key: Some(api_key(row, owner)),
+        }))
     }
 
-    async fn authenticate(&self, request: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
         let token = request.into_inner().token;
         let principal = self.authn.authenticate(token).await?;
-        Ok(Response::new(AuthenticateResponse { principal: Some(principal) }))
+        Ok(Response::new(AuthenticateResponse {
+            principal: Some(principal),
+        }))
     }
 
     type WatchInvalidationsStream = WatchStream;
 
-    async fn watch_invalidations(&self, _request: Request<WatchInvalidationsRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch_invalidations(
+        &self,
+        _request: Request<WatchInvalidationsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let changes = BroadcastStream::new(self.invalidations.subscribe()).map(|change| {
             // A lagging watcher lost pushes: tell it to drop everything.
             let change = change.unwrap_or(Invalidation::Reset);
-            Ok(WatchInvalidationsResponse { target: Some(change.into_target()) })
+            Ok(WatchInvalidationsResponse {
+                target: Some(change.into_target()),
+            })
         });
-        let first = tokio_stream::once(Ok(WatchInvalidationsResponse { target: Some(Invalidation::Reset.into_target()) }));
-        Ok(Response::new(Box::pin(first.chain(changes))))
+        let first = tokio_stream::once(Ok(WatchInvalidationsResponse {
+            target: Some(Invalidation::Reset.into_target()),
+        }));
+        let mut closing = self.closing.clone();
+        let closed = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        Ok(Response::new(Box::pin(
+            futures_util::StreamExt::take_until(first.chain(changes), closed),
+        )))
     }
 
-    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
-        Ok(Response::new(WhoAmIResponse { principal: Some(caller(&request)?) }))
+    async fn who_am_i(
+        &self,
+        request: Request<WhoAmIRequest>,
+    ) -> Result<Response<WhoAmIResponse>, Status> {
+        Ok(Response::new(WhoAmIResponse {
+            principal: Some(caller(&request)?),
+        }))
     }
 }
 

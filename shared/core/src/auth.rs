@@ -26,7 +26,9 @@ use crate::proto::authz::v1::authz_service_client::AuthzServiceClient;
 use crate::proto::authz::v1::{CheckRequest, CheckResponse, Link};
 use crate::proto::identity::v1::identity_service_client::IdentityServiceClient;
 use crate::proto::identity::v1::watch_invalidations_response::Target;
-use crate::proto::identity::v1::{AuthenticateRequest, Principal, PrincipalKind, WatchInvalidationsRequest};
+use crate::proto::identity::v1::{
+    AuthenticateRequest, Principal, PrincipalKind, WatchInvalidationsRequest,
+};
 use crate::proto::{Access, access_for};
 use crate::secret::Secret;
 use crate::telemetry::{self, TraceContext};
@@ -128,7 +130,9 @@ impl PrincipalCache {
 
 /// Whether the key behind a cached principal has expired since.
 fn expired(p: &Principal) -> bool {
-    p.key_expire_time.as_ref().is_some_and(|t| crate::time::timestamp_micros(t) <= crate::time::now_micros())
+    p.key_expire_time
+        .as_ref()
+        .is_some_and(|t| crate::time::timestamp_micros(t) <= crate::time::now_micros())
 }
 
 /// An authenticator with a principal cache in front.
@@ -139,7 +143,10 @@ pub struct CachedAuthenticator<A> {
 
 impl<A: Authenticator> CachedAuthenticator<A> {
     pub fn new(inner: A) -> Self {
-        Self { inner, cache: Arc::default() }
+        Self {
+            inner,
+            cache: Arc::default(),
+        }
     }
 
     pub fn inner(&self) -> &A {
@@ -174,10 +181,14 @@ pub struct BearerAuth {
 
 impl BearerAuth {
     pub fn new(token: &Secret<String>) -> Result<Self, Status> {
-        let mut header: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.expose()))
-            .map_err(|_| Status::invalid_argument("token contains characters not allowed in a header"))?;
+        let mut header: AsciiMetadataValue =
+            MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                Status::invalid_argument("token contains characters not allowed in a header")
+            })?;
         header.set_sensitive(true);
-        Ok(Self { header: Some(header) })
+        Ok(Self {
+            header: Some(header),
+        })
     }
 
     /// No credentials (for public RPCs such as accepting an invite).
@@ -212,20 +223,30 @@ pub type IdentityClient = IdentityServiceClient<InterceptedService<Channel, Bear
 pub type AuthzClient = AuthzServiceClient<InterceptedService<Channel, BearerAuth>>;
 
 pub fn identity_client(endpoint: &str, auth: BearerAuth) -> Result<IdentityClient, Status> {
-    Ok(IdentityServiceClient::with_interceptor(lazy_channel(endpoint)?, auth))
+    Ok(IdentityServiceClient::with_interceptor(
+        lazy_channel(endpoint)?,
+        auth,
+    ))
 }
 
 pub fn authz_client(endpoint: &str, auth: BearerAuth) -> Result<AuthzClient, Status> {
-    Ok(AuthzServiceClient::with_interceptor(lazy_channel(endpoint)?, auth))
+    Ok(AuthzServiceClient::with_interceptor(
+        lazy_channel(endpoint)?,
+        auth,
+    ))
 }
 
 /// Fails closed: anything but a verdict from the dependency is UNAVAILABLE.
 fn dependency_status(service: &str, status: Status) -> Status {
     match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound => status,
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound => {
+            status
+        }
         _ => {
             tracing::warn!(service, code = ?status.code(), "dependency call failed");
-            Status::unavailable(format!("{service} service unavailable; refusing the request"))
+            Status::unavailable(format!(
+                "{service} service unavailable; refusing the request"
+            ))
         }
     }
 }
@@ -246,21 +267,21 @@ impl RemoteIdentity {
         let mut client = self.client.clone();
         tokio::spawn(async move {
             loop {
-                match client.watch_invalidations(WatchInvalidationsRequest {}).await {
+                match client
+                    .watch_invalidations(WatchInvalidationsRequest {})
+                    .await
+                {
                     Ok(resp) => {
                         let mut stream = resp.into_inner();
-                        loop {
-                            match stream.message().await {
-                                Ok(Some(msg)) => {
-                                    if let Some(target) = msg.target {
-                                        cache.invalidate(&Invalidation::from_target(target));
-                                    }
-                                }
-                                Ok(None) | Err(_) => break,
+                        while let Ok(Some(msg)) = stream.message().await {
+                            if let Some(target) = msg.target {
+                                cache.invalidate(&Invalidation::from_target(target));
                             }
                         }
                     }
-                    Err(status) => tracing::debug!(code = ?status.code(), "invalidation stream unavailable"),
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "invalidation stream unavailable")
+                    }
                 }
                 // Pushes may have been missed while disconnected.
                 cache.invalidate(&Invalidation::Reset);
@@ -274,8 +295,13 @@ impl Authenticator for RemoteIdentity {
     fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>> {
         let mut client = self.client.clone();
         Box::pin(async move {
-            let resp = client.authenticate(AuthenticateRequest { token }).await.map_err(|s| dependency_status("identity", s))?;
-            resp.into_inner().principal.ok_or_else(|| Status::unavailable("identity returned no principal"))
+            let resp = client
+                .authenticate(AuthenticateRequest { token })
+                .await
+                .map_err(|s| dependency_status("identity", s))?;
+            resp.into_inner()
+                .principal
+                .ok_or_else(|| Status::unavailable("identity returned no principal"))
         })
     }
 }
@@ -290,7 +316,10 @@ pub struct RemoteAuthz {
 
 impl RemoteAuthz {
     pub fn new(client: AuthzClient) -> Self {
-        Self { client, memo: RwLock::default() }
+        Self {
+            client,
+            memo: RwLock::default(),
+        }
     }
 }
 
@@ -324,7 +353,13 @@ impl Authorizer for RemoteAuthz {
                     return Ok(resp.clone());
                 }
             }
-            let resp = self.client.clone().check(req).await.map_err(|s| dependency_status("authz", s))?.into_inner();
+            let resp = self
+                .client
+                .clone()
+                .check(req)
+                .await
+                .map_err(|s| dependency_status("authz", s))?
+                .into_inner();
             let mut memo = self.memo.write().unwrap_or_else(|e| e.into_inner());
             if memo.len() >= 100_000 {
                 memo.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -348,12 +383,18 @@ fn kind_of(p: &Principal) -> PrincipalKind {
 
 /// Extracts the bearer token; UNAUTHENTICATED says what is wrong with it.
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Status> {
-    let value = headers.get("authorization").ok_or_else(|| Status::unauthenticated("missing bearer token (authorization metadata)"))?;
-    let value = value.to_str().map_err(|_| Status::unauthenticated("malformed authorization header: not ASCII"))?;
+    let value = headers
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing bearer token (authorization metadata)"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("malformed authorization header: not ASCII"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| Status::unauthenticated("malformed authorization header: expected \"Bearer <token>\""))?
+        .ok_or_else(|| {
+            Status::unauthenticated("malformed authorization header: expected \"Bearer <token>\"")
+        })?
         .trim();
     token::parse(token).map_err(|e| Status::unauthenticated(format!("malformed token: {e}")))?;
     Ok(token)
@@ -365,13 +406,24 @@ impl Admission {
     }
 
     /// Admits a call to `path`, returning the caller (none for public RPCs).
-    pub async fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Option<Principal>, Status> {
+    pub async fn admit(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<Principal>, Status> {
         let access = match access_for(path) {
             Some(a) => a,
-            None if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.v1.ServerReflection/") => {
+            None if path.starts_with("/grpc.health.v1.Health/")
+                || path.starts_with("/grpc.reflection.v1.ServerReflection/") =>
+            {
                 return Ok(None);
             }
-            None => return Err(Status::unimplemented(format!("unknown method {}", crate::names::truncate(path)))),
+            None => {
+                return Err(Status::unimplemented(format!(
+                    "unknown method {}",
+                    crate::names::truncate(path)
+                )));
+            }
         };
         if access == Access::Public {
             return Ok(None);
@@ -383,12 +435,16 @@ impl Admission {
             Access::Public | Access::Authenticated => {}
             Access::Internal => {
                 if kind != PrincipalKind::Service {
-                    return Err(Status::permission_denied(format!("{path} is internal: only service principals may call it")));
+                    return Err(Status::permission_denied(format!(
+                        "{path} is internal: only service principals may call it"
+                    )));
                 }
             }
             Access::Platform => {
                 if kind != PrincipalKind::Platform {
-                    return Err(Status::permission_denied(format!("{path} needs the platform bootstrap token")));
+                    return Err(Status::permission_denied(format!(
+                        "{path} needs the platform bootstrap token"
+                    )));
                 }
             }
             Access::Permission(permission) => {
@@ -401,7 +457,12 @@ impl Admission {
                 let resource = principal.organization.clone();
                 let decision = self
                     .authz
-                    .check(CheckRequest { principal: Some(principal.clone()), permission: permission.to_owned(), resource: resource.clone(), resource_owner: String::new() })
+                    .check(CheckRequest {
+                        principal: Some(principal.clone()),
+                        permission: permission.to_owned(),
+                        resource: resource.clone(),
+                        resource_owner: String::new(),
+                    })
                     .await?;
                 if !decision.allowed {
                     let reason = decision.reason.unwrap_or_default();
@@ -409,7 +470,10 @@ impl Admission {
                     if reason.missing() == Link::Organization {
                         return Err(Status::not_found("resource not found"));
                     }
-                    return Err(Status::permission_denied(format!("missing {permission} on {resource}: {}", reason.summary)));
+                    return Err(Status::permission_denied(format!(
+                        "missing {permission} on {resource}: {}",
+                        reason.summary
+                    )));
                 }
             }
         }
@@ -419,7 +483,13 @@ impl Admission {
     /// Checks a permission on a specific resource inside a handler (for
     /// ownership and cross-resource checks). Another organization's
     /// resource is NOT_FOUND; a deny names the missing permission.
-    pub async fn require(&self, principal: &Principal, permission: &str, resource: &str, owner: &str) -> Result<(), Status> {
+    pub async fn require(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource: &str,
+        owner: &str,
+    ) -> Result<(), Status> {
         let decision = self
             .authz
             .check(CheckRequest {
@@ -434,13 +504,25 @@ impl Admission {
         }
         let reason = decision.reason.unwrap_or_default();
         if reason.missing() == Link::Organization {
-            return Err(Status::not_found(format!("{} not found", crate::names::truncate(resource))));
+            return Err(Status::not_found(format!(
+                "{} not found",
+                crate::names::truncate(resource)
+            )));
         }
-        Err(Status::permission_denied(format!("missing {permission} on {resource}: {}", reason.summary)))
+        Err(Status::permission_denied(format!(
+            "missing {permission} on {resource}: {}",
+            reason.summary
+        )))
     }
 
     /// Whether the principal holds `permission` (no error for a deny).
-    pub async fn allows(&self, principal: &Principal, permission: &str, resource: &str, owner: &str) -> Result<bool, Status> {
+    pub async fn allows(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource: &str,
+        owner: &str,
+    ) -> Result<bool, Status> {
         match self.require(principal, permission, resource, owner).await {
             Ok(()) => Ok(true),
             Err(s) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => Ok(false),
@@ -466,7 +548,10 @@ impl<S> tower::Layer<S> for AdmissionLayer {
     type Service = AdmissionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdmissionService { inner, admission: self.admission.clone() }
+        AdmissionService {
+            inner,
+            admission: self.admission.clone(),
+        }
     }
 }
 
@@ -478,7 +563,10 @@ pub struct AdmissionService<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -495,9 +583,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = self.admission.clone();
-        let incoming = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+        let incoming = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse);
         let ctx = incoming.map_or_else(TraceContext::root, |c| c.child());
-        let span = tracing::info_span!("rpc", path = %req.uri().path(), trace_id = %ctx.trace_id_hex());
+        let span =
+            tracing::info_span!("rpc", path = %req.uri().path(), trace_id = %ctx.trace_id_hex());
         let fut = async move {
             match admission.admit(req.uri().path(), req.headers()).await {
                 Ok(principal) => {

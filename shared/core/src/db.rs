@@ -31,14 +31,26 @@ pub type Migration = (i64, &'static str);
 impl Database {
     /// Connects `service`'s database: PostgreSQL schema `paddock_{service}`
     /// when `url` is set, else `{data_dir}/{service}.db`. Runs migrations.
-    pub async fn connect(service: &str, data_dir: &Path, url: Option<&str>, migrations: &[Migration]) -> Result<Self, sqlx::Error> {
+    pub async fn connect(
+        service: &str,
+        data_dir: &Path,
+        url: Option<&str>,
+        migrations: &[Migration],
+    ) -> Result<Self, sqlx::Error> {
         install_default_drivers();
         let db = match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let schema = format!("paddock_{service}");
                 // Create the schema on a plain connection first.
-                let admin = AnyPoolOptions::new().max_connections(1).connect(url).await?;
-                admin.execute(sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))).await?;
+                let admin = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await?;
+                admin
+                    .execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                        "CREATE SCHEMA IF NOT EXISTS {schema}"
+                    ))))
+                    .await?;
                 admin.close().await;
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
@@ -53,12 +65,19 @@ impl Database {
                     })
                     .connect(url)
                     .await?;
-                Database { pool, backend: Backend::Postgres }
+                Database {
+                    pool,
+                    backend: Backend::Postgres,
+                }
             }
             Some(url) if url.starts_with("sqlite:") => Self::sqlite(url).await?,
             Some(other) => {
                 return Err(sqlx::Error::Configuration(
-                    format!("unsupported database URL scheme in {:?}", other.split(':').next().unwrap_or("")).into(),
+                    format!(
+                        "unsupported database URL scheme in {:?}",
+                        other.split(':').next().unwrap_or("")
+                    )
+                    .into(),
                 ));
             }
             None => {
@@ -86,7 +105,10 @@ impl Database {
             })
             .connect(url)
             .await?;
-        Ok(Database { pool, backend: Backend::Sqlite })
+        Ok(Database {
+            pool,
+            backend: Backend::Sqlite,
+        })
     }
 
     /// Applies the migrations not yet applied, each in its own transaction.
@@ -96,10 +118,11 @@ impl Database {
             .await?;
         for (version, sql) in migrations {
             let mut tx = self.pool.begin().await?;
-            let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let done: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if done.is_some() {
                 continue;
             }

@@ -10,7 +10,9 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     let ok = (2..=63).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
         && !id.ends_with('-')
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -33,14 +35,19 @@ pub fn child_name(org: &str, collection: &str, id: &str) -> String {
 pub fn parse_org(name: &str) -> Result<&str> {
     match name.split('/').collect::<Vec<_>>().as_slice() {
         [ORGANIZATIONS, org] if is_segment(org) => Ok(org),
-        _ => Err(Error::invalid(format!("invalid organization name {:?}: expected organizations/{{organization}}", truncate(name)))),
+        _ => Err(Error::invalid(format!(
+            "invalid organization name {:?}: expected organizations/{{organization}}",
+            truncate(name)
+        ))),
     }
 }
 
 /// `organizations/{org}/{collection}/{id}` → (`org`, `id`).
 pub fn parse_child<'a>(name: &'a str, collection: &str) -> Result<(&'a str, &'a str)> {
     match name.split('/').collect::<Vec<_>>().as_slice() {
-        [ORGANIZATIONS, org, c, id] if *c == collection && is_segment(org) && is_segment(id) => Ok((org, id)),
+        [ORGANIZATIONS, org, c, id] if *c == collection && is_segment(org) && is_segment(id) => {
+            Ok((org, id))
+        }
         _ => Err(Error::invalid(format!(
             "invalid resource name {:?}: expected organizations/{{organization}}/{collection}/{{id}}",
             truncate(name)
@@ -64,10 +71,14 @@ fn is_segment(s: &str) -> bool {
 /// Checks free text: at most `max` characters, no control characters.
 pub fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
     if text.chars().count() > max {
-        return Err(Error::invalid(format!("{what} is longer than {max} characters")));
+        return Err(Error::invalid(format!(
+            "{what} is longer than {max} characters"
+        )));
     }
     if text.chars().any(char::is_control) {
-        return Err(Error::invalid(format!("{what} contains control characters")));
+        return Err(Error::invalid(format!(
+            "{what} contains control characters"
+        )));
     }
     Ok(())
 }
@@ -85,7 +96,10 @@ pub fn normalize_email(email: &str) -> Result<String> {
     if ok {
         Ok(email.to_ascii_lowercase())
     } else {
-        Err(Error::invalid(format!("invalid email {:?}", truncate(email))))
+        Err(Error::invalid(format!(
+            "invalid email {:?}",
+            truncate(email)
+        )))
     }
 }
 
@@ -107,15 +121,24 @@ mod tests {
         assert_eq!(parse_org("organizations/acme").unwrap(), "acme");
         assert!(parse_org("organizations/").is_err());
         assert!(parse_org("organizations/acme/x").is_err());
-        assert_eq!(parse_child("organizations/acme/projects/web", "projects").unwrap(), ("acme", "web"));
+        assert_eq!(
+            parse_child("organizations/acme/projects/web", "projects").unwrap(),
+            ("acme", "web")
+        );
         assert!(parse_child("organizations/acme/agents/web", "projects").is_err());
         assert!(parse_child("organizations/acme/projects/../x", "projects").is_err());
-        assert_eq!(organization_of("organizations/acme/projects/web"), Some("acme"));
+        assert_eq!(
+            organization_of("organizations/acme/projects/web"),
+            Some("acme")
+        );
         assert!(validate_id("project", "web-1").is_ok());
         assert!(validate_id("project", "Web").is_err());
         assert!(validate_id("project", "w").is_err());
         assert!(validate_id("project", "web-").is_err());
-        assert_eq!(normalize_email(" Alice@Example.com ").unwrap(), "alice@example.com");
+        assert_eq!(
+            normalize_email(" Alice@Example.com ").unwrap(),
+            "alice@example.com"
+        );
         assert!(normalize_email("a b@c").is_err());
         assert!(normalize_email("ab.c").is_err());
     }

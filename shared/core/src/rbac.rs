@@ -108,10 +108,18 @@ impl Role {
 
     pub fn description(self) -> &'static str {
         match self {
-            Role::Owner => "every permission, including deleting the organization, managing members, billing and security settings",
-            Role::Admin => "manage projects, agents, sessions and API keys; read billing, members and security",
-            Role::Developer => "create and update projects, execute agents, manage their own sessions and API keys",
-            Role::Agent => "AI-agent identities: read projects, execute agents, manage the sessions that run as this agent",
+            Role::Owner => {
+                "every permission, including deleting the organization, managing members, billing and security settings"
+            }
+            Role::Admin => {
+                "manage projects, agents, sessions and API keys; read billing, members and security"
+            }
+            Role::Developer => {
+                "create and update projects, execute agents, manage their own sessions and API keys"
+            }
+            Role::Agent => {
+                "AI-agent identities: read projects, execute agents, manage the sessions that run as this agent"
+            }
         }
     }
 
@@ -122,7 +130,9 @@ impl Role {
 
 /// The role table of the design (ARCHITECTURE §4), one row per role.
 static ROLE_SETS: LazyLock<[PermissionSet; 4]> = LazyLock::new(|| {
-    let set = |names: &[&str]| PermissionSet::parse(names.iter().copied()).expect("role table names known permissions");
+    let set = |names: &[&str]| {
+        PermissionSet::parse(names.iter().copied()).expect("role table names known permissions")
+    };
     [
         PermissionSet::all(),
         set(&[
@@ -164,23 +174,47 @@ static ROLE_SETS: LazyLock<[PermissionSet; 4]> = LazyLock::new(|| {
             "credentials.use",
             "tools.call",
         ]),
-        set(&["projects.read", "agents.execute", "sessions.manage_own", "credentials.use", "tools.call"]),
+        set(&[
+            "projects.read",
+            "agents.execute",
+            "sessions.manage_own",
+            "credentials.use",
+            "tools.call",
+        ]),
     ]
 });
 
 /// Predefined permission groups for scoping keys: (name, description).
 pub const GROUPS: &[(&str, &str)] = &[
     ("read-only", "every *.read permission the role has"),
-    ("ci-cd", "projects.read, agents.execute, sessions.read, sessions.manage_own"),
-    ("agent-execution", "projects.read, agents.execute, sessions.manage_own, tools.call"),
+    (
+        "ci-cd",
+        "projects.read, agents.execute, sessions.read, sessions.manage_own",
+    ),
+    (
+        "agent-execution",
+        "projects.read, agents.execute, sessions.manage_own, tools.call",
+    ),
 ];
 
 pub fn group_permissions(name: &str) -> Option<PermissionSet> {
     let set = |names: &[&str]| PermissionSet::parse(names.iter().copied()).ok();
     match name {
-        "read-only" => PermissionSet::parse(PERMISSIONS.iter().copied().filter(|p| p.ends_with(".read"))).ok(),
-        "ci-cd" => set(&["projects.read", "agents.execute", "sessions.read", "sessions.manage_own"]),
-        "agent-execution" => set(&["projects.read", "agents.execute", "sessions.manage_own", "tools.call"]),
+        "read-only" => {
+            PermissionSet::parse(PERMISSIONS.iter().copied().filter(|p| p.ends_with(".read"))).ok()
+        }
+        "ci-cd" => set(&[
+            "projects.read",
+            "agents.execute",
+            "sessions.read",
+            "sessions.manage_own",
+        ]),
+        "agent-execution" => set(&[
+            "projects.read",
+            "agents.execute",
+            "sessions.manage_own",
+            "tools.call",
+        ]),
         _ => None,
     }
 }
@@ -224,13 +258,19 @@ impl Grant {
                 Some(Role::Agent)
             })
         };
-        Grant { role: Role::parse(role), key_role, scope }
+        Grant {
+            role: Role::parse(role),
+            key_role,
+            scope,
+        }
     }
 
     /// Effective permissions = role ∩ key role ∩ scope.
     pub fn effective(&self) -> PermissionSet {
         let role = self.role.map_or(PermissionSet::EMPTY, Role::permissions);
-        let key = self.key_role.map_or(PermissionSet::all(), Role::permissions);
+        let key = self
+            .key_role
+            .map_or(PermissionSet::all(), Role::permissions);
         role.intersect(key).intersect(self.scope)
     }
 }
@@ -275,7 +315,9 @@ fn satisfiers(permission: &str, own_resource: bool) -> Vec<usize> {
 /// resource has an owner: a `*_own` permission then needs the caller to be it.
 pub fn decide(grant: &Grant, permission: &str, owner_is_caller: Option<bool>) -> Decision {
     if permission_index(permission).is_none() {
-        return Decision::Deny { missing: Link::UnknownPermission };
+        return Decision::Deny {
+            missing: Link::UnknownPermission,
+        };
     }
     let sats = satisfiers(permission, owner_is_caller == Some(true));
     let effective = grant.effective();
@@ -288,7 +330,9 @@ pub fn decide(grant: &Grant, permission: &str, owner_is_caller: Option<bool>) ->
     // Name the first link that lacks every satisfying permission.
     let has_any = |set: PermissionSet| sats.iter().any(|i| set.contains(*i));
     let role = grant.role.map_or(PermissionSet::EMPTY, Role::permissions);
-    let key = grant.key_role.map_or(PermissionSet::all(), Role::permissions);
+    let key = grant
+        .key_role
+        .map_or(PermissionSet::all(), Role::permissions);
     let missing = if !has_any(role) {
         Link::Role
     } else if !has_any(key) {

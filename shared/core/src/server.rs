@@ -30,7 +30,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 pub async fn health_and_reflection(serving: &[&str]) -> (HealthReporter, Routes) {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in serving {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -63,21 +65,43 @@ pub struct ServerHandle {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl ServerHandle {
     /// Serves in a background task until [`ServerHandle::shutdown`].
-    pub fn spawn(listener: TcpListener, addr: SocketAddr, admission: Admission, routes: Routes) -> Self {
+    pub fn spawn(
+        listener: TcpListener,
+        addr: SocketAddr,
+        admission: Admission,
+        routes: Routes,
+    ) -> Self {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, admission, routes, async {
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), task, background: Vec::new() }
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+            background: Vec::new(),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ties a closing signal to the server: it turns true when shutdown
+    /// starts, so long-lived streams can end and let the server drain.
+    pub fn with_closing(mut self, closing: tokio::sync::watch::Sender<bool>) -> Self {
+        self.closing = closing;
+        self
     }
 
     /// Ties background tasks (cache watchers, flushers) to the server: they
     /// are aborted when it stops.
-    pub fn with_background(mut self, tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>) -> Self {
+    pub fn with_background(
+        mut self,
+        tasks: impl IntoIterator<Item = tokio::task::JoinHandle<()>>,
+    ) -> Self {
         self.background.extend(tasks);
         self
     }
@@ -89,6 +113,10 @@ impl ServerHandle {
 
     /// Stops accepting, lets in-flight calls finish, and waits.
     pub async fn shutdown(mut self) {
+        let _ = self.closing.send(true);
+        for t in &self.background {
+            t.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -117,7 +145,10 @@ impl Drop for ServerHandle {
 }
 
 /// Reads a token file, or mints one of `kind` and writes it with mode 0600.
-pub fn load_or_create_token(path: &std::path::Path, kind: crate::token::TokenKind) -> std::io::Result<crate::secret::Secret<String>> {
+pub fn load_or_create_token(
+    path: &std::path::Path,
+    kind: crate::token::TokenKind,
+) -> std::io::Result<crate::secret::Secret<String>> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let text = text.trim();
         if crate::token::parse(text).is_ok_and(|t| t.kind == kind) {
@@ -138,7 +169,11 @@ pub fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Res
     }
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(contents.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;

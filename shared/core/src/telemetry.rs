@@ -32,18 +32,26 @@ impl TraceContext {
     /// A new trace.
     pub fn root() -> Self {
         let mut rng = rand::rng();
-        Self { trace_id: rng.random(), span_id: rng.random(), sampled: true }
+        Self {
+            trace_id: rng.random(),
+            span_id: rng.random(),
+            sampled: true,
+        }
     }
 
     /// The same trace with a new span, for the next hop.
     pub fn child(&self) -> Self {
-        Self { span_id: rand::rng().random(), ..*self }
+        Self {
+            span_id: rand::rng().random(),
+            ..*self
+        }
     }
 
     /// Parses a `traceparent` header (version 00).
     pub fn parse(header: &str) -> Option<Self> {
         let mut parts = header.trim().split('-');
-        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if version != "00" || parts.next().is_some() {
             return None;
         }
@@ -53,7 +61,11 @@ impl TraceContext {
         if trace_id == [0; 16] || span_id == [0; 8] || flags.len() != 1 {
             return None;
         }
-        Some(Self { trace_id, span_id, sampled: flags[0] & 1 == 1 })
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags[0] & 1 == 1,
+        })
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -61,7 +73,12 @@ impl TraceContext {
     }
 
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", to_hex(&self.trace_id), to_hex(&self.span_id), u8::from(self.sampled))
+        format!(
+            "00-{}-{}-{:02x}",
+            to_hex(&self.trace_id),
+            to_hex(&self.span_id),
+            u8::from(self.sampled)
+        )
     }
 }
 
@@ -72,10 +89,17 @@ impl fmt::Display for TraceContext {
 }
 
 fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !s.len().is_multiple_of(2)
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -112,8 +136,14 @@ mod tests {
         let child = ctx.child();
         assert_eq!(child.trace_id, ctx.trace_id);
         assert_ne!(child.span_id, ctx.span_id);
-        assert!(TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01").is_none());
+        assert!(
+            TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01")
+                .is_none()
+        );
         assert!(TraceContext::parse("garbage").is_none());
-        assert!(TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some());
+        assert!(
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .is_some()
+        );
     }
 }

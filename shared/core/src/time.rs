@@ -5,11 +5,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Now, in unix microseconds.
 pub fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1000) as i32 }
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
 }
 
 pub fn opt_timestamp(micros: Option<i64>) -> Option<prost_types::Timestamp> {
@@ -17,7 +22,9 @@ pub fn opt_timestamp(micros: Option<i64>) -> Option<prost_types::Timestamp> {
 }
 
 pub fn timestamp_micros(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds.saturating_mul(1_000_000).saturating_add(i64::from(ts.nanos) / 1000)
+    ts.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(ts.nanos) / 1000)
 }
 
 /// A protobuf Duration as a std Duration; `None` if negative or malformed.
@@ -29,7 +36,10 @@ pub fn duration(d: &prost_types::Duration) -> Option<Duration> {
 }
 
 pub fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs().min(i64::MAX as u64) as i64, nanos: d.subsec_nanos() as i32 }
+    prost_types::Duration {
+        seconds: d.as_secs().min(i64::MAX as u64) as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 /// Parses `90d`, `12h`, `30m`, `45s`, `500ms` and sums like `1h30m`.
@@ -47,7 +57,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -56,7 +68,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(86_400),
             _ => return Err(bad()),
         };
-        total = unit.checked_mul(u32::try_from(n).map_err(|_| bad())?).and_then(|d| total.checked_add(d)).ok_or_else(bad)?;
+        total = unit
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(bad)?;
         rest = &rest[unit_len..];
     }
     Ok(total)

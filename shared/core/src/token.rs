@@ -39,9 +39,14 @@ impl TokenKind {
     }
 
     fn from_prefix(prefix: &str) -> Option<Self> {
-        [TokenKind::ApiKey, TokenKind::Invite, TokenKind::Bootstrap, TokenKind::Service]
-            .into_iter()
-            .find(|k| k.prefix() == prefix)
+        [
+            TokenKind::ApiKey,
+            TokenKind::Invite,
+            TokenKind::Bootstrap,
+            TokenKind::Service,
+        ]
+        .into_iter()
+        .find(|k| k.prefix() == prefix)
     }
 }
 
@@ -74,7 +79,10 @@ pub struct ParsedToken<'a> {
 
 impl std::fmt::Debug for ParsedToken<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParsedToken").field("kind", &self.kind).field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ParsedToken")
+            .field("kind", &self.kind)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,7 +120,10 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, TokenError> {
     if !token.is_ascii() {
         return Err(TokenError::NonAscii);
     }
-    let kind = token.get(..4).and_then(TokenKind::from_prefix).ok_or(TokenError::UnknownPrefix)?;
+    let kind = token
+        .get(..4)
+        .and_then(TokenKind::from_prefix)
+        .ok_or(TokenError::UnknownPrefix)?;
     if token.len() != TOKEN_LEN {
         return Err(TokenError::Length);
     }
@@ -123,7 +134,11 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, TokenError> {
     if checksum(body) != check {
         return Err(TokenError::Checksum);
     }
-    Ok(ParsedToken { kind, id: &token[4..4 + ID_LEN], raw: token })
+    Ok(ParsedToken {
+        kind,
+        id: &token[4..4 + ID_LEN],
+        raw: token,
+    })
 }
 
 /// SHA-256 of a token, hex.
@@ -169,12 +184,21 @@ mod tests {
         assert_eq!(parse("").unwrap_err(), TokenError::Empty);
         assert_eq!(parse("pdk_é").unwrap_err(), TokenError::NonAscii);
         assert_eq!(parse("xyz_abc").unwrap_err(), TokenError::UnknownPrefix);
-        assert_eq!(parse(&token[..TOKEN_LEN - 1]).unwrap_err(), TokenError::Length);
+        assert_eq!(
+            parse(&token[..TOKEN_LEN - 1]).unwrap_err(),
+            TokenError::Length
+        );
         let mut flipped = token.clone().into_bytes();
         flipped[10] = if flipped[10] == b'a' { b'b' } else { b'a' };
-        assert_eq!(parse(std::str::from_utf8(&flipped).unwrap()).unwrap_err(), TokenError::Checksum);
+        assert_eq!(
+            parse(std::str::from_utf8(&flipped).unwrap()).unwrap_err(),
+            TokenError::Checksum
+        );
         let mut bad = token.into_bytes();
         bad[10] = b'-';
-        assert_eq!(parse(std::str::from_utf8(&bad).unwrap()).unwrap_err(), TokenError::Alphabet);
+        assert_eq!(
+            parse(std::str::from_utf8(&bad).unwrap()).unwrap_err(),
+            TokenError::Alphabet
+        );
     }
 }

@@ -21,7 +21,8 @@ pub mod authz {
 }
 
 /// Encoded `FileDescriptorSet` of every Paddock proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paddock_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/paddock_descriptor.bin"));
 
 /// How the shared auth layers admit a call, as declared on the RPC with the
 /// `(paddock.api.v1.access)` method option.

@@ -51,7 +51,9 @@ macro_rules! backend_tests {
 fn random_suffix() -> String {
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..12).map(|_| A[rng.random_range(0..A.len())] as char).collect()
+    (0..12)
+        .map(|_| A[rng.random_range(0..A.len())] as char)
+        .collect()
 }
 
 /// A directory removed when dropped.
@@ -87,10 +89,17 @@ pub async fn fresh_postgres() -> String {
         .unwrap_or_else(|_| panic!("{POSTGRES_ENV} is not set: the PostgreSQL tests need a server (scripts/test starts one)"));
     sqlx::any::install_default_drivers();
     let name = format!("paddock_test_{}", random_suffix());
-    let admin = sqlx::AnyPool::connect(&admin_url).await.expect("connect to the test PostgreSQL server");
-    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create test database");
+    let admin = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create test database");
     admin.close().await;
-    let (base, query) = admin_url.split_once('?').map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url.as_str(), None), |(b, q)| (b, Some(q)));
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
     match query {
         Some(q) => format!("{base}/{name}?{q}"),
@@ -128,17 +137,26 @@ impl Stack {
 
     /// Starts with the given `last_used_at` flush interval.
     pub async fn start_with(backend: Backend, last_used_flush: Duration) -> Stack {
+        paddock_shared::telemetry::init();
         let dir = TempDir::new();
         let database_url = database_url(backend).await;
-        let service_token = load_or_create_token(&dir.path().join("service-token"), TokenKind::Service).expect("service token");
+        let service_token =
+            load_or_create_token(&dir.path().join("service-token"), TokenKind::Service)
+                .expect("service token");
         // authz first on port 0, so identity knows where it is; authz finds
         // identity lazily once identity has bound.
         let loopback = "127.0.0.1:0".parse().expect("addr");
-        let identity_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve identity port");
+        let identity_listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("reserve identity port");
         let identity_addr = identity_listener.local_addr().expect("addr");
         drop(identity_listener);
-        let authz_config = paddock_authz::Config { listen: loopback, identity_endpoint: format!("http://{identity_addr}") };
-        let authz = paddock_authz::start(&authz_config, &service_token).await.expect("start authz");
+        let authz_config = paddock_authz::Config {
+            listen: loopback,
+            identity_endpoint: format!("http://{identity_addr}"),
+        };
+        let authz = paddock_authz::start(&authz_config, &service_token)
+            .await
+            .expect("start authz");
         let identity_config = paddock_identity::Config {
             listen: identity_addr,
             data_dir: dir.path().to_owned(),
@@ -146,7 +164,9 @@ impl Stack {
             authz_endpoint: authz.endpoint(),
             last_used_flush,
         };
-        let identity = paddock_identity::start(&identity_config, &service_token).await.expect("start identity");
+        let identity = paddock_identity::start(&identity_config, &service_token)
+            .await
+            .expect("start identity");
         Stack {
             identity_endpoint: identity.endpoint(),
             authz_endpoint: authz.endpoint(),
@@ -161,7 +181,12 @@ impl Stack {
     }
 
     pub fn bootstrap_token(&self) -> Secret<String> {
-        Secret::new(std::fs::read_to_string(self.dir.path().join("bootstrap-token")).expect("bootstrap token").trim().to_owned())
+        Secret::new(
+            std::fs::read_to_string(self.dir.path().join("bootstrap-token"))
+                .expect("bootstrap token")
+                .trim()
+                .to_owned(),
+        )
     }
 
     pub fn identity(&self, token: &str) -> IdentityClient {
@@ -173,7 +198,8 @@ impl Stack {
     }
 
     pub fn anonymous_identity(&self) -> IdentityClient {
-        auth::identity_client(&self.identity_endpoint, BearerAuth::anonymous()).expect("identity client")
+        auth::identity_client(&self.identity_endpoint, BearerAuth::anonymous())
+            .expect("identity client")
     }
 
     /// Creates an organization with its owner; returns the response (with
@@ -200,8 +226,16 @@ impl Stack {
 
     pub async fn restart_authz(&mut self) {
         let mut config = self.authz_config.clone();
-        config.listen = self.authz_endpoint.trim_start_matches("http://").parse().expect("authz addr");
-        self.authz = Some(paddock_authz::start(&config, &self.service_token).await.expect("restart authz"));
+        config.listen = self
+            .authz_endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("authz addr");
+        self.authz = Some(
+            paddock_authz::start(&config, &self.service_token)
+                .await
+                .expect("restart authz"),
+        );
     }
 
     pub async fn stop_identity(&mut self) {

@@ -1,7 +1,11 @@
 use super::*;
 
 fn grant(role: Role) -> Grant {
-    Grant { role: Some(role), key_role: None, scope: PermissionSet::all() }
+    Grant {
+        role: Some(role),
+        key_role: None,
+        scope: PermissionSet::all(),
+    }
 }
 
 #[test]
@@ -40,17 +44,38 @@ fn role_table_matches_the_design() {
     for (perm, row) in table {
         for (role, expected) in Role::ALL.into_iter().zip(row) {
             let i = permission_index(perm).unwrap();
-            assert_eq!(role.permissions().contains(i), *expected, "{perm} for {}", role.as_str());
+            assert_eq!(
+                role.permissions().contains(i),
+                *expected,
+                "{perm} for {}",
+                role.as_str()
+            );
         }
     }
 }
 
 #[test]
 fn roles_are_nested() {
-    assert!(Role::Agent.permissions().is_subset_of(Role::Developer.permissions()));
-    assert!(Role::Developer.permissions().is_subset_of(Role::Admin.permissions()));
-    assert!(Role::Admin.permissions().is_subset_of(Role::Owner.permissions()));
-    assert!(!Role::Admin.permissions().is_subset_of(Role::Developer.permissions()));
+    assert!(
+        Role::Agent
+            .permissions()
+            .is_subset_of(Role::Developer.permissions())
+    );
+    assert!(
+        Role::Developer
+            .permissions()
+            .is_subset_of(Role::Admin.permissions())
+    );
+    assert!(
+        Role::Admin
+            .permissions()
+            .is_subset_of(Role::Owner.permissions())
+    );
+    assert!(
+        !Role::Admin
+            .permissions()
+            .is_subset_of(Role::Developer.permissions())
+    );
 }
 
 #[test]
@@ -60,16 +85,43 @@ fn effective_is_the_intersection() {
         key_role: Some(Role::Developer),
         scope: scope_permissions(&["ci-cd".into()]).unwrap(),
     };
-    assert_eq!(g.effective().names(), vec!["projects.read", "agents.execute", "sessions.read", "sessions.manage_own"]);
-    assert_eq!(decide(&g, "projects.create", None), Decision::Deny { missing: Link::Scope });
-    assert_eq!(decide(&g, "projects.delete", None), Decision::Deny { missing: Link::KeyRole });
+    assert_eq!(
+        g.effective().names(),
+        vec![
+            "projects.read",
+            "agents.execute",
+            "sessions.read",
+            "sessions.manage_own"
+        ]
+    );
+    assert_eq!(
+        decide(&g, "projects.create", None),
+        Decision::Deny {
+            missing: Link::Scope
+        }
+    );
+    assert_eq!(
+        decide(&g, "projects.delete", None),
+        Decision::Deny {
+            missing: Link::KeyRole
+        }
+    );
     let dev = grant(Role::Developer);
-    assert_eq!(decide(&dev, "projects.delete", None), Decision::Deny { missing: Link::Role });
+    assert_eq!(
+        decide(&dev, "projects.delete", None),
+        Decision::Deny {
+            missing: Link::Role
+        }
+    );
 }
 
 #[test]
 fn read_only_scope_keeps_only_reads_of_the_role() {
-    let g = Grant { role: Some(Role::Developer), key_role: None, scope: scope_permissions(&["read-only".into()]).unwrap() };
+    let g = Grant {
+        role: Some(Role::Developer),
+        key_role: None,
+        scope: scope_permissions(&["read-only".into()]).unwrap(),
+    };
     let names = g.effective().names();
     assert!(names.iter().all(|p| p.ends_with(".read")));
     assert!(names.contains(&"projects.read"));
@@ -79,22 +131,62 @@ fn read_only_scope_keeps_only_reads_of_the_role() {
 #[test]
 fn own_permissions_need_ownership() {
     let dev = grant(Role::Developer);
-    assert_eq!(decide(&dev, "sessions.manage_own", Some(true)), Decision::Allow { granted_by: "sessions.manage_own" });
-    assert_eq!(decide(&dev, "sessions.manage_own", Some(false)), Decision::Deny { missing: Link::Ownership });
+    assert_eq!(
+        decide(&dev, "sessions.manage_own", Some(true)),
+        Decision::Allow {
+            granted_by: "sessions.manage_own"
+        }
+    );
+    assert_eq!(
+        decide(&dev, "sessions.manage_own", Some(false)),
+        Decision::Deny {
+            missing: Link::Ownership
+        }
+    );
     // Without an owner the gate only asks whether the principal may manage its own.
-    assert_eq!(decide(&dev, "sessions.manage_own", None), Decision::Allow { granted_by: "sessions.manage_own" });
+    assert_eq!(
+        decide(&dev, "sessions.manage_own", None),
+        Decision::Allow {
+            granted_by: "sessions.manage_own"
+        }
+    );
     let admin = grant(Role::Admin);
-    assert_eq!(decide(&admin, "sessions.manage_own", Some(false)), Decision::Allow { granted_by: "sessions.manage" });
-    assert_eq!(decide(&admin, "sessions.read", Some(true)), Decision::Allow { granted_by: "sessions.read" });
+    assert_eq!(
+        decide(&admin, "sessions.manage_own", Some(false)),
+        Decision::Allow {
+            granted_by: "sessions.manage"
+        }
+    );
+    assert_eq!(
+        decide(&admin, "sessions.read", Some(true)),
+        Decision::Allow {
+            granted_by: "sessions.read"
+        }
+    );
     // manage_own grants read of one's own.
     let agent = grant(Role::Agent);
-    assert_eq!(decide(&agent, "sessions.read", Some(true)), Decision::Allow { granted_by: "sessions.manage_own" });
-    assert_eq!(decide(&agent, "sessions.read", Some(false)), Decision::Deny { missing: Link::Role });
+    assert_eq!(
+        decide(&agent, "sessions.read", Some(true)),
+        Decision::Allow {
+            granted_by: "sessions.manage_own"
+        }
+    );
+    assert_eq!(
+        decide(&agent, "sessions.read", Some(false)),
+        Decision::Deny {
+            missing: Link::Role
+        }
+    );
 }
 
 #[test]
 fn unknown_permissions_and_scopes() {
-    assert_eq!(decide(&grant(Role::Owner), "org.fly", None), Decision::Deny { missing: Link::UnknownPermission });
+    assert_eq!(
+        decide(&grant(Role::Owner), "org.fly", None),
+        Decision::Deny {
+            missing: Link::UnknownPermission
+        }
+    );
     assert_eq!(scope_permissions(&["nope".into()]), Err("nope".into()));
     assert_eq!(scope_permissions(&[]).unwrap(), PermissionSet::all());
 }

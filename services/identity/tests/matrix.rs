@@ -1,0 +1,498 @@
+//! The permission matrix: every RPC × every role × (own org, other org) →
+//! expected outcome, from one table. An RPC without a row fails the test.
+
+mod common;
+
+use common::*;
+use paddock_proto::authz::v1::*;
+use paddock_proto::identity::v1::*;
+use paddock_testkit::{Backend, Stack, backend_tests};
+use tonic::Code;
+
+const ROLES: [&str; 4] = ["owner", "admin", "developer", "agent"];
+
+/// (method, own org, other org); one letter per role in ROLES order:
+/// O = OK, D = PERMISSION_DENIED, N = NOT_FOUND.
+const MATRIX: &[(&str, &str, &str)] = &[
+    (
+        "/paddock.identity.v1.IdentityService/CreateOrganization",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/GetOrganization",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/UpdateOrganization",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/DeleteOrganization",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/CreateInvite",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/AcceptInvite",
+        "OOOO",
+        "OOOO",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/ListMembers",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/GetMember",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/UpdateMember",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/DeleteMember",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/CreateAgent",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/ListAgents",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/GetAgent",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/DeleteAgent",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/CreateProject",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/ListProjects",
+        "OOOO",
+        "NNNN",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/GetProject",
+        "OOOO",
+        "NNNN",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/UpdateProject",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/DeleteProject",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/CreateApiKey",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/ListApiKeys",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/RevokeApiKey",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/Authenticate",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/WatchInvalidations",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/WhoAmI",
+        "OOOO",
+        "OOOO",
+    ),
+    ("/paddock.authz.v1.AuthzService/Check", "OOOO", "OOOO"),
+    ("/paddock.authz.v1.AuthzService/BatchCheck", "OOOO", "OOOO"),
+    (
+        "/paddock.authz.v1.AuthzService/ListPermissions",
+        "OOOO",
+        "OOOO",
+    ),
+    ("/paddock.authz.v1.AuthzService/ListRoles", "OOOO", "OOOO"),
+];
+
+fn expected(letter: u8) -> Code {
+    match letter {
+        b'O' => Code::Ok,
+        b'D' => Code::PermissionDenied,
+        b'N' => Code::NotFound,
+        other => panic!("bad matrix letter {}", other as char),
+    }
+}
+
+#[test]
+fn every_rpc_has_a_row() {
+    for (path, _) in paddock_proto::ACCESS {
+        assert!(
+            MATRIX.iter().any(|(p, _, _)| p == path),
+            "{path} has no row in the permission matrix"
+        );
+    }
+    assert_eq!(
+        MATRIX.len(),
+        paddock_proto::ACCESS.len(),
+        "the matrix names an RPC that does not exist"
+    );
+}
+
+/// Makes one call of `method` as `role` of `me` against `target`'s
+/// resources, creating fresh resources as needed.
+async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -> Code {
+    let token = me.token(role);
+    let own = me.id == target.id;
+    let org = target.name.clone();
+    let mut c = stack.identity(token);
+    let mut a = stack.authz(token);
+    let owner = stack.identity(&target.owner);
+    match method {
+        "CreateOrganization" => code(
+            c.create_organization(CreateOrganizationRequest {
+                organization_id: fresh_id("org"),
+                display_name: String::new(),
+                owner_email: "x@y.test".into(),
+            })
+            .await,
+        ),
+        "GetOrganization" => code(
+            c.get_organization(GetOrganizationRequest { name: org })
+                .await,
+        ),
+        "UpdateOrganization" => code(
+            c.update_organization(UpdateOrganizationRequest {
+                organization: Some(Organization {
+                    name: org,
+                    display_name: "Renamed".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            })
+            .await,
+        ),
+        "DeleteOrganization" => {
+            if own && role == "owner" {
+                // Delete a throwaway organization as its own owner.
+                let id = fresh_id("gone");
+                let created = stack.create_org(&id, "o@gone.test").await;
+                code(
+                    stack
+                        .identity(&created.owner_key_secret)
+                        .delete_organization(DeleteOrganizationRequest {
+                            name: format!("organizations/{id}"),
+                        })
+                        .await,
+                )
+            } else {
+                code(
+                    c.delete_organization(DeleteOrganizationRequest { name: org })
+                        .await,
+                )
+            }
+        }
+        "CreateInvite" => code(
+            c.create_invite(CreateInviteRequest {
+                parent: org,
+                email: format!("{}@x.test", fresh_id("i")),
+                role: "developer".into(),
+                ttl: None,
+            })
+            .await,
+        ),
+        "AcceptInvite" => {
+            let invite = owner
+                .clone()
+                .create_invite(CreateInviteRequest {
+                    parent: org,
+                    email: format!("{}@x.test", fresh_id("a")),
+                    role: "developer".into(),
+                    ttl: None,
+                })
+                .await
+                .expect("invite")
+                .into_inner();
+            code(
+                c.accept_invite(AcceptInviteRequest {
+                    code: invite.code,
+                    key_display_name: String::new(),
+                })
+                .await,
+            )
+        }
+        "ListMembers" => code(
+            c.list_members(ListMembersRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "GetMember" => code(
+            c.get_member(GetMemberRequest {
+                name: target.owner_member.clone(),
+            })
+            .await,
+        ),
+        "UpdateMember" => {
+            let (m, _) = add_member(
+                stack,
+                &target.owner,
+                &target.id,
+                &format!("{}@x.test", fresh_id("u")),
+                "developer",
+            )
+            .await;
+            code(
+                c.update_member(UpdateMemberRequest {
+                    member: Some(Member {
+                        name: m.name,
+                        role: "developer".into(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["role".into()],
+                    }),
+                })
+                .await,
+            )
+        }
+        "DeleteMember" => {
+            let (m, _) = add_member(
+                stack,
+                &target.owner,
+                &target.id,
+                &format!("{}@x.test", fresh_id("d")),
+                "developer",
+            )
+            .await;
+            code(c.delete_member(DeleteMemberRequest { name: m.name }).await)
+        }
+        "CreateAgent" => code(
+            c.create_agent(CreateAgentRequest {
+                parent: org,
+                agent_id: fresh_id("agent"),
+                agent: None,
+            })
+            .await,
+        ),
+        "ListAgents" => code(
+            c.list_agents(ListAgentsRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "GetAgent" => code(
+            c.get_agent(GetAgentRequest {
+                name: format!("{org}/agents/bot"),
+            })
+            .await,
+        ),
+        "DeleteAgent" => {
+            let id = fresh_id("agent");
+            owner
+                .clone()
+                .create_agent(CreateAgentRequest {
+                    parent: org.clone(),
+                    agent_id: id.clone(),
+                    agent: None,
+                })
+                .await
+                .expect("agent");
+            code(
+                c.delete_agent(DeleteAgentRequest {
+                    name: format!("{org}/agents/{id}"),
+                })
+                .await,
+            )
+        }
+        "CreateProject" => code(
+            c.create_project(CreateProjectRequest {
+                parent: org,
+                project_id: fresh_id("p"),
+                project: None,
+            })
+            .await,
+        ),
+        "ListProjects" => code(
+            c.list_projects(ListProjectsRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "GetProject" => code(
+            c.get_project(GetProjectRequest {
+                name: format!("{org}/projects/web"),
+            })
+            .await,
+        ),
+        "UpdateProject" => code(
+            c.update_project(UpdateProjectRequest {
+                project: Some(Project {
+                    name: format!("{org}/projects/web"),
+                    display_name: "Web".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            })
+            .await,
+        ),
+        "DeleteProject" => {
+            let id = fresh_id("p");
+            owner
+                .clone()
+                .create_project(CreateProjectRequest {
+                    parent: org.clone(),
+                    project_id: id.clone(),
+                    project: None,
+                })
+                .await
+                .expect("project");
+            code(
+                c.delete_project(DeleteProjectRequest {
+                    name: format!("{org}/projects/{id}"),
+                })
+                .await,
+            )
+        }
+        "CreateApiKey" => code(mint_key(stack, token, &target.id, "", "", &[]).await),
+        "ListApiKeys" => code(
+            c.list_api_keys(ListApiKeysRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "RevokeApiKey" => {
+            let key = if !own {
+                mint_key(stack, &target.owner, &target.id, "", "", &[])
+                    .await
+                    .expect("key")
+            } else if role == "agent" {
+                mint_key(
+                    stack,
+                    &target.owner,
+                    &target.id,
+                    &format!("{org}/agents/bot"),
+                    "",
+                    &[],
+                )
+                .await
+                .expect("key")
+            } else {
+                mint_key(stack, token, &target.id, "", "", &[])
+                    .await
+                    .expect("own key")
+            };
+            code(
+                c.revoke_api_key(RevokeApiKeyRequest {
+                    name: key.api_key.expect("key").name,
+                })
+                .await,
+            )
+        }
+        "Authenticate" => code(
+            c.authenticate(AuthenticateRequest {
+                token: token.to_owned(),
+            })
+            .await,
+        ),
+        "WatchInvalidations" => code(c.watch_invalidations(WatchInvalidationsRequest {}).await),
+        "WhoAmI" => code(c.who_am_i(WhoAmIRequest {}).await),
+        "Check" => code(
+            a.check(CheckRequest {
+                permission: "projects.read".into(),
+                resource: format!("{org}/projects/web"),
+                ..Default::default()
+            })
+            .await,
+        ),
+        "BatchCheck" => code(
+            a.batch_check(BatchCheckRequest {
+                principal: None,
+                items: vec![BatchCheckItem {
+                    permission: "projects.read".into(),
+                    resource: format!("{org}/projects/web"),
+                    resource_owner: String::new(),
+                }],
+            })
+            .await,
+        ),
+        "ListPermissions" => code(
+            a.list_permissions(ListPermissionsRequest { principal: None })
+                .await,
+        ),
+        "ListRoles" => code(a.list_roles(ListRolesRequest {}).await),
+        other => panic!("the matrix has no call for {other}"),
+    }
+}
+
+async fn permission_matrix(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let acme = setup_org(&stack, "acme").await;
+    let globex = setup_org(&stack, "globex").await;
+    let mut failures = Vec::new();
+    for (path, own_row, other_row) in MATRIX {
+        let method = path.rsplit('/').next().expect("method");
+        for (i, role) in ROLES.iter().enumerate() {
+            for (target, row, which) in [(&acme, own_row, "own"), (&globex, other_row, "other")] {
+                let want = expected(row.as_bytes()[i]);
+                eprintln!("matrix: {method} as {role} on {which}");
+                let got = call(&stack, method, role, &acme, target).await;
+                if got != want {
+                    failures.push(format!(
+                        "{method} as {role} on {which} org: want {want:?}, got {got:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "permission matrix mismatches:\n{}",
+        failures.join("\n")
+    );
+    stack.shutdown().await;
+}
+
+backend_tests!(permission_matrix);
