@@ -120,9 +120,10 @@ impl Ctx {
             .map(str::to_owned)
             .ok_or_else(|| {
                 CliError::new(
-                    Code::FailedPrecondition,
+                    Code::PermissionDenied,
                     format!(
-                        "the token's {} principal belongs to no organization",
+                        "the token is a {} credential, which belongs to no organization and holds no \
+                         permissions in one; use a member's or agent's key",
                         output::kind_name(caller.kind)
                     ),
                 )

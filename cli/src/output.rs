@@ -364,6 +364,9 @@ pub fn principal_fields(p: &Principal) -> Vec<(&'static str, String)> {
     }
     if !p.key_id.is_empty() {
         fields.push(("key", p.key_id.clone()));
+    }
+    // Key role, scope and expiry only mean something for org principals.
+    if !p.key_id.is_empty() && matches!(kind_name(p.kind), "member" | "agent") {
         fields.push((
             "key role",
             if p.key_role.is_empty() {
