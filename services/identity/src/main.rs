@@ -28,7 +28,7 @@ async fn main() -> Result<(), paddock_identity::StartError> {
         paddock_shared::token::TokenKind::Service,
     )?;
     let server = paddock_identity::start(&cli.config, &token).await?;
-    tokio::signal::ctrl_c().await?;
+    paddock_shared::server::shutdown_signal().await;
     server.shutdown().await;
     Ok(())
 }

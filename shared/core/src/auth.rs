@@ -370,6 +370,25 @@ impl Authorizer for RemoteAuthz {
     }
 }
 
+/// Why the layer refused a call.
+#[derive(Debug)]
+pub enum Refusal {
+    Status(Status),
+    /// The declared permission is missing; the message names the resource
+    /// the request asked for, which the layer reads only on this path.
+    MissingPermission {
+        permission: &'static str,
+        organization: String,
+        summary: String,
+    },
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Self {
+        Refusal::Status(status)
+    }
+}
+
 /// Decides, for one call, whether it may proceed and as whom.
 #[derive(Clone)]
 pub struct Admission {
@@ -410,7 +429,7 @@ impl Admission {
         &self,
         path: &str,
         headers: &HeaderMap,
-    ) -> Result<Option<Principal>, Status> {
+    ) -> Result<Option<Principal>, Refusal> {
         let access = match access_for(path) {
             Some(a) => a,
             None if path.starts_with("/grpc.health.v1.Health/")
@@ -419,10 +438,10 @@ impl Admission {
                 return Ok(None);
             }
             None => {
-                return Err(Status::unimplemented(format!(
+                return Err(Refusal::Status(Status::unimplemented(format!(
                     "unknown method {}",
                     crate::names::truncate(path)
-                )));
+                ))));
             }
         };
         if access == Access::Public {
@@ -435,24 +454,24 @@ impl Admission {
             Access::Public | Access::Authenticated => {}
             Access::Internal => {
                 if kind != PrincipalKind::Service {
-                    return Err(Status::permission_denied(format!(
+                    return Err(Refusal::Status(Status::permission_denied(format!(
                         "{path} is internal: only service principals may call it"
-                    )));
+                    ))));
                 }
             }
             Access::Platform => {
                 if kind != PrincipalKind::Platform {
-                    return Err(Status::permission_denied(format!(
+                    return Err(Refusal::Status(Status::permission_denied(format!(
                         "{path} needs the platform bootstrap token"
-                    )));
+                    ))));
                 }
             }
             Access::Permission(permission) => {
                 if !matches!(kind, PrincipalKind::Member | PrincipalKind::Agent) {
-                    return Err(Status::permission_denied(format!(
+                    return Err(Refusal::Status(Status::permission_denied(format!(
                         "missing {permission}: {} principals hold no organization permissions",
                         kind.as_str_name()
-                    )));
+                    ))));
                 }
                 let resource = principal.organization.clone();
                 let decision = self
@@ -468,12 +487,13 @@ impl Admission {
                     let reason = decision.reason.unwrap_or_default();
                     tracing::info!(principal = %principal.id, key = %principal.key_id, permission, "permission denied");
                     if reason.missing() == Link::Organization {
-                        return Err(Status::not_found("resource not found"));
+                        return Err(Status::not_found("resource not found").into());
                     }
-                    return Err(Status::permission_denied(format!(
-                        "missing {permission} on {resource}: {}",
-                        reason.summary
-                    )));
+                    return Err(Refusal::MissingPermission {
+                        permission,
+                        organization: resource,
+                        summary: reason.summary,
+                    });
                 }
             }
         }
@@ -561,14 +581,15 @@ pub struct AdmissionService<S> {
     admission: Admission,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for AdmissionService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -578,7 +599,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         // The clone is not ready; keep the ready one for this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -600,12 +621,125 @@ where
                     }
                     inner.call(req).await
                 }
-                Err(status) => {
+                Err(Refusal::Status(status)) => {
                     tracing::debug!(code = ?status.code(), message = status.message(), "refused");
+                    Ok(status.into_http())
+                }
+                Err(Refusal::MissingPermission {
+                    permission,
+                    organization,
+                    summary,
+                }) => {
+                    let resource = requested_resource(req.into_body())
+                        .await
+                        .unwrap_or(organization);
+                    let status = Status::permission_denied(format!(
+                        "missing {permission} on {resource}: {summary}"
+                    ));
                     Ok(status.into_http())
                 }
             }
         };
         Box::pin(telemetry::with_trace(ctx, fut).instrument(span))
+    }
+}
+
+/// The resource a denied request named: the `organizations/…` string in
+/// field 1 of the message (`name` or `parent`), or in field 1 of the message
+/// in field 1 (the resource of an Update request). Read only to word a
+/// denial; never used to decide.
+async fn requested_resource(body: tonic::body::Body) -> Option<String> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    // A gRPC frame: compression flag, 4-byte length, message.
+    let (&flag, rest) = bytes.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    if flag != 0 {
+        return None;
+    }
+    resource_name(rest.get(4..4 + len)?, 2)
+}
+
+fn resource_name(msg: &[u8], depth: u8) -> Option<String> {
+    let field = field_one(msg)?;
+    match std::str::from_utf8(field) {
+        Ok(s) if s.starts_with("organizations/") => Some(crate::names::truncate(s)),
+        _ if depth > 1 => resource_name(field, depth - 1),
+        _ => None,
+    }
+}
+
+/// The bytes of length-delimited field 1 of a protobuf message.
+fn field_one(mut msg: &[u8]) -> Option<&[u8]> {
+    while !msg.is_empty() {
+        let (tag, rest) = varint(msg)?;
+        msg = match tag & 7 {
+            0 => varint(rest)?.1,
+            1 => rest.get(8..)?,
+            2 => {
+                let (len, rest) = varint(rest)?;
+                let len = usize::try_from(len).ok()?;
+                if tag >> 3 == 1 {
+                    return rest.get(..len);
+                }
+                rest.get(len..)?
+            }
+            5 => rest.get(4..)?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::identity::v1::{DeleteProjectRequest, Project, UpdateProjectRequest};
+    use prost::Message;
+
+    #[test]
+    fn resource_names_are_read_from_field_one() {
+        let delete = DeleteProjectRequest {
+            name: "organizations/acme/projects/web".into(),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            resource_name(&delete, 2).as_deref(),
+            Some("organizations/acme/projects/web")
+        );
+        let update = UpdateProjectRequest {
+            project: Some(Project {
+                name: "organizations/acme/projects/web".into(),
+                display_name: "x".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        }
+        .encode_to_vec();
+        assert_eq!(
+            resource_name(&update, 2).as_deref(),
+            Some("organizations/acme/projects/web")
+        );
+        assert_eq!(
+            resource_name(&[0x0a, 0x05, b'h', b'e', b'l', b'l', b'o'], 2),
+            None
+        );
+        assert_eq!(resource_name(&[0x0a, 0xff], 2), None);
+        assert_eq!(resource_name(&[], 2), None);
     }
 }

@@ -34,9 +34,17 @@ pub async fn health_and_reflection(serving: &[&str]) -> (HealthReporter, Routes)
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
+    // Advertise only what this server serves, not every service in the
+    // shared descriptor set.
+    let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection");
+    for name in serving {
+        reflection = reflection.with_service_name(*name);
+    }
+    let reflection = reflection
         .build_v1()
         .expect("embedded descriptor sets are valid");
     (reporter, Routes::new(health).add_service(reflection))
@@ -178,4 +186,26 @@ pub fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Res
     f.write_all(b"\n")?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Resolves on SIGINT or SIGTERM, so `docker stop` and Ctrl-C both drain.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }

@@ -107,6 +107,27 @@ pub async fn fresh_postgres() -> String {
     }
 }
 
+/// Drops a database made by [`fresh_postgres`].
+pub async fn drop_postgres(url: &str) {
+    let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
+        return;
+    };
+    let Some(name) = url.split('?').next().and_then(|u| u.rsplit('/').next()) else {
+        return;
+    };
+    if !name.starts_with("paddock_test_") {
+        return;
+    }
+    if let Ok(admin) = sqlx::AnyPool::connect(&admin_url).await {
+        let _ = admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await;
+        admin.close().await;
+    }
+}
+
 /// The database URL for a backend: None (SQLite under the data dir) or a
 /// fresh PostgreSQL database.
 pub async fn database_url(backend: Backend) -> Option<String> {
@@ -137,7 +158,9 @@ impl Stack {
 
     /// Starts with the given `last_used_at` flush interval.
     pub async fn start_with(backend: Backend, last_used_flush: Duration) -> Stack {
-        paddock_shared::telemetry::init();
+        if std::env::var_os("PADDOCK_LOG").is_some() {
+            paddock_shared::telemetry::init();
+        }
         let dir = TempDir::new();
         let database_url = database_url(backend).await;
         let service_token =
@@ -247,6 +270,9 @@ impl Stack {
     pub async fn shutdown(mut self) {
         self.stop_identity().await;
         self.stop_authz().await;
+        if let Some(url) = &self.database_url {
+            drop_postgres(url).await;
+        }
     }
 }
 
