@@ -17,7 +17,6 @@ mod error;
 mod names;
 mod output;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -169,11 +168,6 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Whoami => commands::whoami(&mut ctx()).await,
         Command::Can(a) => commands::can(&mut ctx(), a).await,
     }
-}
-
-/// Default data directory of `paddock dev`.
-pub fn default_data_dir() -> PathBuf {
-    PathBuf::from("paddock-data")
 }
 
 #[cfg(test)]
