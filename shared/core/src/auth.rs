@@ -711,6 +711,145 @@ mod tests {
     use super::*;
     use crate::proto::identity::v1::{DeleteProjectRequest, Project, UpdateProjectRequest};
     use prost::Message;
+    use std::sync::Mutex;
+
+    /// Fakes for unit tests only; the API tests run the real services.
+    struct FixedIdentity(Principal);
+
+    impl Authenticator for FixedIdentity {
+        fn authenticate(&self, _token: String) -> BoxFuture<'_, Result<Principal, Status>> {
+            Box::pin(async move { Ok(self.0.clone()) })
+        }
+    }
+
+    #[derive(Default)]
+    struct RecordingAuthz {
+        seen: Mutex<Vec<Option<TraceContext>>>,
+    }
+
+    impl Authorizer for Arc<RecordingAuthz> {
+        fn check(&self, _req: CheckRequest) -> BoxFuture<'_, Result<CheckResponse, Status>> {
+            self.seen.lock().unwrap().push(telemetry::current());
+            Box::pin(async {
+                Ok(CheckResponse {
+                    allowed: true,
+                    reason: None,
+                })
+            })
+        }
+    }
+
+    fn member() -> Principal {
+        Principal {
+            id: "m1".into(),
+            kind: PrincipalKind::Member as i32,
+            organization: "organizations/acme".into(),
+            role: "developer".into(),
+            ..Default::default()
+        }
+    }
+
+    fn headers(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_are_refused_and_health_is_open() {
+        let authz = Arc::new(RecordingAuthz::default());
+        let admission = Admission::new(Arc::new(FixedIdentity(member())), Arc::new(authz.clone()));
+        let (_, token) = token::mint(token::TokenKind::ApiKey);
+        match admission
+            .admit(
+                "/paddock.identity.v1.IdentityService/Nope",
+                &headers(&token),
+            )
+            .await
+        {
+            Err(Refusal::Status(s)) => assert_eq!(s.code(), Code::Unimplemented),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            admission
+                .admit("/grpc.health.v1.Health/Check", &HeaderMap::new())
+                .await,
+            Ok(None)
+        ));
+        match admission
+            .admit(
+                "/paddock.identity.v1.IdentityService/WhoAmI",
+                &HeaderMap::new(),
+            )
+            .await
+        {
+            Err(Refusal::Status(s)) => assert_eq!(s.code(), Code::Unauthenticated),
+            other => panic!("unexpected {other:?}"),
+        }
+        match admission
+            .admit(
+                "/paddock.identity.v1.IdentityService/Authenticate",
+                &headers(&token),
+            )
+            .await
+        {
+            Err(Refusal::Status(s)) => assert_eq!(s.code(), Code::PermissionDenied),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            authz.seen.lock().unwrap().is_empty(),
+            "no check for refused or internal calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_trace_context_follows_the_request() {
+        use tower::{Layer, Service, ServiceExt};
+        let authz = Arc::new(RecordingAuthz::default());
+        let admission = Admission::new(Arc::new(FixedIdentity(member())), Arc::new(authz.clone()));
+        let inner = tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
+            let ctx = *req
+                .extensions()
+                .get::<TraceContext>()
+                .expect("trace context");
+            let caller = req
+                .extensions()
+                .get::<Caller>()
+                .expect("caller")
+                .0
+                .id
+                .clone();
+            assert_eq!(caller, "m1");
+            // What a client call made by the handler would send on.
+            let outgoing = Interceptor::call(&mut BearerAuth::anonymous(), tonic::Request::new(()))
+                .expect("intercept");
+            let sent = outgoing
+                .metadata()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse)
+                .expect("sent");
+            assert_eq!(sent.trace_id, ctx.trace_id);
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = AdmissionLayer::new(admission).layer(inner);
+        let incoming = TraceContext::root();
+        let (_, token) = token::mint(token::TokenKind::ApiKey);
+        let req = http::Request::builder()
+            .uri("/paddock.identity.v1.IdentityService/ListProjects")
+            .header("authorization", format!("Bearer {token}"))
+            .header("traceparent", incoming.traceparent())
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+        let seen = authz.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].map(|c| c.trace_id),
+            Some(incoming.trace_id),
+            "the authz call carries the caller's trace"
+        );
+    }
 
     #[test]
     fn resource_names_are_read_from_field_one() {
