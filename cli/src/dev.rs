@@ -113,17 +113,6 @@ pub fn client_endpoint(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-/// A concrete address for `addr`: port 0 is resolved to a free port now,
-/// because identity must know authz's endpoint before authz starts.
-fn reserve(addr: SocketAddr) -> Result<SocketAddr, CliError> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| CliError::new(Code::Unavailable, format!("cannot bind {addr}: {e}")))?;
-    Ok(listener.local_addr()?)
-}
-
 fn start_error(service: &str, e: &(dyn std::error::Error + Send + Sync)) -> CliError {
     CliError::new(Code::Unavailable, format!("{service} failed to start: {e}"))
 }
@@ -141,12 +130,25 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
     let run_identity = !opts.skip.contains(&Service::Identity);
     let run_authz = !opts.skip.contains(&Service::Authz);
 
-    let authz_addr = if run_authz {
-        Some(reserve(opts.authz_listen)?)
+    // authz binds first (port 0 allowed): identity needs its endpoint.
+    let authz_listener = if run_authz {
+        Some(
+            paddock_shared::server::bind(opts.authz_listen)
+                .await
+                .map_err(|e| {
+                    CliError::new(
+                        Code::Unavailable,
+                        format!("cannot bind {}: {e}", opts.authz_listen),
+                    )
+                })?,
+        )
     } else {
         None
     };
-    let authz_endpoint = authz_addr.map_or_else(|| opts.authz_endpoint.clone(), client_endpoint);
+    let authz_endpoint = authz_listener.as_ref().map_or_else(
+        || opts.authz_endpoint.clone(),
+        |(_, addr)| client_endpoint(*addr),
+    );
 
     let identity = if run_identity {
         let config = paddock_identity::Config {
@@ -169,13 +171,13 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
         |h| client_endpoint(h.addr),
     );
 
-    let authz = match authz_addr {
-        Some(listen) => {
+    let authz = match authz_listener {
+        Some((listener, listen)) => {
             let config = paddock_authz::Config {
                 listen,
                 identity_endpoint: identity_endpoint.clone(),
             };
-            match paddock_authz::start(&config, &token).await {
+            match paddock_authz::start_on(listener, &config, &token).await {
                 Ok(h) => Some(h),
                 Err(e) => {
                     if let Some(i) = identity {

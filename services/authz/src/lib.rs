@@ -52,7 +52,18 @@ pub async fn start(
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
-    let (listener, addr) = server::bind(config.listen).await?;
+    let (listener, _) = server::bind(config.listen).await?;
+    start_on(listener, config, service_token).await
+}
+
+/// Starts on a listener bound beforehand (so two services that need each
+/// other's address can both bind port 0 first); `config.listen` is unused.
+pub async fn start_on(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let addr = listener.local_addr()?;
     let identity = RemoteIdentity::new(auth::identity_client(
         &config.identity_endpoint,
         BearerAuth::new(service_token)?,

@@ -64,6 +64,18 @@ pub async fn start(
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
+    let (listener, _) = server::bind(config.listen).await?;
+    start_on(listener, config, service_token).await
+}
+
+/// Starts on a listener bound beforehand (so two services that need each
+/// other's address can both bind port 0 first); `config.listen` is unused.
+pub async fn start_on(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let addr = listener.local_addr()?;
     let db = Database::connect(
         "identity",
         &config.data_dir,
@@ -72,7 +84,6 @@ pub async fn start(
     )
     .await?;
     authn::ensure_bootstrap_token(&db, &config.data_dir).await?;
-    let (listener, addr) = server::bind(config.listen).await?;
 
     let last_used = Arc::new(LastUsed::default());
     let local = LocalAuthenticator {

@@ -681,13 +681,13 @@ impl IdentityService for Identity {
             req.key_display_name
         };
         validate_text("key_display_name", &key_name, 200)?;
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
-        let row: Option<(String, String, String, String, i64, Option<i64>)> =
-            sqlx::query_as("SELECT org_id, code_hash, email, role, expire_time, accept_time FROM invites WHERE id = $1")
-                .bind(parsed.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::from)?;
+        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT org_id, code_hash, email, role, expire_time, accept_time FROM invites WHERE id = $1",
+        )
+        .bind(parsed.id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(Error::from)?;
         let Some((org, _, email, role, expire, accepted)) = row.filter(|r| parsed.matches(&r.1))
         else {
             return Err(Error::NotFound("invite code not found".into()).into());
@@ -700,10 +700,13 @@ impl IdentityService for Identity {
         if expire <= now_micros() {
             return Err(Error::FailedPrecondition("invite code has expired".into()).into());
         }
-        // Single use even under races: only one UPDATE sees accept_time NULL.
+        // The transaction writes first (SQLite then waits for the write lock
+        // instead of failing a read-to-write upgrade), and only one UPDATE
+        // sees accept_time NULL: single use even under races.
         let now = now_micros();
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         let claimed = sqlx::query(
-            "UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL",
+            "UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL AND expire_time > $1",
         )
         .bind(now)
         .bind(parsed.id)
@@ -715,6 +718,13 @@ impl IdentityService for Identity {
                 Error::FailedPrecondition("invite code has already been used".into()).into(),
             );
         }
+        let settings: Option<(i64,)> =
+            sqlx::query_as("SELECT max_key_lifetime_secs FROM organizations WHERE id = $1")
+                .bind(&org)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+        let (max_secs,) = settings.ok_or_else(|| Error::not_found(org_name(&org)))?;
         let member_id = new_principal_id('m');
         sqlx::query("INSERT INTO members (id, org_id, email, role, create_time) VALUES ($1, $2, $3, $4, $5)")
             .bind(&member_id)
@@ -725,8 +735,7 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
-        let (max, _) = self.org_settings(&org).await?;
-        let expire = Some(now.saturating_add(max.as_micros() as i64));
+        let expire = Some(now.saturating_add(max_secs.max(0).saturating_mul(1_000_000)));
         let name = child_name(&org, "members", &member_id);
         let (key, secret) = Self::insert_key(
             &mut tx,

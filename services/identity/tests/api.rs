@@ -628,6 +628,81 @@ async fn invites_are_single_use_and_expire(backend: Backend) {
     stack.shutdown().await;
 }
 
+async fn concurrent_accepts(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let acme = setup_org(&stack, "acme").await;
+    let mut codes = Vec::new();
+    for i in 0..24 {
+        let code = stack
+            .identity(&acme.owner)
+            .create_invite(CreateInviteRequest {
+                parent: String::new(),
+                email: format!("c{i}@acme.test"),
+                role: "developer".into(),
+                ttl: None,
+            })
+            .await
+            .expect("invite")
+            .into_inner()
+            .code;
+        codes.push(code);
+    }
+    // Every distinct code is accepted, all at once.
+    let tasks: Vec<_> = codes
+        .iter()
+        .map(|code| {
+            let mut c = stack.anonymous_identity();
+            let code = code.clone();
+            tokio::spawn(async move {
+                c.accept_invite(AcceptInviteRequest {
+                    code,
+                    key_display_name: String::new(),
+                })
+                .await
+                .map(|_| ())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("concurrent accept");
+    }
+    // One code raced by many: exactly one wins.
+    let code = stack
+        .identity(&acme.owner)
+        .create_invite(CreateInviteRequest {
+            parent: String::new(),
+            email: "race@acme.test".into(),
+            role: "developer".into(),
+            ttl: None,
+        })
+        .await
+        .expect("invite")
+        .into_inner()
+        .code;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let mut c = stack.anonymous_identity();
+            let code = code.clone();
+            tokio::spawn(async move {
+                c.accept_invite(AcceptInviteRequest {
+                    code,
+                    key_display_name: String::new(),
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => wins += 1,
+            Err(e) => assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message()),
+        }
+    }
+    assert_eq!(wins, 1);
+    stack.shutdown().await;
+}
+
 async fn secrets_are_never_stored(backend: Backend) {
     let stack = Stack::start(backend).await;
     let acme = setup_org(&stack, "acme").await;
@@ -1141,6 +1216,7 @@ backend_tests!(
     revocation_and_expiry,
     bad_tokens_are_unauthenticated,
     invites_are_single_use_and_expire,
+    concurrent_accepts,
     secrets_are_never_stored,
     fails_closed_without_dependencies,
     bad_input_is_invalid_argument,

@@ -166,13 +166,12 @@ impl Stack {
         let service_token =
             load_or_create_token(&dir.path().join("service-token"), TokenKind::Service)
                 .expect("service token");
-        // authz first on port 0, so identity knows where it is; authz finds
-        // identity lazily once identity has bound.
-        let loopback = "127.0.0.1:0".parse().expect("addr");
-        let identity_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("reserve identity port");
-        let identity_addr = identity_listener.local_addr().expect("addr");
-        drop(identity_listener);
+        // Both bind port 0 before either starts, as each needs the other's
+        // address.
+        let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let (identity_listener, identity_addr) = paddock_shared::server::bind(loopback)
+            .await
+            .expect("bind identity");
         let authz_config = paddock_authz::Config {
             listen: loopback,
             identity_endpoint: format!("http://{identity_addr}"),
@@ -187,9 +186,10 @@ impl Stack {
             authz_endpoint: authz.endpoint(),
             last_used_flush,
         };
-        let identity = paddock_identity::start(&identity_config, &service_token)
-            .await
-            .expect("start identity");
+        let identity =
+            paddock_identity::start_on(identity_listener, &identity_config, &service_token)
+                .await
+                .expect("start identity");
         Stack {
             identity_endpoint: identity.endpoint(),
             authz_endpoint: authz.endpoint(),
