@@ -343,11 +343,7 @@ async fn seed(
     let workers = usize::from(args.seed_concurrency);
 
     // Members: every tenth an admin, the rest developers.
-    // Invites are created concurrently first, then accepted by a few
-    // callers: identity's AcceptInvite transaction reads before it writes
-    // and takes a second pooled connection while it holds the first, so
-    // accepts that overlap other writes fail on SQLite ("database is
-    // locked", retried below) and many at once exhaust the pool.
+    // Invites are created first, then accepted, each concurrently.
     let codes = {
         let (owner, parent) = (owner.clone(), parent.clone());
         parallel("member invites", args.members, workers, move |i| {
@@ -374,7 +370,7 @@ async fn seed(
         parallel(
             "members (accepting invites)",
             codes.len(),
-            workers.min(ACCEPT_CALLERS),
+            workers,
             move |i| {
                 let (mut anonymous, codes) = (anonymous.clone(), codes.clone());
                 async move {
@@ -490,31 +486,6 @@ async fn seed(
     })
 }
 
-/// Concurrent AcceptInvite callers while seeding (see `seed`).
-const ACCEPT_CALLERS: usize = 4;
-
-/// How often one seeding call is retried after a transient failure.
-const SEED_RETRIES: u32 = 20;
-
-/// Exponential backoff capped at 200 ms, spread per call so that callers
-/// that collided do not collide again.
-fn backoff(call: usize, attempt: u32) -> Duration {
-    let cap = (2u64 << attempt.min(7)).min(200);
-    let spread = (call as u64)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(u64::from(attempt) * 40_503)
-        % cap;
-    Duration::from_millis(cap / 2 + spread / 2 + 1)
-}
-
-/// Failures worth retrying while seeding (a busy store, a dropped connection).
-fn is_transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Internal | Code::Unavailable | Code::Aborted | Code::ResourceExhausted
-    )
-}
-
 /// Runs `op(0..total)` on `workers` concurrent tasks, printing progress to
 /// stderr; results in index order. The first failure stops the run.
 async fn parallel<T, F, Fut>(
@@ -536,17 +507,9 @@ where
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let retried = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..workers.min(total) {
-        let (op, next, done, stop, retried) = (
-            op.clone(),
-            next.clone(),
-            done.clone(),
-            stop.clone(),
-            retried.clone(),
-        );
-        let label_ = label.to_owned();
+        let (op, next, done, stop) = (op.clone(), next.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             loop {
@@ -554,27 +517,11 @@ where
                 if i >= total || stop.load(Ordering::Relaxed) {
                     return Ok(out);
                 }
-                let mut attempt = 0;
-                let value = loop {
-                    match op(i).await {
-                        Ok(v) => break v,
-                        // Seeding only: a write that lost a race in the
-                        // store is retried, and counted so it shows.
-                        Err(s) if attempt < SEED_RETRIES && is_transient(s.code()) => {
-                            attempt += 1;
-                            if retried.fetch_add(1, Ordering::Relaxed) == 0 {
-                                eprintln!(
-                                    "seeding {label_}: retrying after {}: {}",
-                                    code_name(s.code()),
-                                    s.message()
-                                );
-                            }
-                            tokio::time::sleep(backoff(i, attempt)).await;
-                        }
-                        Err(s) => {
-                            stop.store(true, Ordering::Relaxed);
-                            return Err((i, s));
-                        }
+                let value = match op(i).await {
+                    Ok(v) => v,
+                    Err(s) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err((i, s));
                     }
                 };
                 out.push((i, value));
@@ -617,12 +564,6 @@ where
         return Err(e);
     }
     results.sort_unstable_by_key(|(i, _)| *i);
-    let retried = retried.load(Ordering::Relaxed);
-    if retried > 0 {
-        eprintln!(
-            "warning: {retried} seeding call(s) for {label} failed transiently and were retried"
-        );
-    }
     eprintln!(
         "seeded {total} {label} in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -773,19 +714,6 @@ async fn measure<O: Op>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_bounded() {
-        for call in 0..100 {
-            for attempt in 0..SEED_RETRIES {
-                let d = backoff(call, attempt);
-                assert!(
-                    d >= Duration::from_millis(1) && d <= Duration::from_millis(201),
-                    "{d:?}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
