@@ -295,14 +295,41 @@ async fn seed_and_measure(
         project: seeded.project.clone(),
     };
     eprintln!(
-        "seeded {}; measuring each row for {:?} with {} callers",
-        seeded.parent, args.duration, args.concurrency
+        "seeded {}; measuring each row for {:?} with {} callers, interleaved in {:?} slices",
+        seeded.parent, args.duration, args.concurrency, SLICE
     );
 
+    // The rows take turns in short slices (rotating who goes first), so
+    // drift in a shared, noisy machine lands on every row alike instead of
+    // on whichever row happened to run during it.
     let concurrency = usize::from(args.concurrency);
-    let health = measure("health", health, concurrency, args.duration).await?;
-    let check = measure("authz.check", check, concurrency, args.duration).await?;
-    let read = measure("authorized.read", read, concurrency, args.duration).await?;
+    let rounds = (args.duration.as_secs_f64() / SLICE.as_secs_f64())
+        .ceil()
+        .max(1.0) as usize;
+    let mut acc: [(Vec<u32>, Duration); 3] = Default::default();
+    for round in 0..rounds {
+        for k in 0..3 {
+            let row = (round + k) % 3;
+            let (lat, elapsed) = match row {
+                0 => measure("health", health.clone(), concurrency, SLICE).await?,
+                1 => measure("authz.check", check.clone(), concurrency, SLICE).await?,
+                _ => measure("authorized.read", read.clone(), concurrency, SLICE).await?,
+            };
+            acc[row].0.extend(lat);
+            acc[row].1 += elapsed;
+        }
+    }
+    let [health, check, read] = acc.map(|(lat, elapsed)| Sample::from_latencies(lat, elapsed));
+    for (name, s) in [
+        ("health", &health),
+        ("authz.check", &check),
+        ("authorized.read", &read),
+    ] {
+        eprintln!(
+            "{name}: {} requests, {:.0}/s, p50 {}µs, p99 {}µs",
+            s.count, s.ops_per_s, s.p50_us, s.p99_us
+        );
+    }
     Ok(report(
         "authz",
         ("health", &health),
@@ -638,13 +665,18 @@ impl Op for AuthorizedRead {
 
 /// Measures `op` with `concurrency` callers: a short warm-up, then
 /// `duration` of recorded requests. Any failed request fails the row.
+/// One measuring slice per row per round.
+const SLICE: Duration = Duration::from_secs(1);
+
+/// Runs `op` on `concurrency` callers for `duration` after a short warm-up;
+/// returns the latencies (µs) and the time they were measured over.
 async fn measure<O: Op>(
     name: &str,
     op: O,
     concurrency: usize,
     duration: Duration,
-) -> Result<Sample, CliError> {
-    let warmup = (duration / 5).min(Duration::from_secs(1));
+) -> Result<(Vec<u32>, Duration), CliError> {
+    let warmup = Duration::from_millis(100);
     let start = Instant::now() + warmup;
     let deadline = start + duration;
     let errors = Arc::new(AtomicUsize::new(0));
@@ -703,12 +735,7 @@ async fn measure<O: Op>(
             ),
         ));
     }
-    let sample = Sample::from_latencies(all, end.saturating_duration_since(start).max(duration));
-    eprintln!(
-        "{name}: {} requests, {:.0}/s, p50 {}µs, p99 {}µs",
-        sample.count, sample.ops_per_s, sample.p50_us, sample.p99_us
-    );
-    Ok(sample)
+    Ok((all, end.saturating_duration_since(start).max(duration)))
 }
 
 #[cfg(test)]

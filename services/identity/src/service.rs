@@ -188,18 +188,14 @@ fn page(size: i32, token: &str) -> Result<Page> {
 }
 
 fn encode_token(key: &str) -> String {
-    key.bytes().map(|b| format!("{b:02x}")).collect()
+    paddock_shared::hex::encode(key.as_bytes())
 }
 
 fn decode_token(token: &str) -> Option<String> {
-    if !token.len().is_multiple_of(2) || token.len() > 256 {
+    if token.len() > 256 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(paddock_shared::hex::decode(token)?).ok()
 }
 
 /// Cuts the extra row fetched to learn whether another page exists.

@@ -54,7 +54,7 @@ impl Database {
                 admin.close().await;
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(8)
                     .acquire_timeout(Duration::from_secs(5))
                     .after_connect(move |conn, _| {
                         let set_path = set_path.clone();
@@ -97,7 +97,7 @@ impl Database {
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute(
-                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000; PRAGMA mmap_size=268435456;",
                     )
                     .await?;
                     Ok(())

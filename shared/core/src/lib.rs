@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod hex;
 pub mod names;
 pub mod rbac;
 pub mod secret;

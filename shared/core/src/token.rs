@@ -143,12 +143,7 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, TokenError> {
 
 /// SHA-256 of a token, hex.
 pub fn hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    crate::hex::encode(&Sha256::digest(token.as_bytes()))
 }
 
 fn checksum(body: &str) -> String {
