@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "paddock/api/v1/annotations.proto",
     "paddock/identity/v1/identity.proto",
     "paddock/authz/v1/authz.proto",
+    "paddock/audit/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

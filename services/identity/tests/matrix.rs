@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use paddock_proto::audit::v1::*;
 use paddock_proto::authz::v1::*;
 use paddock_proto::identity::v1::*;
 use paddock_testkit::{Backend, Stack, backend_tests};
@@ -147,6 +148,19 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "OOOO",
     ),
     ("/paddock.authz.v1.AuthzService/ListRoles", "OOOO", "OOOO"),
+    (
+        "/paddock.audit.v1.AuditService/AppendEvents",
+        "DDDD",
+        "DDDD",
+    ),
+    ("/paddock.audit.v1.AuditService/QueryEvents", "OODD", "NNDD"),
+    ("/paddock.audit.v1.AuditService/TailEvents", "OODD", "NNDD"),
+    ("/paddock.audit.v1.AuditService/VerifyChain", "OODD", "NNDD"),
+    (
+        "/paddock.audit.v1.AuditService/ExportEvents",
+        "OODD",
+        "NNDD",
+    ),
 ];
 
 fn expected(letter: u8) -> Code {
@@ -181,6 +195,7 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
     let org = target.name.clone();
     let mut c = stack.identity(token);
     let mut a = stack.authz(token);
+    let mut au = stack.audit(token);
     let owner = stack.identity(&target.owner);
     match method {
         "CreateOrganization" => code(
@@ -463,6 +478,45 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 .await,
         ),
         "ListRoles" => code(a.list_roles(ListRolesRequest {}).await),
+        "AppendEvents" => code(
+            au.append_events(AppendEventsRequest {
+                events: vec![AuditEvent {
+                    id: "0190f7a0-0000-7000-8000-000000000001".into(),
+                    organization: org,
+                    action: "test.event".into(),
+                    ..Default::default()
+                }],
+            })
+            .await,
+        ),
+        "QueryEvents" => code(
+            au.query_events(QueryEventsRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "TailEvents" => code(
+            au.tail_events(TailEventsRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "VerifyChain" => code(
+            au.verify_chain(VerifyChainRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "ExportEvents" => code(
+            au.export_events(ExportEventsRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
         other => panic!("the matrix has no call for {other}"),
     }
 }

@@ -3,6 +3,7 @@
 //! the server stack. A service calls these; it does not copy them.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod db;
 pub mod error;

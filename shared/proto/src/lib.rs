@@ -14,6 +14,12 @@ pub mod identity {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("paddock.audit.v1");
+    }
+}
+
 pub mod authz {
     pub mod v1 {
         tonic::include_proto!("paddock.authz.v1");

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::identity::v1::{CreateOrganizationRequest, CreateOrganizationResponse};
 use paddock_shared::auth::{self, AuthzClient, BearerAuth, IdentityClient};
 use paddock_shared::secret::Secret;
@@ -12,6 +13,11 @@ use paddock_shared::server::{ServerHandle, load_or_create_token};
 use paddock_shared::token::TokenKind;
 use rand::Rng;
 use sqlx::Executor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A client of the audit service.
+pub type AuditClient = AuditServiceClient<InterceptedService<Channel, BearerAuth>>;
 
 /// The environment variable naming the PostgreSQL server for tests: a URL
 /// whose user may create databases, e.g.
@@ -137,18 +143,21 @@ pub async fn database_url(backend: Backend) -> Option<String> {
     }
 }
 
-/// Identity and authz, each on its own port 0, with their own data dir and
-/// database.
+/// Identity, authz and audit, each on its own port 0, with their own data
+/// dir and database (audit in its own schema or file).
 pub struct Stack {
     pub dir: TempDir,
     pub database_url: Option<String>,
     pub identity: Option<ServerHandle>,
     pub authz: Option<ServerHandle>,
+    pub audit: Option<ServerHandle>,
     pub identity_endpoint: String,
     pub authz_endpoint: String,
+    pub audit_endpoint: String,
     pub service_token: Secret<String>,
     pub identity_config: paddock_identity::Config,
     pub authz_config: paddock_authz::Config,
+    pub audit_config: paddock_audit::Config,
 }
 
 impl Stack {
@@ -190,16 +199,29 @@ impl Stack {
             paddock_identity::start_on(identity_listener, &identity_config, &service_token)
                 .await
                 .expect("start identity");
+        let audit_config = paddock_audit::Config {
+            listen: loopback,
+            data_dir: dir.path().to_owned(),
+            database_url: database_url.clone(),
+            identity_endpoint: identity.endpoint(),
+            authz_endpoint: authz.endpoint(),
+        };
+        let audit = paddock_audit::start(&audit_config, &service_token)
+            .await
+            .expect("start audit");
         Stack {
             identity_endpoint: identity.endpoint(),
             authz_endpoint: authz.endpoint(),
+            audit_endpoint: audit.endpoint(),
             dir,
             database_url,
             identity: Some(identity),
             authz: Some(authz),
+            audit: Some(audit),
             service_token,
             identity_config,
             authz_config,
+            audit_config,
         }
     }
 
@@ -218,6 +240,41 @@ impl Stack {
 
     pub fn authz(&self, token: &str) -> AuthzClient {
         auth::authz_client(&self.authz_endpoint, bearer(token)).expect("authz client")
+    }
+
+    pub fn audit(&self, token: &str) -> AuditClient {
+        AuditServiceClient::with_interceptor(
+            auth::lazy_channel(&self.audit_endpoint).expect("audit channel"),
+            bearer(token),
+        )
+    }
+
+    /// A client of the audit service with the service token (for
+    /// AppendEvents).
+    pub fn audit_as_service(&self) -> AuditClient {
+        self.audit(self.service_token.expose())
+    }
+
+    /// Stops the audit server (restart it on the same address with
+    /// [`Stack::restart_audit`]).
+    pub async fn stop_audit(&mut self) {
+        if let Some(a) = self.audit.take() {
+            a.shutdown().await;
+        }
+    }
+
+    pub async fn restart_audit(&mut self) {
+        let mut config = self.audit_config.clone();
+        config.listen = self
+            .audit_endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("audit addr");
+        self.audit = Some(
+            paddock_audit::start(&config, &self.service_token)
+                .await
+                .expect("restart audit"),
+        );
     }
 
     pub fn anonymous_identity(&self) -> IdentityClient {
@@ -268,6 +325,7 @@ impl Stack {
     }
 
     pub async fn shutdown(mut self) {
+        self.stop_audit().await;
         self.stop_identity().await;
         self.stop_authz().await;
         if let Some(url) = &self.database_url {

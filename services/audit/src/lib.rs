@@ -1,0 +1,112 @@
+//! The audit service: `AppendEvents` from Paddock services into one hash
+//! chain per organization, and `QueryEvents`, `TailEvents`, `VerifyChain`
+//! and `ExportEvents` for callers holding `audit.read`, inside their own
+//! organization only.
+#![forbid(unsafe_code)]
+
+mod service;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use paddock_proto::audit::v1::audit_service_server::AuditServiceServer;
+use paddock_shared::auth::{
+    self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
+};
+use paddock_shared::db::{Database, Migration};
+use paddock_shared::secret::Secret;
+use paddock_shared::server::{self, ServerHandle};
+
+use crate::service::Audit;
+
+/// Audit's schema migrations, in order.
+pub const MIGRATIONS: &[Migration] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// Configuration of the audit service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long = "listen",
+        env = "PADDOCK_AUDIT_LISTEN",
+        default_value = "127.0.0.1:7104"
+    )]
+    pub listen: SocketAddr,
+    /// Data directory: the SQLite database.
+    #[arg(
+        long = "data-dir",
+        env = "PADDOCK_DATA_DIR",
+        default_value = "paddock-data"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; SQLite under the data dir when unset.
+    #[arg(long = "database-url", env = "PADDOCK_AUDIT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The identity service.
+    #[arg(
+        long = "identity-endpoint",
+        env = "PADDOCK_IDENTITY_ENDPOINT",
+        default_value = "http://127.0.0.1:7101"
+    )]
+    pub identity_endpoint: String,
+    /// The authz service.
+    #[arg(
+        long = "authz-endpoint",
+        env = "PADDOCK_AUTHZ_ENDPOINT",
+        default_value = "http://127.0.0.1:7102"
+    )]
+    pub authz_endpoint: String,
+}
+
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Starts the audit service; it calls identity and authz with
+/// `service_token`.
+pub async fn start(
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let (listener, _) = server::bind(config.listen).await?;
+    start_on(listener, config, service_token).await
+}
+
+/// Starts on a listener bound beforehand; `config.listen` is unused.
+pub async fn start_on(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let addr = listener.local_addr()?;
+    let db = Database::connect(
+        "audit",
+        &config.data_dir,
+        config.database_url.as_deref(),
+        MIGRATIONS,
+    )
+    .await?;
+    let identity = RemoteIdentity::new(auth::identity_client(
+        &config.identity_endpoint,
+        BearerAuth::new(service_token)?,
+    )?);
+    let authn = CachedAuthenticator::new(identity);
+    let watch = authn.inner().watch(authn.cache());
+    let authz = RemoteAuthz::new(auth::authz_client(
+        &config.authz_endpoint,
+        BearerAuth::new(service_token)?,
+    )?);
+    let admission = Admission::new(Arc::new(authn), Arc::new(authz));
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let audit = Audit::new(db, closing_rx);
+
+    let name = <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME;
+    let (_health, routes) = server::health_and_reflection(&[name]).await;
+    let routes = routes.add_service(
+        AuditServiceServer::new(audit).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+    );
+    tracing::info!(%addr, "audit listening");
+    Ok(ServerHandle::spawn(listener, addr, admission, routes)
+        .with_background([watch])
+        .with_closing(closing))
+}

@@ -1,0 +1,583 @@
+//! The AuditService handlers. The admission layer has already refused
+//! non-service callers of `AppendEvents` and callers without `audit.read`
+//! in their organization; handlers validate input and keep every read
+//! inside the caller's organization (another organization is NOT_FOUND).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use paddock_proto::audit::v1::audit_service_server::AuditService;
+use paddock_proto::audit::v1::*;
+use paddock_proto::identity::v1::{Principal, PrincipalKind};
+use paddock_shared::audit::{GENESIS_HASH, event_hash};
+use paddock_shared::auth;
+use paddock_shared::error::{Error, Result};
+use paddock_shared::names::{self, validate_text};
+use paddock_shared::time::{now_micros, timestamp, timestamp_micros};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::store::{Filter, Order, Pending, Store};
+
+const MAX_APPEND: usize = 1000;
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 1000;
+/// Rows per read of the chain walk, tail and export.
+const BATCH: i64 = 500;
+/// How often a tail looks for events appended by another replica.
+const TAIL_POLL: Duration = Duration::from_millis(500);
+const MAX_DETAILS_BYTES: usize = 64 * 1024;
+const MAX_FIELD_CHARS: usize = 1024;
+
+pub struct Audit {
+    store: Store,
+    /// Serializes appends in this process (the database serializes them
+    /// across replicas).
+    append_lock: Mutex<()>,
+    /// Counts commits of appends; tails wake on each change.
+    appended: watch::Sender<u64>,
+    /// Turns true when the server shuts down; ends the streams.
+    closing: watch::Receiver<bool>,
+}
+
+impl Audit {
+    pub fn new(db: paddock_shared::db::Database, closing: watch::Receiver<bool>) -> Self {
+        Self {
+            store: Store { db },
+            append_lock: Mutex::new(()),
+            appended: watch::channel(0).0,
+            closing,
+        }
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The caller's organization id (`acme` of `organizations/acme`).
+fn caller_org(p: &Principal) -> Result<&str> {
+    p.organization
+        .strip_prefix("organizations/")
+        .filter(|o| !o.is_empty())
+        .ok_or_else(|| Error::PermissionDenied("the caller belongs to no organization".into()))
+}
+
+/// `parent` must be the caller's organization; empty means it.
+fn parent_org<'a>(caller: &'a Principal, parent: &str) -> Result<&'a str> {
+    let org = caller_org(caller)?;
+    if !parent.is_empty() && names::parse_org(parent)? != org {
+        return Err(Error::not_found(names::truncate(parent)));
+    }
+    Ok(org)
+}
+
+/// A dotted lowercase verb: `apikey.create`, `authz.deny`.
+fn valid_action(action: &str) -> bool {
+    action.len() <= 128
+        && action.split('.').count() >= 2
+        && action.split('.').all(|part| {
+            !part.is_empty()
+                && part.starts_with(|c: char| c.is_ascii_lowercase())
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+fn validate_event(index: usize, e: &mut AuditEvent) -> Result<String> {
+    let bad = |what: &str| Error::invalid(format!("events[{index}]: {what}"));
+    if uuid::Uuid::try_parse(&e.id).is_err() {
+        return Err(bad("id must be a UUID (UUIDv7)"));
+    }
+    // Store the canonical spelling, so one id cannot be stored twice.
+    e.id = e.id.to_ascii_lowercase();
+    let org = names::parse_org(&e.organization)
+        .map_err(|_| bad("organization must be organizations/{organization}"))?
+        .to_owned();
+    if !valid_action(&e.action) {
+        return Err(bad(
+            "action must be a dotted lowercase verb such as apikey.create",
+        ));
+    }
+    if Outcome::try_from(e.outcome).is_err() {
+        return Err(bad("unknown outcome"));
+    }
+    if e.details_json.is_empty() {
+        e.details_json = "{}".into();
+    }
+    if e.details_json.len() > MAX_DETAILS_BYTES {
+        return Err(bad("details_json is larger than 64 KiB"));
+    }
+    match serde_json::from_str::<serde_json::Value>(&e.details_json) {
+        Ok(serde_json::Value::Object(_)) => {}
+        _ => return Err(bad("details_json must be a JSON object")),
+    }
+    let actor = e.actor.get_or_insert_with(Actor::default);
+    for (what, text) in [
+        ("actor.principal_id", &actor.principal_id),
+        ("actor.kind", &actor.kind),
+        ("actor.display_name", &actor.display_name),
+        ("actor.key_id", &actor.key_id),
+        ("resource", &e.resource),
+        ("error_code", &e.error_code),
+        ("source_service", &e.source_service),
+        ("trace_id", &e.trace_id),
+    ] {
+        validate_text(what, text, MAX_FIELD_CHARS).map_err(|err| bad(&err.to_string()))?;
+    }
+    match &e.time {
+        Some(t) if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) => {
+            return Err(bad("invalid time"));
+        }
+        Some(_) => {}
+        None => e.time = Some(timestamp(now_micros())),
+    }
+    // Microsecond precision is what is stored and hashed.
+    if let Some(t) = &e.time {
+        e.time = Some(timestamp(timestamp_micros(t)));
+    }
+    e.sequence = 0;
+    e.previous_hash.clear();
+    e.hash.clear();
+    Ok(org)
+}
+
+fn filter(f: Option<EventFilter>) -> Result<Filter> {
+    let f = f.unwrap_or_default();
+    for (what, text) in [
+        ("filter.actor", &f.actor),
+        ("filter.action_prefix", &f.action_prefix),
+        ("filter.resource", &f.resource),
+        ("filter.trace_id", &f.trace_id),
+    ] {
+        validate_text(what, text, MAX_FIELD_CHARS)?;
+    }
+    if Outcome::try_from(f.outcome).is_err() {
+        return Err(Error::invalid("filter.outcome: unknown outcome"));
+    }
+    let start_time = f.start_time.as_ref().map(timestamp_micros);
+    let end_time = f.end_time.as_ref().map(timestamp_micros);
+    if let (Some(s), Some(e)) = (start_time, end_time)
+        && s > e
+    {
+        return Err(Error::invalid("filter.start_time is after filter.end_time"));
+    }
+    Ok(Filter {
+        actor: f.actor,
+        action_prefix: f.action_prefix,
+        resource: f.resource,
+        outcome: f.outcome,
+        start_time,
+        end_time,
+        trace_id: f.trace_id,
+    })
+}
+
+/// A page token: the direction and the last sequence returned.
+fn encode_page(order: Order, sequence: i64) -> String {
+    let dir = if order == Order::Oldest { 'a' } else { 'd' };
+    paddock_shared::hex::encode(format!("{dir}{sequence}").as_bytes())
+}
+
+fn decode_page(token: &str, order: Order) -> Result<Option<i64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("invalid page_token");
+    if token.len() > 64 {
+        return Err(bad());
+    }
+    let text = String::from_utf8(paddock_shared::hex::decode(token).ok_or_else(bad)?)
+        .map_err(|_| bad())?;
+    let want = if order == Order::Oldest { 'a' } else { 'd' };
+    let rest = text.strip_prefix(want).ok_or_else(bad)?;
+    let sequence: i64 = rest.parse().map_err(|_| bad())?;
+    if sequence < 0 {
+        return Err(bad());
+    }
+    Ok(Some(sequence))
+}
+
+/// A tail cursor: the sequence of the last event delivered.
+fn encode_cursor(sequence: i64) -> String {
+    format!("{sequence:016x}")
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64> {
+    let bad = || Error::invalid("invalid after_cursor");
+    if cursor.len() != 16 {
+        return Err(bad());
+    }
+    let n = u64::from_str_radix(cursor, 16).map_err(|_| bad())?;
+    i64::try_from(n).map_err(|_| bad())
+}
+
+fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
+    auth::caller(request).cloned()
+}
+
+/// Sends on `tx` until the client goes away; false once it has.
+async fn send<T>(tx: &mpsc::Sender<Result<T, Status>>, item: Result<T, Status>) -> bool {
+    tx.send(item).await.is_ok()
+}
+
+#[tonic::async_trait]
+impl AuditService for Audit {
+    async fn append_events(
+        &self,
+        request: Request<AppendEventsRequest>,
+    ) -> Result<Response<AppendEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        if caller.kind != PrincipalKind::Service as i32 {
+            return Err(Status::permission_denied(
+                "AppendEvents is internal: only service principals may call it",
+            ));
+        }
+        let events = request.into_inner().events;
+        if events.is_empty() || events.len() > MAX_APPEND {
+            return Err(
+                Error::invalid(format!("events must hold 1 to {MAX_APPEND} events")).into(),
+            );
+        }
+        let mut pending = Vec::with_capacity(events.len());
+        for (i, mut event) in events.into_iter().enumerate() {
+            let org = validate_event(i, &mut event)?;
+            pending.push(Pending { org, event });
+        }
+        let appended = {
+            let _guard = self.append_lock.lock().await;
+            self.store.append(pending).await?
+        };
+        if appended > 0 {
+            self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(Response::new(AppendEventsResponse {
+            appended: i32::try_from(appended).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn query_events(
+        &self,
+        request: Request<QueryEventsRequest>,
+    ) -> Result<Response<QueryEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let org = parent_org(&caller, &req.parent)?;
+        let filter = filter(req.filter)?;
+        let order = if req.oldest_first {
+            Order::Oldest
+        } else {
+            Order::Newest
+        };
+        if req.page_size < 0 {
+            return Err(Error::invalid("page_size must not be negative").into());
+        }
+        let size = if req.page_size == 0 {
+            DEFAULT_PAGE
+        } else {
+            i64::from(req.page_size).min(MAX_PAGE)
+        };
+        let after = decode_page(&req.page_token, order)?;
+        let mut events = self
+            .store
+            .read(org, &filter, after, order, size + 1)
+            .await?;
+        let next_page_token = if events.len() as i64 > size {
+            events.truncate(size as usize);
+            events
+                .last()
+                .map(|e| encode_page(order, e.sequence))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(QueryEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+
+    type TailEventsStream = EventStream<TailEventsResponse>;
+
+    async fn tail_events(
+        &self,
+        request: Request<TailEventsRequest>,
+    ) -> Result<Response<Self::TailEventsStream>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let org = parent_org(&caller, &req.parent)?.to_owned();
+        let filter = filter(req.filter)?;
+        let mut cursor = if req.after_cursor.is_empty() {
+            self.store.head(&org).await?.0
+        } else {
+            decode_cursor(&req.after_cursor)?
+        };
+        let store = self.store.clone();
+        let mut appended = self.appended.subscribe();
+        let mut closing = self.closing.clone();
+        let (tx, rx) = mpsc::channel(BATCH as usize);
+        tokio::spawn(async move {
+            loop {
+                // Mark the current append count seen before reading, so an
+                // append committed after the read wakes the next wait.
+                appended.borrow_and_update();
+                loop {
+                    let events = match store
+                        .read(&org, &filter, Some(cursor), Order::Oldest, BATCH)
+                        .await
+                    {
+                        Ok(events) => events,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    let full = events.len() as i64 == BATCH;
+                    for event in events {
+                        cursor = event.sequence;
+                        let item = TailEventsResponse {
+                            event: Some(event),
+                            cursor: encode_cursor(cursor),
+                        };
+                        if !send(&tx, Ok(item)).await {
+                            return;
+                        }
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return,
+                    _ = tx.closed() => return,
+                    _ = appended.changed() => {}
+                    _ = tokio::time::sleep(TAIL_POLL) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify_chain(
+        &self,
+        request: Request<VerifyChainRequest>,
+    ) -> Result<Response<VerifyChainResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let org = parent_org(&caller, &req.parent)?;
+        if req.from_sequence < 0 || req.to_sequence < 0 {
+            return Err(
+                Error::invalid("from_sequence and to_sequence must not be negative").into(),
+            );
+        }
+        if req.to_sequence != 0 && req.from_sequence > req.to_sequence {
+            return Err(Error::invalid("from_sequence is after to_sequence").into());
+        }
+        Ok(Response::new(
+            self.verify(org, req.from_sequence, req.to_sequence).await?,
+        ))
+    }
+
+    type ExportEventsStream = EventStream<ExportEventsResponse>;
+
+    async fn export_events(
+        &self,
+        request: Request<ExportEventsRequest>,
+    ) -> Result<Response<Self::ExportEventsStream>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let org = parent_org(&caller, &req.parent)?.to_owned();
+        let filter = filter(req.filter)?;
+        let store = self.store.clone();
+        let mut closing = self.closing.clone();
+        let (tx, rx) = mpsc::channel(BATCH as usize);
+        tokio::spawn(async move {
+            let mut after = 0;
+            loop {
+                let events = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return,
+                    events = store.read(&org, &filter, Some(after), Order::Oldest, BATCH) => events,
+                };
+                let events = match events {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let full = events.len() as i64 == BATCH;
+                for event in events {
+                    after = event.sequence;
+                    if !send(&tx, Ok(ExportEventsResponse { event: Some(event) })).await {
+                        return;
+                    }
+                }
+                if !full {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Audit {
+    /// Walks `org`'s chain from `from` to `to` (0: start / end) in batches,
+    /// recomputing each hash and checking every link.
+    async fn verify(&self, org: &str, from: i64, to: i64) -> Result<VerifyChainResponse> {
+        let checkpoint = self.store.checkpoint(org).await?;
+        let (start, start_hash) = checkpoint
+            .clone()
+            .map_or((0, GENESIS_HASH.to_owned()), |(s, h)| (s, h));
+        let (head_sequence, head_hash) = self.store.head(org).await?;
+        // The sequence before the first one verified, and the hash the
+        // first one must link to.
+        let before = from.saturating_sub(1).max(start);
+        let mut expected_previous = if before == start {
+            Some(start_hash)
+        } else {
+            // A range that starts mid-chain links to the stored event
+            // before it (if that is gone, the walk reports the gap there).
+            self.store.hash_at(org, before).await?
+        };
+        let last = if to == 0 { i64::MAX } else { to };
+        let mut response = VerifyChainResponse {
+            intact: true,
+            checkpoint_sequence: checkpoint.map_or(0, |c| c.0),
+            ..Default::default()
+        };
+        let broken = |response: &mut VerifyChainResponse, sequence, id: &str, problem: String| {
+            response.intact = false;
+            response.broken_sequence = sequence;
+            response.broken_event_id = id.to_owned();
+            response.problem = problem;
+        };
+        let mut expected_sequence = before + 1;
+        let mut previous_sequence = before;
+        loop {
+            let events = self
+                .store
+                .range(org, previous_sequence, last, BATCH)
+                .await?;
+            let full = events.len() as i64 == BATCH;
+            for event in events {
+                if event.sequence != expected_sequence {
+                    broken(
+                        &mut response,
+                        event.sequence,
+                        &event.id,
+                        format!(
+                            "sequence gap: events {expected_sequence} to {} are missing",
+                            event.sequence - 1
+                        ),
+                    );
+                    return Ok(response);
+                }
+                if let Some(previous) = &expected_previous
+                    && &event.previous_hash != previous
+                {
+                    broken(
+                        &mut response,
+                        event.sequence,
+                        &event.id,
+                        "previous hash mismatch: the event does not link to the one before it"
+                            .into(),
+                    );
+                    return Ok(response);
+                }
+                if event_hash(&event) != event.hash {
+                    broken(
+                        &mut response,
+                        event.sequence,
+                        &event.id,
+                        "hash mismatch: a stored field was changed".into(),
+                    );
+                    return Ok(response);
+                }
+                response.verified += 1;
+                expected_sequence += 1;
+                previous_sequence = event.sequence;
+                expected_previous = Some(event.hash);
+            }
+            if !full {
+                break;
+            }
+        }
+        // The head must match the last event when the walk reached it.
+        let reached = previous_sequence;
+        if to == 0 || to >= head_sequence {
+            if reached < head_sequence {
+                broken(
+                    &mut response,
+                    reached + 1,
+                    "",
+                    format!(
+                        "sequence gap: events {} to {head_sequence} (the chain's head) are missing",
+                        reached + 1
+                    ),
+                );
+            } else if reached > head_sequence {
+                broken(
+                    &mut response,
+                    reached,
+                    "",
+                    format!("head mismatch: the chain head is at {head_sequence}"),
+                );
+            } else if reached > start && expected_previous.as_deref() != Some(head_hash.as_str()) {
+                broken(
+                    &mut response,
+                    reached,
+                    "",
+                    "head hash mismatch: the last event is not the recorded head".into(),
+                );
+            }
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_dotted_lowercase_verbs() {
+        for ok in [
+            "apikey.create",
+            "authz.deny",
+            "auth.fail",
+            "sandbox.exec_v2",
+        ] {
+            assert!(valid_action(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "create",
+            "ApiKey.create",
+            "apikey.",
+            ".x",
+            "a..b",
+            "a.b c",
+            "a.1b",
+        ] {
+            assert!(!valid_action(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_carry_the_direction() {
+        let t = encode_page(Order::Newest, 42);
+        assert_eq!(decode_page(&t, Order::Newest).ok(), Some(Some(42)));
+        assert!(decode_page(&t, Order::Oldest).is_err());
+        assert!(decode_page("zz", Order::Newest).is_err());
+        assert_eq!(decode_page("", Order::Newest).ok(), Some(None));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(decode_cursor(&encode_cursor(7)).ok(), Some(7));
+        assert!(decode_cursor("7").is_err());
+        assert!(decode_cursor("ffffffffffffffff").is_err());
+    }
+}
