@@ -1,0 +1,736 @@
+//! The audit service through real servers on port 0, each test with its
+//! own data dir and database, on SQLite and PostgreSQL.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use paddock_proto::audit::v1::*;
+use paddock_proto::identity::v1::{AcceptInviteRequest, CreateInviteRequest};
+use paddock_testkit::{AuditClient, Backend, Stack, backend_tests};
+use sqlx::Executor;
+use tonic::Code;
+
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    r.map(|_| Code::Ok).unwrap_or_else(|s| s.code())
+}
+
+fn event(org: &str, action: &str) -> AuditEvent {
+    AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        time: Some(prost_types::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        }),
+        organization: format!("organizations/{org}"),
+        actor: Some(Actor {
+            principal_id: "m1".into(),
+            kind: "PRINCIPAL_KIND_MEMBER".into(),
+            display_name: "alice@acme.test".into(),
+            key_id: "k1".into(),
+        }),
+        action: action.into(),
+        resource: format!("organizations/{org}/projects/web"),
+        outcome: Outcome::Success as i32,
+        source_service: "identity".into(),
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        details_json: r#"{"n":1}"#.into(),
+        ..Default::default()
+    }
+}
+
+async fn append(stack: &Stack, events: Vec<AuditEvent>) -> i32 {
+    stack
+        .audit_as_service()
+        .append_events(AppendEventsRequest { events })
+        .await
+        .expect("append")
+        .into_inner()
+        .appended
+}
+
+/// Appends `n` events (`test.event`) to `org`; returns them as sent.
+async fn append_n(stack: &Stack, org: &str, n: usize) -> Vec<AuditEvent> {
+    let events: Vec<AuditEvent> = (0..n).map(|_| event(org, "test.event")).collect();
+    assert_eq!(append(stack, events.clone()).await, n as i32);
+    events
+}
+
+/// Creates an organization; returns its owner's key.
+async fn org(stack: &Stack, id: &str) -> String {
+    stack
+        .create_org(id, &format!("owner@{id}.test"))
+        .await
+        .owner_key_secret
+}
+
+async fn developer(stack: &Stack, owner: &str, org: &str) -> String {
+    let code = stack
+        .identity(owner)
+        .create_invite(CreateInviteRequest {
+            parent: format!("organizations/{org}"),
+            email: format!("dev@{org}.test"),
+            role: "developer".into(),
+            ttl: None,
+        })
+        .await
+        .expect("invite")
+        .into_inner()
+        .code;
+    stack
+        .anonymous_identity()
+        .accept_invite(AcceptInviteRequest {
+            code,
+            key_display_name: String::new(),
+        })
+        .await
+        .expect("accept")
+        .into_inner()
+        .api_key_secret
+}
+
+async fn query(client: &mut AuditClient, filter: EventFilter) -> Vec<AuditEvent> {
+    client
+        .query_events(QueryEventsRequest {
+            filter: Some(filter),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .events
+}
+
+async fn verify(client: &mut AuditClient, from: i64, to: i64) -> VerifyChainResponse {
+    client
+        .verify_chain(VerifyChainRequest {
+            parent: String::new(),
+            from_sequence: from,
+            to_sequence: to,
+        })
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
+async fn append_is_idempotent(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    let first = event("acme", "apikey.create");
+    assert_eq!(append(&stack, vec![first.clone()]).await, 1);
+    // The same id again, alone, in a batch with a new one, and twice in
+    // one batch: stored once.
+    assert_eq!(append(&stack, vec![first.clone()]).await, 0);
+    let second = event("acme", "apikey.revoke");
+    assert_eq!(
+        append(&stack, vec![first.clone(), second.clone(), second.clone()]).await,
+        1
+    );
+    // Upper-case spelling of the same UUID is the same event.
+    let mut upper = first.clone();
+    upper.id = upper.id.to_uppercase();
+    assert_eq!(append(&stack, vec![upper]).await, 0);
+
+    let mut client = stack.audit(&owner);
+    let events = query(&mut client, EventFilter::default()).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].id, second.id, "newest first");
+    assert_eq!(events[0].sequence, 2);
+    assert_eq!(events[1].id, first.id);
+    assert_eq!(events[1].sequence, 1);
+    assert_eq!(events[1].previous_hash, paddock_shared::audit::GENESIS_HASH);
+    assert_eq!(events[0].previous_hash, events[1].hash);
+    assert_eq!(
+        paddock_shared::audit::event_hash(&events[0]),
+        events[0].hash
+    );
+    assert_eq!(events[1].action, "apikey.create");
+    assert_eq!(events[1].details_json, r#"{"n":1}"#);
+    assert_eq!(events[1].time, first.time);
+    let v = verify(&mut client, 0, 0).await;
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.verified, 2);
+    stack.shutdown().await;
+}
+
+async fn orgs_are_isolated(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let acme = org(&stack, "acme").await;
+    let globex = org(&stack, "globex").await;
+    let dev = developer(&stack, &acme, "acme").await;
+    append_n(&stack, "acme", 3).await;
+    append_n(&stack, "globex", 2).await;
+
+    let acme_events = query(&mut stack.audit(&acme), EventFilter::default()).await;
+    assert_eq!(acme_events.len(), 3);
+    assert!(
+        acme_events
+            .iter()
+            .all(|e| e.organization == "organizations/acme")
+    );
+    let globex_events = query(&mut stack.audit(&globex), EventFilter::default()).await;
+    assert_eq!(globex_events.len(), 2);
+    assert!(
+        globex_events
+            .iter()
+            .all(|e| e.organization == "organizations/globex")
+    );
+    // Each chain starts at 1.
+    assert_eq!(globex_events[1].sequence, 1);
+
+    // A developer has no audit.read.
+    let err = stack
+        .audit(&dev)
+        .query_events(QueryEventsRequest::default())
+        .await
+        .expect_err("developer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("audit.read"), "{}", err.message());
+
+    // Another organization does not exist for the caller.
+    let other = "organizations/globex".to_owned();
+    let mut c = stack.audit(&acme);
+    assert_eq!(
+        code(
+            c.query_events(QueryEventsRequest {
+                parent: other.clone(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.verify_chain(VerifyChainRequest {
+                parent: other.clone(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.export_events(ExportEventsRequest {
+                parent: other.clone(),
+                filter: None
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.tail_events(TailEventsRequest {
+                parent: other,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    // Only services append.
+    let err = c
+        .append_events(AppendEventsRequest {
+            events: vec![event("acme", "test.event")],
+        })
+        .await
+        .expect_err("owner appends");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    stack.shutdown().await;
+}
+
+/// One way to spoil a valid event.
+type Change = fn(&mut AuditEvent);
+
+async fn bad_input_is_invalid_argument(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    let mut svc = stack.audit_as_service();
+    let cases: Vec<(&str, Change)> = vec![
+        ("id", |e| e.id = "not-a-uuid".into()),
+        ("organization", |e| e.organization = "acme".into()),
+        ("action", |e| e.action = "Create".into()),
+        ("action", |e| e.action = "apikey".into()),
+        ("details_json", |e| e.details_json = "[1]".into()),
+        ("details_json", |e| e.details_json = "{".into()),
+        ("outcome", |e| e.outcome = 42),
+        ("resource", |e| e.resource = "a\nb".into()),
+        ("details_json", |e| {
+            e.details_json = format!(r#"{{"a":"{}"}}"#, "x".repeat(70_000))
+        }),
+    ];
+    for (what, change) in cases {
+        let mut e = event("acme", "test.event");
+        change(&mut e);
+        let err = svc
+            .append_events(AppendEventsRequest { events: vec![e] })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(what), "{what}: {}", err.message());
+    }
+    assert_eq!(
+        code(
+            svc.append_events(AppendEventsRequest { events: vec![] })
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let many = (0..1001).map(|_| event("acme", "test.event")).collect();
+    assert_eq!(
+        code(
+            svc.append_events(AppendEventsRequest { events: many })
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    // Nothing of a rejected batch is stored.
+    let mut c = stack.audit(&owner);
+    assert!(query(&mut c, EventFilter::default()).await.is_empty());
+
+    for token in ["zz", "00", "64ff", &"ab".repeat(40)] {
+        assert_eq!(
+            code(
+                c.query_events(QueryEventsRequest {
+                    page_token: token.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::InvalidArgument,
+            "{token}"
+        );
+    }
+    assert_eq!(
+        code(
+            c.query_events(QueryEventsRequest {
+                page_size: -1,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.query_events(QueryEventsRequest {
+                parent: "not/a/name".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.tail_events(TailEventsRequest {
+                after_cursor: "nope".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.verify_chain(VerifyChainRequest {
+                from_sequence: 5,
+                to_sequence: 2,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    stack.shutdown().await;
+}
+
+async fn filters_select_events(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    let mut a = event("acme", "member.invite");
+    a.actor.as_mut().expect("actor").principal_id = "m2".into();
+    a.actor.as_mut().expect("actor").display_name = "bob@acme.test".into();
+    let mut b = event("acme", "apikey.create");
+    b.outcome = Outcome::Denied as i32;
+    b.error_code = "PERMISSION_DENIED".into();
+    b.time = Some(prost_types::Timestamp {
+        seconds: 1_800_000_100,
+        nanos: 0,
+    });
+    let mut c = event("acme", "apikey.revoke");
+    c.resource = "organizations/acme/apiKeys/k9".into();
+    c.trace_id = "1".repeat(32);
+    append(&stack, vec![a.clone(), b.clone(), c.clone()]).await;
+    let mut client = stack.audit(&owner);
+    let ids = |events: Vec<AuditEvent>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let f = |f: fn(&mut EventFilter)| {
+        let mut filter = EventFilter::default();
+        f(&mut filter);
+        filter
+    };
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "m2".into())).await),
+        vec![a.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "bob@acme.test".into())).await),
+        vec![a.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.action_prefix = "apikey.".into())).await),
+        vec![c.id.clone(), b.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.action_prefix = "apikey.create".into())).await),
+        vec![b.id.clone()]
+    );
+    // LIKE wildcards in the prefix are literal.
+    assert!(
+        query(&mut client, f(|f| f.action_prefix = "member_".into()))
+            .await
+            .is_empty()
+    );
+    assert!(
+        query(&mut client, f(|f| f.action_prefix = "%".into()))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        ids(query(
+            &mut client,
+            f(|f| f.resource = "organizations/acme/apiKeys/k9".into())
+        )
+        .await),
+        vec![c.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.outcome = Outcome::Denied as i32)).await),
+        vec![b.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.trace_id = "1".repeat(32))).await),
+        vec![c.id.clone()]
+    );
+    assert_eq!(
+        ids(query(
+            &mut client,
+            f(|f| f.start_time = Some(prost_types::Timestamp {
+                seconds: 1_800_000_050,
+                nanos: 0
+            }))
+        )
+        .await),
+        vec![b.id.clone()]
+    );
+    assert_eq!(
+        ids(query(
+            &mut client,
+            f(|f| f.end_time = Some(prost_types::Timestamp {
+                seconds: 1_800_000_050,
+                nanos: 0
+            }))
+        )
+        .await),
+        vec![c.id.clone(), a.id.clone()]
+    );
+    // Export: oldest first, filtered.
+    let mut stream = client
+        .export_events(ExportEventsRequest {
+            parent: String::new(),
+            filter: Some(f(|f| f.action_prefix = "apikey.".into())),
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut exported = Vec::new();
+    while let Some(msg) = stream.message().await.expect("export message") {
+        exported.push(msg.event.expect("event").id);
+    }
+    assert_eq!(exported, vec![b.id.clone(), c.id.clone()]);
+    stack.shutdown().await;
+}
+
+async fn pagination_is_stable_under_concurrent_appends(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    append_n(&stack, "acme", 60).await;
+    let writer = {
+        let client = stack.audit_as_service();
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                let events = (0..5).map(|_| event("acme", "test.event")).collect();
+                client
+                    .clone()
+                    .append_events(AppendEventsRequest { events })
+                    .await
+                    .expect("concurrent append");
+            }
+        })
+    };
+    for oldest_first in [false, true] {
+        let mut client = stack.audit(&owner);
+        let mut sequences = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .query_events(QueryEventsRequest {
+                    page_size: 7,
+                    page_token: token,
+                    oldest_first,
+                    ..Default::default()
+                })
+                .await
+                .expect("page")
+                .into_inner();
+            sequences.extend(page.events.iter().map(|e| e.sequence));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let unique: HashSet<i64> = sequences.iter().copied().collect();
+        assert_eq!(unique.len(), sequences.len(), "duplicates: {sequences:?}");
+        for pair in sequences.windows(2) {
+            let step = if oldest_first { 1 } else { -1 };
+            assert_eq!(pair[1] - pair[0], step, "gap: {sequences:?}");
+        }
+        if oldest_first {
+            assert_eq!(sequences.first(), Some(&1));
+        } else {
+            assert_eq!(sequences.last(), Some(&1));
+            assert!(sequences.len() >= 60);
+        }
+    }
+    writer.await.expect("writer");
+    let v = verify(&mut stack.audit(&owner), 0, 0).await;
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.verified, 60 + 150);
+    stack.shutdown().await;
+}
+
+async fn tail_delivers_and_resumes(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    append_n(&stack, "acme", 2).await;
+    let mut client = stack.audit(&owner);
+    let mut stream = client
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    // Events stored before the tail started are not replayed.
+    let fresh = append_n(&stack, "acme", 1).await;
+    let msg = tokio::time::timeout(Duration::from_secs(1), stream.message())
+        .await
+        .expect("a new event within 1 s")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(msg.event.as_ref().expect("event").id, fresh[0].id);
+    assert_eq!(msg.event.as_ref().expect("event").sequence, 3);
+    let cursor = msg.cursor;
+    drop(stream);
+
+    // Appended while disconnected: the resumed tail delivers each once.
+    let missed = append_n(&stack, "acme", 3).await;
+    let mut stream = client
+        .tail_events(TailEventsRequest {
+            after_cursor: cursor,
+            ..Default::default()
+        })
+        .await
+        .expect("resume")
+        .into_inner();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(Duration::from_secs(2), stream.message())
+            .await
+            .expect("resumed event")
+            .expect("stream")
+            .expect("message");
+        got.push(msg.event.expect("event").id);
+    }
+    let want: Vec<String> = missed.into_iter().map(|e| e.id).collect();
+    assert_eq!(got, want);
+
+    // A filtered tail skips events that do not match.
+    let mut filtered = client
+        .tail_events(TailEventsRequest {
+            filter: Some(EventFilter {
+                action_prefix: "auth.".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("filtered tail")
+        .into_inner();
+    let skip = event("acme", "project.delete");
+    let wanted = event("acme", "auth.fail");
+    append(&stack, vec![skip, wanted.clone()]).await;
+    let msg = tokio::time::timeout(Duration::from_secs(2), filtered.message())
+        .await
+        .expect("filtered event")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(msg.event.expect("event").id, wanted.id);
+
+    // Shutdown ends open tails instead of hanging.
+    let mut stack = stack;
+    tokio::time::timeout(Duration::from_secs(10), stack.stop_audit())
+        .await
+        .expect("audit stops with tails open");
+    stack.shutdown().await;
+}
+
+/// Runs `sql` against the audit tables directly, as an attacker with
+/// database access would.
+async fn tamper(stack: &Stack, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let (url, table_prefix) = match &stack.database_url {
+        Some(url) => (url.clone(), "paddock_audit."),
+        None => (
+            format!("sqlite://{}", stack.dir.path().join("audit.db").display()),
+            "",
+        ),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    let sql = sql.replace("{events}", &format!("{table_prefix}events"));
+    let done = pool
+        .execute(sqlx::AssertSqlSafe(sql))
+        .await
+        .expect("tamper");
+    assert_eq!(done.rows_affected(), 1);
+    pool.close().await;
+}
+
+async fn verify_names_the_first_broken_link(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let cases = [
+        (
+            "action",
+            "UPDATE {events} SET action = 'project.read' WHERE org_id = '{org}' AND sequence = 4",
+            4,
+            "hash mismatch",
+        ),
+        (
+            "actor",
+            "UPDATE {events} SET actor_id = 'someone-else' WHERE org_id = '{org}' AND sequence = 4",
+            4,
+            "hash mismatch",
+        ),
+        (
+            "details",
+            "UPDATE {events} SET details_json = '{}' WHERE org_id = '{org}' AND sequence = 4",
+            4,
+            "hash mismatch",
+        ),
+        (
+            "rehashed",
+            "UPDATE {events} SET hash = 'ab' WHERE org_id = '{org}' AND sequence = 4",
+            4,
+            "hash mismatch",
+        ),
+        (
+            "delete",
+            "DELETE FROM {events} WHERE org_id = '{org}' AND sequence = 4",
+            5,
+            "sequence gap",
+        ),
+    ];
+    for (i, (what, sql, broken, problem)) in cases.into_iter().enumerate() {
+        let id = format!("org{i}");
+        let owner = org(&stack, &id).await;
+        let events = append_n(&stack, &id, 8).await;
+        let mut client = stack.audit(&owner);
+        assert!(verify(&mut client, 0, 0).await.intact, "{what}: before");
+        tamper(&stack, &sql.replace("{org}", &id)).await;
+        let v = verify(&mut client, 0, 0).await;
+        assert!(!v.intact, "{what}: {v:?}");
+        assert_eq!(v.broken_sequence, broken, "{what}: {v:?}");
+        assert_eq!(
+            v.broken_event_id,
+            events[broken as usize - 1].id,
+            "{what}: {v:?}"
+        );
+        assert!(v.problem.contains(problem), "{what}: {v:?}");
+        assert_eq!(v.verified, 3, "{what}: {v:?}");
+        // A range that ends before the break is intact.
+        let before = verify(&mut client, 1, 3).await;
+        assert!(before.intact, "{what}: {before:?}");
+        assert_eq!(before.verified, 3);
+    }
+
+    // Deleting the newest event is caught against the chain's head.
+    let owner = org(&stack, "tail-cut").await;
+    append_n(&stack, "tail-cut", 3).await;
+    tamper(
+        &stack,
+        "DELETE FROM {events} WHERE org_id = 'tail-cut' AND sequence = 3",
+    )
+    .await;
+    let v = verify(&mut stack.audit(&owner), 0, 0).await;
+    assert!(!v.intact, "{v:?}");
+    assert_eq!(v.broken_sequence, 3, "{v:?}");
+    assert!(v.problem.contains("sequence gap"), "{v:?}");
+
+    // A fresh organization's empty chain is intact.
+    let owner = org(&stack, "empty").await;
+    let v = verify(&mut stack.audit(&owner), 0, 0).await;
+    assert!(v.intact && v.verified == 0, "{v:?}");
+    stack.shutdown().await;
+}
+
+/// Two audit servers on one database, appending concurrently to the same
+/// organization: one chain, no fork, no lost event.
+async fn replicas_never_fork_a_chain(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    let mut config = stack.audit_config.clone();
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let replica = paddock_audit::start(&config, &stack.service_token)
+        .await
+        .expect("second audit server");
+    let replica_client =
+        paddock_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            paddock_shared::auth::lazy_channel(&replica.endpoint()).expect("channel"),
+            paddock_testkit::bearer(stack.service_token.expose()),
+        );
+    let mut writers = Vec::new();
+    for client in [stack.audit_as_service(), replica_client] {
+        for _ in 0..3 {
+            let mut client = client.clone();
+            writers.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    let events = (0..5).map(|_| event("acme", "test.event")).collect();
+                    client
+                        .append_events(AppendEventsRequest { events })
+                        .await
+                        .expect("append");
+                }
+            }));
+        }
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let v = verify(&mut stack.audit(&owner), 0, 0).await;
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.verified, 2 * 3 * 10 * 5);
+    replica.shutdown().await;
+    stack.shutdown().await;
+}
+
+backend_tests!(
+    replicas_never_fork_a_chain,
+    append_is_idempotent,
+    orgs_are_isolated,
+    bad_input_is_invalid_argument,
+    filters_select_events,
+    pagination_is_stable_under_concurrent_appends,
+    tail_delivers_and_resumes,
+    verify_names_the_first_broken_link,
+);
