@@ -224,8 +224,9 @@ async fn authz_in(
         data_dir: data_dir.clone(),
         identity_listen: loopback0,
         authz_listen: loopback0,
+        audit_listen: loopback0,
         database_url: args.database_url.clone().filter(|u| !u.trim().is_empty()),
-        skip: Vec::new(),
+        skip: vec![dev::Service::Audit],
         identity_endpoint: String::new(),
         authz_endpoint: String::new(),
     })

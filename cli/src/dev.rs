@@ -20,8 +20,8 @@ pub struct DevArgs {
     /// Where the databases, the service token and the bootstrap token live.
     #[arg(long, default_value = "paddock-data")]
     pub data_dir: PathBuf,
-    /// Services not to run here (identity, authz), comma separated; the
-    /// others reach them at --identity-endpoint / --authz-endpoint.
+    /// Services not to run here (identity, authz, audit), comma separated;
+    /// the others reach them at --identity-endpoint / --authz-endpoint.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Address of the identity service (port 0 picks a free port).
@@ -30,6 +30,9 @@ pub struct DevArgs {
     /// Address of the authz service (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7102")]
     pub authz_listen: SocketAddr,
+    /// Address of the audit service (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7104")]
+    pub audit_listen: SocketAddr,
 }
 
 /// A service `paddock dev` can run.
@@ -37,15 +40,17 @@ pub struct DevArgs {
 pub enum Service {
     Identity,
     Authz,
+    Audit,
 }
 
 impl Service {
-    pub const ALL: [Service; 2] = [Service::Identity, Service::Authz];
+    pub const ALL: [Service; 3] = [Service::Identity, Service::Authz, Service::Audit];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Service::Identity => "identity",
             Service::Authz => "authz",
+            Service::Audit => "audit",
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct StackOptions {
     pub data_dir: PathBuf,
     pub identity_listen: SocketAddr,
     pub authz_listen: SocketAddr,
+    pub audit_listen: SocketAddr,
     pub database_url: Option<String>,
     pub skip: Vec<Service>,
     /// Where a skipped identity runs.
@@ -88,12 +94,18 @@ pub struct StackOptions {
 pub struct Stack {
     pub identity: Option<ServerHandle>,
     pub authz: Option<ServerHandle>,
+    pub audit: Option<ServerHandle>,
     pub identity_endpoint: String,
     pub authz_endpoint: String,
+    /// Empty when audit is skipped.
+    pub audit_endpoint: String,
 }
 
 impl Stack {
     pub async fn shutdown(self) {
+        if let Some(a) = self.audit {
+            a.shutdown().await;
+        }
         if let Some(a) = self.authz {
             a.shutdown().await;
         }
@@ -117,8 +129,8 @@ fn start_error(service: &str, e: &(dyn std::error::Error + Send + Sync)) -> CliE
     CliError::new(Code::Unavailable, format!("{service} failed to start: {e}"))
 }
 
-/// Starts identity and then authz (each unless skipped), pointing each at
-/// the other.
+/// Starts identity, authz and audit (each unless skipped), pointing each
+/// at the others.
 pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
     std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
         CliError::new(
@@ -189,9 +201,36 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
         }
         None => None,
     };
+    let audit = if opts.skip.contains(&Service::Audit) {
+        None
+    } else {
+        let config = paddock_audit::Config {
+            listen: opts.audit_listen,
+            data_dir: opts.data_dir.clone(),
+            database_url: opts.database_url.clone(),
+            identity_endpoint: identity_endpoint.clone(),
+            authz_endpoint: authz_endpoint.clone(),
+        };
+        match paddock_audit::start(&config, &token).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                if let Some(a) = authz {
+                    a.shutdown().await;
+                }
+                if let Some(i) = identity {
+                    i.shutdown().await;
+                }
+                return Err(start_error("audit", e.as_ref()));
+            }
+        }
+    };
     Ok(Stack {
+        audit_endpoint: audit
+            .as_ref()
+            .map_or_else(String::new, |h| client_endpoint(h.addr)),
         identity,
         authz,
+        audit,
         identity_endpoint,
         authz_endpoint,
     })
@@ -224,6 +263,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         data_dir: args.data_dir.clone(),
         identity_listen: args.identity_listen,
         authz_listen: args.authz_listen,
+        audit_listen: args.audit_listen,
         database_url: database_url_from_env(),
         skip,
         identity_endpoint: global.identity_endpoint.clone(),
@@ -231,8 +271,16 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     })
     .await?;
 
-    let endpoints =
-        serde_json::json!({ "identity": stack.identity_endpoint, "authz": stack.authz_endpoint });
+    let audit_endpoint = if stack.audit.is_some() {
+        stack.audit_endpoint.clone()
+    } else {
+        global.audit_endpoint.clone()
+    };
+    let endpoints = serde_json::json!({
+        "identity": stack.identity_endpoint,
+        "authz": stack.authz_endpoint,
+        "audit": audit_endpoint,
+    });
     if let Err(e) = write_secret_file(
         &args.data_dir.join("endpoints.json"),
         &endpoints.to_string(),
@@ -248,6 +296,9 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     }
     if stack.authz.is_some() {
         outln!("authz listening on {}", stack.authz_endpoint);
+    }
+    if stack.audit.is_some() {
+        outln!("audit listening on {}", stack.audit_endpoint);
     }
     if stack.identity.is_some() {
         outln!(
@@ -265,6 +316,10 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         res = wait_for(&mut stack.authz) => {
             stack.authz = None;
             Err(CliError::new(Code::Internal, format!("authz stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
+        }
+        res = wait_for(&mut stack.audit) => {
+            stack.audit = None;
+            Err(CliError::new(Code::Internal, format!("audit stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
         }
     };
     stack.shutdown().await;
@@ -303,10 +358,8 @@ mod tests {
             parse_skip(&s(&["identity", "authz", "identity"])).ok(),
             Some(vec![Service::Identity, Service::Authz])
         );
-        assert!(matches!(
-            parse_skip(&s(&["audit"])),
-            Err(CliError::Usage(_))
-        ));
+        assert_eq!(parse_skip(&s(&["audit"])).ok(), Some(vec![Service::Audit]));
+        assert!(matches!(parse_skip(&s(&["nope"])), Err(CliError::Usage(_))));
     }
 
     #[test]

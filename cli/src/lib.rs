@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod audit;
 mod bench;
 mod commands;
 mod dev;
@@ -60,6 +61,14 @@ pub struct Global {
         default_value = "http://127.0.0.1:7102"
     )]
     pub authz_endpoint: String,
+    /// The audit service.
+    #[arg(
+        long,
+        global = true,
+        env = "PADDOCK_AUDIT_ENDPOINT",
+        default_value = "http://127.0.0.1:7104"
+    )]
+    pub audit_endpoint: String,
     /// Output format.
     #[arg(
         short = 'o',
@@ -94,6 +103,9 @@ pub enum Command {
     Whoami,
     /// Check whether the caller holds PERMISSION (exit 0 allowed, 1 denied).
     Can(commands::CanArgs),
+    /// The audit trail: query, tail, verify, export (needs audit.read).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Benchmarks (ARCHITECTURE §10 report format).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -167,6 +179,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Key(c) => commands::key(&mut ctx(), c).await,
         Command::Whoami => commands::whoami(&mut ctx()).await,
         Command::Can(a) => commands::can(&mut ctx(), a).await,
+        Command::Audit(c) => audit::run(&global, c).await,
     }
 }
 

@@ -157,9 +157,12 @@ fn spawn_dev(root: &Path, database_url: Option<&str>) -> Child {
             "127.0.0.1:0",
             "--authz-listen",
             "127.0.0.1:0",
+            "--audit-listen",
+            "127.0.0.1:0",
         ])
         .env_remove("DATABASE_URL")
         .env_remove("PADDOCK_IDENTITY_DATABASE_URL")
+        .env_remove("PADDOCK_AUDIT_DATABASE_URL")
         .env_remove("PADDOCK_TOKEN")
         .env("PADDOCK_LOG", "info")
         .current_dir(root)
@@ -180,6 +183,7 @@ pub struct Dev {
     database_url: Option<String>,
     pub identity_endpoint: String,
     pub authz_endpoint: String,
+    pub audit_endpoint: String,
     // Dropped last: the child is gone before its data dir is removed.
     dir: TempDir,
 }
@@ -207,6 +211,7 @@ impl Dev {
             database_url,
             identity_endpoint: String::new(),
             authz_endpoint: String::new(),
+            audit_endpoint: String::new(),
             dir,
         };
         dev.wait_until_serving();
@@ -255,6 +260,10 @@ impl Dev {
         self.authz_endpoint = endpoints["authz"]
             .as_str()
             .expect("authz endpoint")
+            .to_owned();
+        self.audit_endpoint = endpoints["audit"]
+            .as_str()
+            .expect("audit endpoint")
             .to_owned();
     }
 
@@ -309,6 +318,7 @@ impl Dev {
             .args(args)
             .env("PADDOCK_IDENTITY_ENDPOINT", &self.identity_endpoint)
             .env("PADDOCK_AUTHZ_ENDPOINT", &self.authz_endpoint)
+            .env("PADDOCK_AUDIT_ENDPOINT", &self.audit_endpoint)
             .env_remove("PADDOCK_TOKEN")
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
