@@ -54,6 +54,11 @@ impl Database {
                 admin.close().await;
                 let set_path = format!("SET search_path TO {schema}");
                 let pool = AnyPoolOptions::new()
+                    // The file is local: a ping per checkout only costs a thread hop.
+                    .test_before_acquire(false)
+                    // A ping before every checkout is a round trip per
+                    // query; broken connections surface as errors instead.
+                    .test_before_acquire(false)
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(5))
                     .after_connect(move |conn, _| {
@@ -92,6 +97,8 @@ impl Database {
 
     async fn sqlite(url: &str) -> Result<Self, sqlx::Error> {
         let pool = AnyPoolOptions::new()
+            // The file is local: a ping per checkout only costs a thread hop.
+            .test_before_acquire(false)
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(|conn, _| {

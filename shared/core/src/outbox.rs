@@ -1,0 +1,261 @@
+//! The transactional audit outbox every service uses.
+//!
+//! A service writes its audit events into its own `audit_outbox` table in
+//! the same transaction as the state change they describe ([`record`]), or
+//! on their own for refusals that change nothing ([`record_now`]). A
+//! [`Forwarder`] delivers them to the audit service in batches, deleting
+//! only what the audit service acknowledged, with backoff while it is
+//! unreachable. The audit service de-duplicates by event id, so a crash
+//! between delivery and delete re-sends, never loses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use sqlx::{AnyConnection, AnyPool};
+use tokio::sync::Notify;
+
+use crate::auth::BearerAuth;
+use crate::proto::audit::v1::audit_service_client::AuditServiceClient;
+use crate::proto::audit::v1::{Actor, AppendEventsRequest, AuditEvent, Outcome};
+use crate::proto::identity::v1::{Principal, PrincipalKind};
+
+/// The outbox table; add it to a service's migrations.
+pub const MIGRATION: &str = "CREATE TABLE audit_outbox (\n    id TEXT PRIMARY KEY,\n    created BIGINT NOT NULL,\n    event TEXT NOT NULL\n);\nCREATE INDEX audit_outbox_created ON audit_outbox (created, id);\n";
+
+/// Most events one delivery carries.
+const BATCH: i64 = 500;
+
+/// A new event: id (UUIDv7), time, the current trace id, the source service.
+pub fn event(
+    source: &str,
+    principal: Option<&Principal>,
+    action: &str,
+    resource: &str,
+    outcome: Outcome,
+) -> AuditEvent {
+    let organization = principal
+        .map(|p| p.organization.clone())
+        .filter(|o| !o.is_empty())
+        .or_else(|| crate::names::organization_of(resource).map(crate::names::org_name))
+        .unwrap_or_default();
+    AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        time: Some(crate::time::timestamp(crate::time::now_micros())),
+        organization,
+        actor: principal.map(actor),
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        outcome: outcome as i32,
+        source_service: source.to_owned(),
+        trace_id: crate::telemetry::current()
+            .map(|c| c.trace_id_hex())
+            .unwrap_or_default(),
+        details_json: "{}".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The actor fields of a principal (its key id, never a secret).
+pub fn actor(p: &Principal) -> Actor {
+    Actor {
+        principal_id: p.id.clone(),
+        kind: PrincipalKind::try_from(p.kind)
+            .unwrap_or(PrincipalKind::Unspecified)
+            .as_str_name()
+            .to_owned(),
+        display_name: p.display_name.clone(),
+        key_id: p.key_id.clone(),
+    }
+}
+
+/// Writes `event` into the outbox inside the caller's transaction.
+pub async fn record(conn: &mut AnyConnection, event: &AuditEvent) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_outbox (id, created, event) VALUES ($1, $2, $3)")
+        .bind(&event.id)
+        .bind(crate::time::now_micros())
+        .bind(crate::hex::encode(&event.encode_to_vec()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes `event` on its own (for refusals and failures, which change no
+/// state).
+pub async fn record_now(pool: &AnyPool, event: &AuditEvent) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    record(&mut conn, event).await
+}
+
+/// Delivers the outbox to the audit service.
+pub struct Forwarder {
+    pool: AnyPool,
+    client: AuditServiceClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerAuth>,
+    >,
+    wake: Arc<Notify>,
+}
+
+impl Forwarder {
+    pub fn new(
+        pool: AnyPool,
+        audit_endpoint: &str,
+        auth: BearerAuth,
+    ) -> Result<Self, tonic::Status> {
+        let channel = crate::auth::lazy_channel(audit_endpoint)?;
+        Ok(Self {
+            pool,
+            client: AuditServiceClient::with_interceptor(channel, auth),
+            wake: Arc::default(),
+        })
+    }
+
+    /// Call after committing events, to deliver them without waiting.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Delivers one batch; returns how many events were delivered.
+    pub async fn deliver_once(&mut self) -> Result<usize, String> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, event FROM audit_outbox ORDER BY created, id LIMIT $1")
+                .bind(BATCH)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("reading the outbox: {e}"))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
+        for (id, hex) in &rows {
+            match crate::hex::decode(hex).and_then(|b| AuditEvent::decode(b.as_slice()).ok()) {
+                Some(e) => events.push(e),
+                None => undecodable.push(id.clone()),
+            }
+        }
+        if !events.is_empty() {
+            self.client
+                .append_events(AppendEventsRequest { events })
+                .await
+                .map_err(|s| format!("audit service: {:?}: {}", s.code(), s.message()))?;
+        }
+        if !undecodable.is_empty() {
+            tracing::error!(
+                count = undecodable.len(),
+                "dropping undecodable outbox rows"
+            );
+        }
+        // Only acknowledged rows are removed.
+        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        for (id, _) in &rows {
+            sqlx::query("DELETE FROM audit_outbox WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+        Ok(rows.len())
+    }
+
+    /// Delivers until aborted: right after a wake-up, at least every second,
+    /// backing off (up to 5 s) while the audit service is unreachable.
+    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.deliver_once().await {
+                    Ok(n) if n as i64 == BATCH => continue,
+                    Ok(_) => {
+                        backoff = Duration::from_millis(100);
+                        let wake = self.wake.clone();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "audit delivery failed; events stay in the outbox");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Database;
+
+    #[tokio::test]
+    async fn events_stay_in_the_outbox_while_audit_is_unreachable() {
+        let dir = std::env::temp_dir().join(format!("paddock-outbox-{}", uuid::Uuid::new_v4()));
+        let db = Database::connect("svc", &dir, None, &[(1, MIGRATION)])
+            .await
+            .expect("db");
+        let p = Principal {
+            id: "m1".into(),
+            kind: PrincipalKind::Member as i32,
+            organization: "organizations/acme".into(),
+            key_id: "k1".into(),
+            ..Default::default()
+        };
+        let first = event(
+            "identity",
+            Some(&p),
+            "project.create",
+            "organizations/acme/projects/web",
+            Outcome::Success,
+        );
+        let mut tx = db.pool.begin().await.expect("tx");
+        record(&mut tx, &first).await.expect("record");
+        tx.commit().await.expect("commit");
+        let denied = event(
+            "identity",
+            None,
+            "auth.fail",
+            "organizations/acme",
+            Outcome::Denied,
+        );
+        record_now(&db.pool, &denied).await.expect("record now");
+        assert_eq!(first.organization, "organizations/acme");
+        assert_eq!(
+            first.actor.as_ref().map(|a| a.kind.as_str()),
+            Some("PRINCIPAL_KIND_MEMBER")
+        );
+        assert_eq!(
+            denied.organization, "organizations/acme",
+            "taken from the resource when no principal"
+        );
+        assert!(uuid::Uuid::parse_str(&first.id).is_ok_and(|u| u.get_version_num() == 7));
+
+        // Nothing listens on this port: delivery fails and keeps the rows.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let mut forwarder = Forwarder::new(
+            db.pool.clone(),
+            &format!("http://{unused}"),
+            BearerAuth::anonymous(),
+        )
+        .expect("forwarder");
+        assert!(forwarder.deliver_once().await.is_err());
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_outbox")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        assert_eq!(n, 2);
+        let (stored,): (String,) = sqlx::query_as("SELECT event FROM audit_outbox WHERE id = $1")
+            .bind(&first.id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("row");
+        let decoded = AuditEvent::decode(crate::hex::decode(&stored).expect("hex").as_slice())
+            .expect("decode");
+        assert_eq!(decoded, first);
+        db.pool.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
