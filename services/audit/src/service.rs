@@ -87,11 +87,9 @@ fn valid_action(action: &str) -> bool {
 
 fn validate_event(index: usize, e: &mut AuditEvent) -> Result<String> {
     let bad = |what: &str| Error::invalid(format!("events[{index}]: {what}"));
-    if uuid::Uuid::try_parse(&e.id).is_err() {
-        return Err(bad("id must be a UUID (UUIDv7)"));
-    }
+    let id = uuid::Uuid::try_parse(&e.id).map_err(|_| bad("id must be a UUID (UUIDv7)"))?;
     // Store the canonical spelling, so one id cannot be stored twice.
-    e.id = e.id.to_ascii_lowercase();
+    e.id = id.hyphenated().to_string();
     let org = names::parse_org(&e.organization)
         .map_err(|_| bad("organization must be organizations/{organization}"))?
         .to_owned();
