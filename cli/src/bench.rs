@@ -229,6 +229,7 @@ async fn authz_in(
         skip: vec![dev::Service::Audit],
         identity_endpoint: String::new(),
         authz_endpoint: String::new(),
+        audit_endpoint: String::new(),
     })
     .await?;
     eprintln!(

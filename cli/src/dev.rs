@@ -88,6 +88,8 @@ pub struct StackOptions {
     pub identity_endpoint: String,
     /// Where a skipped authz runs.
     pub authz_endpoint: String,
+    /// Where a skipped audit runs.
+    pub audit_endpoint: String,
 }
 
 /// The running services and the endpoints clients use.
@@ -162,6 +164,26 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
         |(_, addr)| client_endpoint(*addr),
     );
 
+    // audit binds before identity too: identity's outbox delivers to it.
+    let audit_listener = if opts.skip.contains(&Service::Audit) {
+        None
+    } else {
+        Some(
+            paddock_shared::server::bind(opts.audit_listen)
+                .await
+                .map_err(|e| {
+                    CliError::new(
+                        Code::Unavailable,
+                        format!("cannot bind {}: {e}", opts.audit_listen),
+                    )
+                })?,
+        )
+    };
+    let audit_endpoint = audit_listener.as_ref().map_or_else(
+        || opts.audit_endpoint.clone(),
+        |(_, addr)| client_endpoint(*addr),
+    );
+
     let identity = if run_identity {
         let config = paddock_identity::Config {
             listen: opts.identity_listen,
@@ -169,6 +191,8 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
             database_url: opts.database_url.clone(),
             authz_endpoint: authz_endpoint.clone(),
             last_used_flush: Duration::from_secs(10),
+            // Events wait in identity's outbox while no audit is known.
+            audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
         };
         Some(
             paddock_identity::start(&config, &token)
@@ -201,17 +225,15 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
         }
         None => None,
     };
-    let audit = if opts.skip.contains(&Service::Audit) {
-        None
-    } else {
+    let audit = if let Some((listener, listen)) = audit_listener {
         let config = paddock_audit::Config {
-            listen: opts.audit_listen,
+            listen,
             data_dir: opts.data_dir.clone(),
             database_url: opts.database_url.clone(),
             identity_endpoint: identity_endpoint.clone(),
             authz_endpoint: authz_endpoint.clone(),
         };
-        match paddock_audit::start(&config, &token).await {
+        match paddock_audit::start_on(listener, &config, &token).await {
             Ok(h) => Some(h),
             Err(e) => {
                 if let Some(a) = authz {
@@ -223,6 +245,8 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
                 return Err(start_error("audit", e.as_ref()));
             }
         }
+    } else {
+        None
     };
     Ok(Stack {
         audit_endpoint: audit
@@ -268,6 +292,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         skip,
         identity_endpoint: global.identity_endpoint.clone(),
         authz_endpoint: global.authz_endpoint.clone(),
+        audit_endpoint: global.audit_endpoint.clone(),
     })
     .await?;
 

@@ -232,3 +232,50 @@ pub async fn ensure_bootstrap_token(
     tracing::info!(path = %path.display(), "wrote a new platform bootstrap token");
     Ok(())
 }
+
+/// Records the admission layer's refusals in identity's outbox. A failed
+/// authentication whose key id names a stored key is filed under that key's
+/// organization; one that names no organization has no chain to go to and
+/// is only logged.
+pub struct RefusalOutbox {
+    pub db: Database,
+    pub wake: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl paddock_shared::auth::RefusalSink for RefusalOutbox {
+    fn record(&self, mut event: paddock_proto::audit::v1::AuditEvent) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let key_id = event
+                .actor
+                .as_ref()
+                .map(|a| a.key_id.clone())
+                .unwrap_or_default();
+            if event.organization.is_empty() && !key_id.is_empty() {
+                let org: Option<(String,)> =
+                    sqlx::query_as("SELECT org_id FROM api_keys WHERE id = $1")
+                        .bind(&key_id)
+                        .fetch_optional(&self.db.pool)
+                        .await
+                        .unwrap_or(None);
+                if let Some((org,)) = org {
+                    event.organization = names::org_name(&org);
+                    event.resource = names::child_name(&org, "apiKeys", &key_id);
+                }
+            }
+            if event.organization.is_empty() {
+                tracing::info!(action = %event.action, key = %key_id, "refusal outside any organization");
+                return;
+            }
+            match paddock_shared::outbox::record_now(&self.db.pool, &event).await {
+                Ok(()) => {
+                    if let Some(wake) = &self.wake {
+                        wake.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, action = %event.action, "could not record a refusal in the audit outbox")
+                }
+            }
+        })
+    }
+}

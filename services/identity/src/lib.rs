@@ -13,6 +13,7 @@ use std::time::Duration;
 use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
 use paddock_shared::db::{Database, Migration};
+use paddock_shared::outbox::Forwarder;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
@@ -21,7 +22,10 @@ use crate::authn::{LastUsed, LocalAuthenticator};
 use crate::service::Identity;
 
 /// Identity's schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, paddock_shared::outbox::MIGRATION),
+];
 
 /// Configuration of the identity service.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +57,10 @@ pub struct Config {
     /// How often `last_used_at` of keys is written, in one batch.
     #[arg(long = "last-used-flush", default_value = "10s", value_parser = paddock_shared::time::parse_duration)]
     pub last_used_flush: Duration,
+    /// The audit service the outbox delivers to. Unset: events wait in the
+    /// outbox until it is configured.
+    #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
+    pub audit_endpoint: Option<String>,
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -96,7 +104,21 @@ pub async fn start_on(
         &config.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let admission = Admission::new(authn.clone(), Arc::new(authz));
+    let forwarder = match &config.audit_endpoint {
+        Some(endpoint) => Some(Forwarder::new(
+            db.pool.clone(),
+            endpoint,
+            BearerAuth::new(service_token)?,
+        )?),
+        None => None,
+    };
+    let audit_wake = forwarder.as_ref().map(Forwarder::waker);
+    let sink = authn::RefusalOutbox {
+        db: db.clone(),
+        wake: audit_wake.clone(),
+    };
+    let admission =
+        Admission::new(authn.clone(), Arc::new(authz)).with_audit("identity", Arc::new(sink));
     let (invalidations, _) = tokio::sync::broadcast::channel(1024);
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let identity = Identity {
@@ -105,6 +127,7 @@ pub async fn start_on(
         cache: authn.cache(),
         authn,
         invalidations,
+        audit_wake,
         closing: closing_rx,
     };
 
@@ -113,9 +136,10 @@ pub async fn start_on(
     let routes = routes.add_service(
         IdentityServiceServer::new(identity).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
     );
-    let flusher = last_used.spawn_flusher(db, config.last_used_flush);
+    let mut background = vec![last_used.spawn_flusher(db, config.last_used_flush)];
+    background.extend(forwarder.map(Forwarder::spawn));
     tracing::info!(%addr, "identity listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes)
-        .with_background([flusher])
+        .with_background(background)
         .with_closing(closing))
 }

@@ -8,22 +8,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use paddock_proto::audit::v1::{Actor, AuditEvent, Outcome};
 use paddock_proto::identity::v1::identity_service_server::IdentityService;
 use paddock_proto::identity::v1::*;
 use paddock_shared::auth::{self, Admission, Authenticator, Invalidation, PrincipalCache};
 use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, child_name, org_name, parse_child, validate_id, validate_text};
+use paddock_shared::outbox;
 use paddock_shared::rbac::{self, Grant, PermissionSet, Role};
 use paddock_shared::time::{self, now_micros, opt_timestamp, timestamp};
 use paddock_shared::token::{self, TokenKind};
 use rand::Rng;
+use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::authn::split_scope;
+
+/// A success event of this service, with details (never secrets).
+fn audited(
+    caller: Option<&Principal>,
+    action: &str,
+    resource: &str,
+    details: serde_json::Value,
+) -> AuditEvent {
+    let mut event = outbox::event("identity", caller, action, resource, Outcome::Success);
+    event.details_json = details.to_string();
+    event
+}
 
 const DEFAULT_KEY_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -38,6 +53,8 @@ pub struct Identity {
     pub cache: Arc<PrincipalCache>,
     pub authn: Arc<dyn Authenticator>,
     pub invalidations: broadcast::Sender<Invalidation>,
+    /// Wakes the audit forwarder after a commit.
+    pub audit_wake: Option<Arc<tokio::sync::Notify>>,
     /// Turns true when the server shuts down; ends the watch streams.
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -326,6 +343,21 @@ impl Identity {
         Ok(Some(now_micros().saturating_add(ttl.as_micros() as i64)))
     }
 
+    /// Records the audit event of a change in the change's own transaction,
+    /// commits both, and wakes the forwarder.
+    async fn commit_audited(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        event: AuditEvent,
+    ) -> Result<()> {
+        outbox::record(&mut tx, &event).await?;
+        tx.commit().await?;
+        if let Some(wake) = &self.audit_wake {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Owners must keep at least one owner.
     async fn ensure_other_owner(&self, org: &str, member_id: &str) -> Result<()> {
         let (n,): (i64,) = sqlx::query_as(
@@ -428,6 +460,7 @@ impl IdentityService for Identity {
         &self,
         request: Request<CreateOrganizationRequest>,
     ) -> Result<Response<CreateOrganizationResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         validate_id("organization", &req.organization_id)?;
         validate_text("display_name", &req.display_name, 200)?;
@@ -466,8 +499,18 @@ impl IdentityService for Identity {
             },
         )
         .await?;
-        tx.commit().await.map_err(Error::from)?;
         let owner_name = child_name(&org, "members", &owner_id);
+        let details = json!({"owner": owner_name, "owner_email": email, "owner_key": row.0});
+        self.commit_audited(
+            tx,
+            audited(
+                Some(&caller),
+                "organization.create",
+                &org_name(&org),
+                details,
+            ),
+        )
+        .await?;
         Ok(Response::new(CreateOrganizationResponse {
             organization: Some(organization((
                 org.clone(),
@@ -562,7 +605,17 @@ impl IdentityService for Identity {
                 }
             }
         }
-        tx.commit().await.map_err(Error::from)?;
+        let details = json!({"update_mask": paths});
+        self.commit_audited(
+            tx,
+            audited(
+                Some(&caller),
+                "organization.update",
+                &org_name(&org),
+                details,
+            ),
+        )
+        .await?;
         let resp = self
             .get_organization(
                 Request::new(GetOrganizationRequest {
@@ -601,7 +654,16 @@ impl IdentityService for Identity {
         if done.rows_affected() == 0 {
             return Err(Error::not_found(org_name(&org)).into());
         }
-        tx.commit().await.map_err(Error::from)?;
+        self.commit_audited(
+            tx,
+            audited(
+                Some(&caller),
+                "organization.delete",
+                &org_name(&org),
+                json!({}),
+            ),
+        )
+        .await?;
         self.publish(Invalidation::Organization(org_name(&org)));
         Ok(Response::new(DeleteOrganizationResponse {}))
     }
@@ -641,6 +703,7 @@ impl IdentityService for Identity {
         let (id, code) = token::mint(TokenKind::Invite);
         let now = now_micros();
         let expire = now.saturating_add(ttl.as_micros() as i64);
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO invites (id, org_id, code_hash, email, role, created_by, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&id)
             .bind(&org)
@@ -650,9 +713,16 @@ impl IdentityService for Identity {
             .bind(&caller.name)
             .bind(now)
             .bind(expire)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        // The code is the credential: only its id is recorded.
+        let details = json!({"email": email, "role": role.as_str(), "invite_id": id, "expire_time_us": expire});
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "member.invite", &org_name(&org), details),
+        )
+        .await?;
         Ok(Response::new(CreateInviteResponse {
             code,
             expire_time: Some(timestamp(expire)),
@@ -746,7 +816,19 @@ impl IdentityService for Identity {
             },
         )
         .await?;
-        tx.commit().await.map_err(Error::from)?;
+        let mut event = audited(
+            None,
+            "member.join",
+            &name,
+            json!({"role": role, "invite_id": parsed.id, "api_key": key.0}),
+        );
+        event.actor = Some(Actor {
+            principal_id: member_id.clone(),
+            kind: PrincipalKind::Member.as_str_name().to_owned(),
+            display_name: email.clone(),
+            key_id: String::new(),
+        });
+        self.commit_audited(tx, event).await?;
         Ok(Response::new(AcceptInviteResponse {
             member: Some(member((member_id, org, email, role, now))),
             api_key: Some(api_key(key, name)),
@@ -841,12 +923,19 @@ impl IdentityService for Identity {
         if current.3 == "owner" && role != Role::Owner {
             self.ensure_other_owner(&org, &id).await?;
         }
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         sqlx::query("UPDATE members SET role = $1 WHERE id = $2")
             .bind(role.as_str())
             .bind(&id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        let details = json!({"role": role.as_str(), "previous_role": current.3});
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "member.update", &update.name, details),
+        )
+        .await?;
         self.publish(Invalidation::Principal(id));
         current.3 = role.as_str().to_owned();
         Ok(Response::new(UpdateMemberResponse {
@@ -884,7 +973,11 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
-        tx.commit().await.map_err(Error::from)?;
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "member.remove", &name, json!({"role": role})),
+        )
+        .await?;
         self.publish(Invalidation::Principal(id));
         Ok(Response::new(DeleteMemberResponse {}))
     }
@@ -915,6 +1008,7 @@ impl IdentityService for Identity {
             caller.name.clone(),
             now,
         );
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO agents (id, org_id, agent_id, description, role, created_by, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -923,9 +1017,15 @@ impl IdentityService for Identity {
             .bind(&row.4)
             .bind(&row.5)
             .bind(row.6)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        let name = child_name(&row.1, "agents", &row.2);
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "agent.create", &name, json!({"role": row.4})),
+        )
+        .await?;
         Ok(Response::new(CreateAgentResponse {
             agent: Some(agent(row)),
         }))
@@ -1001,7 +1101,8 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
-        tx.commit().await.map_err(Error::from)?;
+        self.commit_audited(tx, audited(Some(&caller), "agent.delete", &name, json!({})))
+            .await?;
         self.publish(Invalidation::Principal(id));
         Ok(Response::new(DeleteAgentResponse {}))
     }
@@ -1027,6 +1128,7 @@ impl IdentityService for Identity {
             now,
             now,
         );
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO projects (org_id, project_id, display_name, description, created_by, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -1035,9 +1137,15 @@ impl IdentityService for Identity {
             .bind(&row.4)
             .bind(row.5)
             .bind(row.6)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        let name = child_name(&row.0, "projects", &row.1);
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "project.create", &name, json!({})),
+        )
+        .await?;
         Ok(Response::new(CreateProjectResponse {
             project: Some(project(row)),
         }))
@@ -1108,15 +1216,22 @@ impl IdentityService for Identity {
             }
         }
         row.6 = now_micros();
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         sqlx::query("UPDATE projects SET display_name = $1, description = $2, update_time = $3 WHERE org_id = $4 AND project_id = $5")
             .bind(&row.2)
             .bind(&row.3)
             .bind(row.6)
             .bind(org)
             .bind(id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        let details = json!({"update_mask": paths});
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "project.update", &update.name, details),
+        )
+        .await?;
         Ok(Response::new(UpdateProjectResponse {
             project: Some(project(row)),
         }))
@@ -1129,15 +1244,21 @@ impl IdentityService for Identity {
         let caller = caller(&request)?;
         let name = &request.get_ref().name;
         let id = own_child(&caller, name, "projects")?;
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         let done = sqlx::query("DELETE FROM projects WHERE org_id = $1 AND project_id = $2")
             .bind(caller_org(&caller)?)
             .bind(id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found(names::truncate(name)).into());
         }
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "project.delete", name, json!({})),
+        )
+        .await?;
         Ok(Response::new(DeleteProjectResponse {}))
     }
 
@@ -1226,9 +1347,9 @@ impl IdentityService for Identity {
         let expire = self
             .key_expiry(&org, req.ttl.as_ref(), req.never_expires)
             .await?;
-        let mut conn = self.db.pool.acquire().await.map_err(Error::from)?;
+        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         let (row, secret) = Self::insert_key(
-            &mut conn,
+            &mut tx,
             NewKey {
                 org: &org,
                 owner_id: &owner_id,
@@ -1238,6 +1359,13 @@ impl IdentityService for Identity {
                 expire,
                 created_by: &caller.name,
             },
+        )
+        .await?;
+        let key_name = child_name(&org, "apiKeys", &row.0);
+        let details = json!({"owner": owner_name, "role": spec.role, "scope": spec.scope, "expire_time_us": expire});
+        self.commit_audited(
+            tx,
+            audited(Some(&caller), "apikey.create", &key_name, details),
         )
         .await?;
         Ok(Response::new(CreateApiKeyResponse {
@@ -1313,20 +1441,31 @@ impl IdentityService for Identity {
         self.admission
             .require(&caller, "api_keys.manage_own", &name, &row.2)
             .await?;
+        let owner = self.owner_name(&org, &row.2).await?;
         if row.10.is_none() {
             let now = now_micros();
+            let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
             sqlx::query(
                 "UPDATE api_keys SET revoke_time = $1 WHERE id = $2 AND revoke_time IS NULL",
             )
             .bind(now)
             .bind(&id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+            self.commit_audited(
+                tx,
+                audited(
+                    Some(&caller),
+                    "apikey.revoke",
+                    &name,
+                    json!({"owner": owner}),
+                ),
+            )
+            .await?;
             row.10 = Some(now);
         }
         self.publish(Invalidation::Key(id));
-        let owner = self.owner_name(&org, &row.2).await?;
         Ok(Response::new(RevokeApiKeyResponse {
             api_key: Some(api_key(row, owner)),
         }))

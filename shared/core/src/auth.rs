@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::proto::audit::v1::{AuditEvent, Outcome};
 use crate::proto::authz::v1::authz_service_client::AuthzServiceClient;
 use crate::proto::authz::v1::{CheckRequest, CheckResponse, Link};
 use crate::proto::identity::v1::identity_service_client::IdentityServiceClient;
@@ -373,14 +374,34 @@ impl Authorizer for RemoteAuthz {
 /// Why the layer refused a call.
 #[derive(Debug)]
 pub enum Refusal {
+    /// Refused before anyone was identified (unknown method, dependency down).
     Status(Status),
+    /// Authentication failed; `key_id` is the public id of a token that
+    /// parsed (never the secret).
+    Unauthenticated {
+        status: Status,
+        key_id: Option<String>,
+    },
+    /// An identified principal may not call this RPC at all.
+    Denied {
+        status: Status,
+        principal: Box<Principal>,
+    },
     /// The declared permission is missing; the message names the resource
     /// the request asked for, which the layer reads only on this path.
     MissingPermission {
         permission: &'static str,
         organization: String,
         summary: String,
+        principal: Box<Principal>,
     },
+}
+
+/// Where the admission layer records what it refused (failed
+/// authentication, denials) as audit events. They change no state, so they
+/// go to the outbox on their own, before the refusal is answered.
+pub trait RefusalSink: Send + Sync + 'static {
+    fn record(&self, event: AuditEvent) -> BoxFuture<'_, ()>;
 }
 
 impl From<Status> for Refusal {
@@ -394,6 +415,7 @@ impl From<Status> for Refusal {
 pub struct Admission {
     authn: Arc<dyn Authenticator>,
     authz: Arc<dyn Authorizer>,
+    audit: Option<(&'static str, Arc<dyn RefusalSink>)>,
 }
 
 fn kind_of(p: &Principal) -> PrincipalKind {
@@ -421,7 +443,40 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Status> {
 
 impl Admission {
     pub fn new(authn: Arc<dyn Authenticator>, authz: Arc<dyn Authorizer>) -> Self {
-        Self { authn, authz }
+        Self {
+            authn,
+            authz,
+            audit: None,
+        }
+    }
+
+    /// Records refusals through `sink`, as `source` (the service's name).
+    pub fn with_audit(mut self, source: &'static str, sink: Arc<dyn RefusalSink>) -> Self {
+        self.audit = Some((source, sink));
+        self
+    }
+
+    /// Records one refusal, if this admission audits.
+    async fn audit_refusal(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        resource: &str,
+        status: &Status,
+        details: serde_json::Value,
+    ) {
+        let Some((source, sink)) = &self.audit else {
+            return;
+        };
+        let outcome = if status.code() == Code::Unauthenticated {
+            Outcome::Failure
+        } else {
+            Outcome::Denied
+        };
+        let mut event = crate::outbox::event(source, principal, action, resource, outcome);
+        event.error_code = crate::names::code_name(status.code()).to_owned();
+        event.details_json = details.to_string();
+        sink.record(event).await;
     }
 
     /// Admits a call to `path`, returning the caller (none for public RPCs).
@@ -447,31 +502,55 @@ impl Admission {
         if access == Access::Public {
             return Ok(None);
         }
-        let token = bearer_token(headers)?;
-        let principal = self.authn.authenticate(token.to_owned()).await?;
+        let token = bearer_token(headers).map_err(|status| Refusal::Unauthenticated {
+            status,
+            key_id: None,
+        })?;
+        let principal = self
+            .authn
+            .authenticate(token.to_owned())
+            .await
+            .map_err(|status| {
+                if status.code() == Code::Unauthenticated {
+                    let key_id = token::parse(token).ok().map(|t| t.id.to_owned());
+                    Refusal::Unauthenticated { status, key_id }
+                } else {
+                    Refusal::Status(status)
+                }
+            })?;
         let kind = kind_of(&principal);
         match access {
             Access::Public | Access::Authenticated => {}
             Access::Internal => {
                 if kind != PrincipalKind::Service {
-                    return Err(Refusal::Status(Status::permission_denied(format!(
-                        "{path} is internal: only service principals may call it"
-                    ))));
+                    return Err(Refusal::Denied {
+                        status: Status::permission_denied(format!(
+                            "{path} is internal: only service principals may call it"
+                        )),
+                        principal: Box::new(principal),
+                    });
                 }
             }
             Access::Platform => {
                 if kind != PrincipalKind::Platform {
-                    return Err(Refusal::Status(Status::permission_denied(format!(
-                        "{path} needs the platform bootstrap token"
-                    ))));
+                    return Err(Refusal::Denied {
+                        status: Status::permission_denied(format!(
+                            "{path} needs the platform bootstrap token"
+                        )),
+                        principal: Box::new(principal),
+                    });
                 }
             }
             Access::Permission(permission) => {
                 if !matches!(kind, PrincipalKind::Member | PrincipalKind::Agent) {
-                    return Err(Refusal::Status(Status::permission_denied(format!(
+                    let status = Status::permission_denied(format!(
                         "missing {permission}: {} principals hold no organization permissions",
                         kind.as_str_name()
-                    ))));
+                    ));
+                    return Err(Refusal::Denied {
+                        status,
+                        principal: Box::new(principal),
+                    });
                 }
                 let resource = principal.organization.clone();
                 let decision = self
@@ -493,6 +572,7 @@ impl Admission {
                         permission,
                         organization: resource,
                         summary: reason.summary,
+                        principal: Box::new(principal),
                     });
                 }
             }
@@ -612,8 +692,9 @@ where
         let ctx = incoming.map_or_else(TraceContext::root, |c| c.child());
         let span =
             tracing::info_span!("rpc", path = %req.uri().path(), trace_id = %ctx.trace_id_hex());
+        let path = req.uri().path().to_owned();
         let fut = async move {
-            match admission.admit(req.uri().path(), req.headers()).await {
+            match admission.admit(&path, req.headers()).await {
                 Ok(principal) => {
                     req.extensions_mut().insert(ctx);
                     if let Some(p) = principal {
@@ -625,10 +706,35 @@ where
                     tracing::debug!(code = ?status.code(), message = status.message(), "refused");
                     Ok(status.into_http())
                 }
+                Err(Refusal::Unauthenticated { status, key_id }) => {
+                    let principal = key_id.map(|key_id| Principal {
+                        key_id,
+                        ..Default::default()
+                    });
+                    let details = serde_json::json!({"method": path, "reason": status.message()});
+                    admission
+                        .audit_refusal(principal.as_ref(), "auth.fail", "", &status, details)
+                        .await;
+                    Ok(status.into_http())
+                }
+                Err(Refusal::Denied { status, principal }) => {
+                    let details = serde_json::json!({"method": path, "reason": status.message()});
+                    admission
+                        .audit_refusal(
+                            Some(&principal),
+                            "authz.deny",
+                            &principal.organization,
+                            &status,
+                            details,
+                        )
+                        .await;
+                    Ok(status.into_http())
+                }
                 Err(Refusal::MissingPermission {
                     permission,
                     organization,
                     summary,
+                    principal,
                 }) => {
                     let resource = requested_resource(req.into_body())
                         .await
@@ -636,6 +742,10 @@ where
                     let status = Status::permission_denied(format!(
                         "missing {permission} on {resource}: {summary}"
                     ));
+                    let details = serde_json::json!({"method": path, "permission": permission, "reason": summary});
+                    admission
+                        .audit_refusal(Some(&principal), "authz.deny", &resource, &status, details)
+                        .await;
                     Ok(status.into_http())
                 }
             }
@@ -783,7 +893,10 @@ mod tests {
             )
             .await
         {
-            Err(Refusal::Status(s)) => assert_eq!(s.code(), Code::Unauthenticated),
+            Err(Refusal::Unauthenticated {
+                status,
+                key_id: None,
+            }) => assert_eq!(status.code(), Code::Unauthenticated),
             other => panic!("unexpected {other:?}"),
         }
         match admission
@@ -793,7 +906,10 @@ mod tests {
             )
             .await
         {
-            Err(Refusal::Status(s)) => assert_eq!(s.code(), Code::PermissionDenied),
+            Err(Refusal::Denied { status, principal }) => assert_eq!(
+                (status.code(), principal.id.as_str()),
+                (Code::PermissionDenied, "m1")
+            ),
             other => panic!("unexpected {other:?}"),
         }
         assert!(

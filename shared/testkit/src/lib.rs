@@ -181,6 +181,9 @@ impl Stack {
         let (identity_listener, identity_addr) = paddock_shared::server::bind(loopback)
             .await
             .expect("bind identity");
+        let (audit_listener, audit_addr) = paddock_shared::server::bind(loopback)
+            .await
+            .expect("bind audit");
         let authz_config = paddock_authz::Config {
             listen: loopback,
             identity_endpoint: format!("http://{identity_addr}"),
@@ -194,19 +197,20 @@ impl Stack {
             database_url: database_url.clone(),
             authz_endpoint: authz.endpoint(),
             last_used_flush,
+            audit_endpoint: Some(format!("http://{audit_addr}")),
         };
         let identity =
             paddock_identity::start_on(identity_listener, &identity_config, &service_token)
                 .await
                 .expect("start identity");
         let audit_config = paddock_audit::Config {
-            listen: loopback,
+            listen: audit_addr,
             data_dir: dir.path().to_owned(),
             database_url: database_url.clone(),
             identity_endpoint: identity.endpoint(),
             authz_endpoint: authz.endpoint(),
         };
-        let audit = paddock_audit::start(&audit_config, &service_token)
+        let audit = paddock_audit::start_on(audit_listener, &audit_config, &service_token)
             .await
             .expect("start audit");
         Stack {
