@@ -446,8 +446,62 @@ fn audit_commands(backend: Backend) {
     assert_eq!(bad.code, 2, "{bad:#?}");
 }
 
+/// `paddock audit tail` prints a new event as one JSON line, promptly.
+fn audit_tail_follows(backend: Backend) {
+    use std::io::BufRead;
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    append_events(&dev, "acme", &["project.create"]);
+    let mut child = std::process::Command::new(paddock_e2e::paddock_bin())
+        .args(["-o", "json", "audit", "tail", "--action", "apikey."])
+        .env("PADDOCK_AUDIT_ENDPOINT", &dev.audit_endpoint)
+        .env("PADDOCK_TOKEN", &owner)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn paddock audit tail");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The tail starts at the head when it connects, which the test cannot
+    // observe: append (a non-matching and a matching event) until a line
+    // arrives.
+    let mut appended = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        appended.extend(append_events(
+            &dev,
+            "acme",
+            &["member.invite", "apikey.create"],
+        ));
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            break line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event tailed within 10 s"
+        );
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let event: Value = serde_json::from_str(&line).expect("JSON line");
+    let id = event["id"].as_str().expect("id");
+    assert!(appended.iter().any(|a| a == id), "{event:#}");
+    assert_eq!(event["action"], "apikey.create", "{event:#}");
+    assert!(event["cursor"].is_string(), "{event:#}");
+}
+
 e2e_tests!(
     audit_commands,
+    audit_tail_follows,
     org_create_and_whoami,
     invite_and_accept,
     project_lifecycle,

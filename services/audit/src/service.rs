@@ -279,7 +279,7 @@ impl AuditService for Audit {
         let after = decode_page(&req.page_token, order)?;
         let mut events = self
             .store
-            .read(org, &filter, after, order, size + 1)
+            .read(org, &filter, after, None, order, size + 1)
             .await?;
         let next_page_token = if events.len() as i64 > size {
             events.truncate(size as usize);
@@ -306,7 +306,7 @@ impl AuditService for Audit {
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
         let filter = filter(req.filter)?;
-        let mut cursor = if req.after_cursor.is_empty() {
+        let cursor = if req.after_cursor.is_empty() {
             self.store.head(&org).await?.0
         } else {
             decode_cursor(&req.after_cursor)?
@@ -316,13 +316,30 @@ impl AuditService for Audit {
         let mut closing = self.closing.clone();
         let (tx, rx) = mpsc::channel(BATCH as usize);
         tokio::spawn(async move {
+            // Every sequence up to `scanned` has been looked at, matching or
+            // not, so a selective filter does not rescan the same events.
+            let mut scanned = cursor;
             loop {
                 // Mark the current append count seen before reading, so an
                 // append committed after the read wakes the next wait.
                 appended.borrow_and_update();
-                loop {
+                let head = match store.head(&org).await {
+                    Ok((head, _)) => head,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                while scanned < head {
                     let events = match store
-                        .read(&org, &filter, Some(cursor), Order::Oldest, BATCH)
+                        .read(
+                            &org,
+                            &filter,
+                            Some(scanned),
+                            Some(head),
+                            Order::Oldest,
+                            BATCH,
+                        )
                         .await
                     {
                         Ok(events) => events,
@@ -333,17 +350,17 @@ impl AuditService for Audit {
                     };
                     let full = events.len() as i64 == BATCH;
                     for event in events {
-                        cursor = event.sequence;
+                        scanned = event.sequence;
                         let item = TailEventsResponse {
+                            cursor: encode_cursor(event.sequence),
                             event: Some(event),
-                            cursor: encode_cursor(cursor),
                         };
                         if !send(&tx, Ok(item)).await {
                             return;
                         }
                     }
                     if !full {
-                        break;
+                        scanned = head;
                     }
                 }
                 tokio::select! {
@@ -390,12 +407,14 @@ impl AuditService for Audit {
         let store = self.store.clone();
         let mut closing = self.closing.clone();
         let (tx, rx) = mpsc::channel(BATCH as usize);
+        // A snapshot: the events stored when the export started.
+        let head = self.store.head(&org).await?.0;
         tokio::spawn(async move {
             let mut after = 0;
             loop {
                 let events = tokio::select! {
                     _ = closing.wait_for(|c| *c) => return,
-                    events = store.read(&org, &filter, Some(after), Order::Oldest, BATCH) => events,
+                    events = store.read(&org, &filter, Some(after), Some(head), Order::Oldest, BATCH) => events,
                 };
                 let events = match events {
                     Ok(events) => events,

@@ -251,12 +251,13 @@ impl Store {
     }
 
     /// Events of `org` matching `filter`, after `after` (a sequence) in
-    /// `order`, at most `limit`.
+    /// `order`, up to sequence `until`, at most `limit`.
     pub async fn read(
         &self,
         org: &str,
         filter: &Filter,
         after: Option<i64>,
+        until: Option<i64>,
         order: Order,
         limit: i64,
     ) -> Result<Vec<AuditEvent>> {
@@ -297,6 +298,10 @@ impl Store {
             let p = sql.param(Param::Int(after));
             let op = if order == Order::Oldest { ">" } else { "<" };
             sql.text.push_str(&format!(" AND sequence {op} {p}"));
+        }
+        if let Some(until) = until {
+            let p = sql.param(Param::Int(until));
+            sql.text.push_str(&format!(" AND sequence <= {p}"));
         }
         let dir = if order == Order::Oldest {
             "ASC"
