@@ -1,5 +1,7 @@
 //! The audit service through real servers on port 0, each test with its
-//! own data dir and database, on SQLite and PostgreSQL.
+//! own data dir and database, on SQLite and PostgreSQL. Identity's own
+//! events wait in its outbox here (`Stack::start_quiet_audit`), so every
+//! chain holds only what a test appends and sequences are predictable.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -114,7 +116,7 @@ async fn verify(client: &mut AuditClient, from: i64, to: i64) -> VerifyChainResp
 }
 
 async fn append_is_idempotent(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     let first = event("acme", "apikey.create");
     assert_eq!(append(&stack, vec![first.clone()]).await, 1);
@@ -157,7 +159,7 @@ async fn append_is_idempotent(backend: Backend) {
 }
 
 async fn orgs_are_isolated(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let acme = org(&stack, "acme").await;
     let globex = org(&stack, "globex").await;
     let dev = developer(&stack, &acme, "acme").await;
@@ -248,7 +250,7 @@ async fn orgs_are_isolated(backend: Backend) {
 type Change = fn(&mut AuditEvent);
 
 async fn bad_input_is_invalid_argument(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     let mut svc = stack.audit_as_service();
     let cases: Vec<(&str, Change)> = vec![
@@ -351,7 +353,7 @@ async fn bad_input_is_invalid_argument(backend: Backend) {
 }
 
 async fn filters_select_events(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     let mut a = event("acme", "member.invite");
     a.actor.as_mut().expect("actor").principal_id = "m2".into();
@@ -457,7 +459,7 @@ async fn filters_select_events(backend: Backend) {
 }
 
 async fn pagination_is_stable_under_concurrent_appends(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     append_n(&stack, "acme", 60).await;
     let writer = {
@@ -516,7 +518,7 @@ async fn pagination_is_stable_under_concurrent_appends(backend: Backend) {
 }
 
 async fn tail_delivers_and_resumes(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     append_n(&stack, "acme", 2).await;
     let mut client = stack.audit(&owner);
@@ -611,7 +613,7 @@ async fn tamper(stack: &Stack, sql: &str) {
 }
 
 async fn verify_names_the_first_broken_link(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let cases = [
         (
             "action",
@@ -690,7 +692,7 @@ async fn verify_names_the_first_broken_link(backend: Backend) {
 /// Two audit servers on one database, appending concurrently to the same
 /// organization: one chain, no fork, no lost event.
 async fn replicas_never_fork_a_chain(backend: Backend) {
-    let stack = Stack::start(backend).await;
+    let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     let mut config = stack.audit_config.clone();
     config.listen = "127.0.0.1:0".parse().expect("addr");

@@ -167,6 +167,21 @@ impl Stack {
 
     /// Starts with the given `last_used_at` flush interval.
     pub async fn start_with(backend: Backend, last_used_flush: Duration) -> Stack {
+        Self::start_inner(backend, last_used_flush, true).await
+    }
+
+    /// Starts with identity's audit outbox not delivering (its events wait
+    /// in the outbox), so the audit trail holds only what the test appends:
+    /// for the audit service's own tests, which count sequences.
+    pub async fn start_quiet_audit(backend: Backend) -> Stack {
+        Self::start_inner(backend, Duration::from_millis(200), false).await
+    }
+
+    async fn start_inner(
+        backend: Backend,
+        last_used_flush: Duration,
+        identity_audits: bool,
+    ) -> Stack {
         if std::env::var_os("PADDOCK_LOG").is_some() {
             paddock_shared::telemetry::init();
         }
@@ -197,7 +212,7 @@ impl Stack {
             database_url: database_url.clone(),
             authz_endpoint: authz.endpoint(),
             last_used_flush,
-            audit_endpoint: Some(format!("http://{audit_addr}")),
+            audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
         };
         let identity =
             paddock_identity::start_on(identity_listener, &identity_config, &service_token)
