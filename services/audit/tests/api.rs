@@ -384,6 +384,39 @@ async fn filters_select_events(backend: Backend) {
         ids(query(&mut client, f(|f| f.actor = "bob@acme.test".into())).await),
         vec![a.id.clone()]
     );
+    // Actor and time together (the audit.query_first_page shape).
+    assert_eq!(
+        ids(query(
+            &mut client,
+            f(|f| {
+                f.actor = "m1".into();
+                f.start_time = Some(prost_types::Timestamp {
+                    seconds: 1_800_000_050,
+                    nanos: 0,
+                });
+                f.end_time = Some(prost_types::Timestamp {
+                    seconds: 1_800_000_200,
+                    nanos: 0,
+                });
+            })
+        )
+        .await),
+        vec![b.id.clone()]
+    );
+    assert!(
+        query(
+            &mut client,
+            f(|f| {
+                f.actor = "bob@acme.test".into();
+                f.start_time = Some(prost_types::Timestamp {
+                    seconds: 1_800_000_050,
+                    nanos: 0,
+                });
+            })
+        )
+        .await
+        .is_empty()
+    );
     assert_eq!(
         ids(query(&mut client, f(|f| f.action_prefix = "apikey.".into())).await),
         vec![c.id.clone(), b.id.clone()]
