@@ -45,6 +45,9 @@ use crate::output::{Format, Table, print_json};
 pub enum BenchCommand {
     /// health (baseline) vs authz.check vs authorized.read, over a seeded org.
     Authz(AuthzBenchArgs),
+    /// storage.raw_batch_insert (baseline) vs audit.append vs
+    /// audit.query_first_page, over at least --events stored events.
+    Audit(crate::bench_audit::AuditBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +79,7 @@ pub struct AuthzBenchArgs {
 pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Authz(args) => authz(global, args).await,
+        BenchCommand::Audit(args) => crate::bench_audit::run(global, args).await,
     }
 }
 
@@ -115,7 +119,7 @@ pub fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn round3(x: f64) -> f64 {
+pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -151,7 +155,7 @@ pub fn report(area: &str, baseline: (&str, &Sample), measured: &[(&str, &Sample)
     json!({ "area": area, "rows": rows })
 }
 
-fn print_report_table(report: &Value) {
+pub fn print_report_table(report: &Value) {
     let mut t = Table::new(&[
         "ROW",
         "OPS/S",

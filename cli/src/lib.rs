@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod audit;
 mod bench;
+mod bench_audit;
 mod commands;
 mod dev;
 mod error;
