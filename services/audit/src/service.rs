@@ -15,7 +15,7 @@ use paddock_shared::auth;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, validate_text};
 use paddock_shared::time::{now_micros, timestamp, timestamp_micros};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -33,9 +33,8 @@ const MAX_FIELD_CHARS: usize = 1024;
 
 pub struct Audit {
     store: Store,
-    /// Serializes appends in this process (the database serializes them
-    /// across replicas).
-    append_lock: Mutex<()>,
+    /// The group committer: appends go through it, one at a time.
+    appends: mpsc::Sender<AppendJob>,
     /// Counts commits of appends; tails wake on each change.
     appended: watch::Sender<u64>,
     /// Turns true when the server shuts down; ends the streams.
@@ -44,11 +43,68 @@ pub struct Audit {
 
 impl Audit {
     pub fn new(db: paddock_shared::db::Database, closing: watch::Receiver<bool>) -> Self {
+        let store = Store { db };
+        let appended = watch::channel(0).0;
+        let (appends, jobs) = mpsc::channel(MAX_GROUP_REQUESTS);
+        tokio::spawn(group_commit(store.clone(), jobs, appended.clone()));
         Self {
-            store: Store { db },
-            append_lock: Mutex::new(()),
-            appended: watch::channel(0).0,
+            store,
+            appends,
+            appended,
             closing,
+        }
+    }
+}
+
+/// One AppendEvents request waiting for its commit.
+struct AppendJob {
+    events: Vec<Pending>,
+    done: oneshot::Sender<Result<usize, Status>>,
+}
+
+/// Requests merged into one transaction at most.
+const MAX_GROUP_REQUESTS: usize = 256;
+/// Events merged into one transaction at most (beyond one request's).
+const MAX_GROUP_EVENTS: usize = 5000;
+
+/// Commits appends one transaction at a time, merging the requests that
+/// queued meanwhile into it: one durable commit (fsync) serves them all,
+/// and appends in this process never race for a chain head. Ends when the
+/// service is dropped.
+async fn group_commit(
+    store: Store,
+    mut jobs: mpsc::Receiver<AppendJob>,
+    appended: watch::Sender<u64>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut total = first.events.len();
+        let mut group = vec![first];
+        while total < MAX_GROUP_EVENTS && group.len() < MAX_GROUP_REQUESTS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    total += job.events.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let (batches, replies): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|j| (j.events, j.done)).unzip();
+        match store.append(batches).await {
+            Ok(counts) => {
+                if counts.iter().any(|n| *n > 0) {
+                    appended.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                for (reply, count) in replies.into_iter().zip(counts) {
+                    let _ = reply.send(Ok(count));
+                }
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
         }
     }
 }
@@ -243,13 +299,16 @@ impl AuditService for Audit {
             let org = validate_event(i, &mut event)?;
             pending.push(Pending { org, event });
         }
-        let appended = {
-            let _guard = self.append_lock.lock().await;
-            self.store.append(pending).await?
-        };
-        if appended > 0 {
-            self.appended.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        let (done, committed) = oneshot::channel();
+        let stopped = || Status::unavailable("the audit service is stopping");
+        self.appends
+            .send(AppendJob {
+                events: pending,
+                done,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        let appended = committed.await.map_err(|_| stopped())??;
         Ok(Response::new(AppendEventsResponse {
             appended: i32::try_from(appended).unwrap_or(i32::MAX),
         }))

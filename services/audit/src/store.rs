@@ -120,19 +120,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// Stores the events not stored yet, chaining each onto its
-    /// organization's head, in one transaction; returns how many were new.
+    /// Stores the events of several requests (`batches`) not stored yet,
+    /// chaining each onto its organization's head, in one transaction;
+    /// returns how many of each batch were new (a duplicate id counts for
+    /// the first batch that carries it).
     ///
     /// Callers serialize appends in this process; across replicas the
     /// UPDATE of each head row takes its row lock (PostgreSQL) or the
     /// database's write lock (SQLite) before the head is read, so two
     /// appenders never chain onto the same head.
-    pub async fn append(&self, events: Vec<Pending>) -> Result<usize> {
-        let mut by_org: BTreeMap<String, Vec<AuditEvent>> = BTreeMap::new();
+    pub async fn append(&self, batches: Vec<Vec<Pending>>) -> Result<Vec<usize>> {
+        let mut counts = vec![0; batches.len()];
+        let mut by_org: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
         let mut seen = HashSet::new();
-        for p in events {
-            if seen.insert(p.event.id.clone()) {
-                by_org.entry(p.org).or_default().push(p.event);
+        for (batch, events) in batches.into_iter().enumerate() {
+            for p in events {
+                if seen.insert(p.event.id.clone()) {
+                    by_org.entry(p.org).or_default().push((batch, p.event));
+                }
             }
         }
         let mut conn = self.db.pool.acquire().await?;
@@ -165,7 +170,7 @@ impl Store {
 
         // Skip ids already stored (after the locks, so a concurrent append
         // of the same id is visible here).
-        let ids: Vec<&String> = by_org.values().flatten().map(|e| &e.id).collect();
+        let ids: Vec<&String> = by_org.values().flatten().map(|(_, e)| &e.id).collect();
         let mut stored = HashSet::new();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let mut sql = Sql {
@@ -189,10 +194,11 @@ impl Store {
         for (org, events) in by_org {
             let (mut sequence, mut hash) = heads.remove(&org).unwrap_or((0, GENESIS_HASH.into()));
             let before = sequence;
-            for mut event in events {
+            for (batch, mut event) in events {
                 if stored.contains(&event.id) {
                     continue;
                 }
+                counts[batch] += 1;
                 sequence += 1;
                 event.sequence = sequence;
                 event.previous_hash = hash;
@@ -247,7 +253,7 @@ impl Store {
             sql.query().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(chained.len())
+        Ok(counts)
     }
 
     /// Events of `org` matching `filter`, after `after` (a sequence) in

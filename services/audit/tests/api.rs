@@ -152,9 +152,30 @@ async fn append_is_idempotent(backend: Backend) {
     assert_eq!(events[1].action, "apikey.create");
     assert_eq!(events[1].details_json, r#"{"n":1}"#);
     assert_eq!(events[1].time, first.time);
+
+    // Concurrent requests carrying the same new events (merged into one
+    // commit or not): each event is stored, and counted, once.
+    let batch: Vec<AuditEvent> = (0..20).map(|_| event("acme", "test.event")).collect();
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let mut svc = stack.audit_as_service();
+        let events = batch.clone();
+        senders.push(tokio::spawn(async move {
+            svc.append_events(AppendEventsRequest { events })
+                .await
+                .expect("concurrent append")
+                .into_inner()
+                .appended
+        }));
+    }
+    let mut total = 0;
+    for s in senders {
+        total += s.await.expect("sender");
+    }
+    assert_eq!(total, 20);
     let v = verify(&mut client, 0, 0).await;
     assert!(v.intact, "{v:?}");
-    assert_eq!(v.verified, 2);
+    assert_eq!(v.verified, 22);
     stack.shutdown().await;
 }
 
