@@ -272,8 +272,15 @@ async fn raw_inserts(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for org in orgs {
-        let (pool, org) = (db.pool.clone(), org.clone());
+        let (pool, org, backend) = (db.pool.clone(), org.clone(), db.backend);
         tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            if backend == paddock_shared::db::Backend::Sqlite {
+                // Durable before the commit returns, as audit's appends are.
+                sqlx::query("PRAGMA synchronous=FULL")
+                    .execute(&mut *conn)
+                    .await?;
+            }
             let mut latencies = Vec::new();
             let mut sequence = 0i64;
             let mut written = 0;
@@ -281,7 +288,7 @@ async fn raw_inserts(
                 let n = batch_size.min(per_writer - written);
                 let events = batch(&org, n);
                 let t0 = Instant::now();
-                let mut tx = pool.begin().await?;
+                let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
                 for chunk in events.chunks(50) {
                     let mut sql = format!("INSERT INTO bench_raw_events ({RAW_COLUMNS}) VALUES ");
                     for i in 0..chunk.len() {
