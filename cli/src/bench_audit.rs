@@ -270,9 +270,13 @@ async fn raw_inserts(
             .map_err(|e| internal("create the baseline table", e))?;
     }
     let started = Instant::now();
+    // One writer at a time, as the database allows and as audit's group
+    // commit does; SQLite's busy-waiting would otherwise dominate.
+    let write_lock = Arc::new(tokio::sync::Mutex::new(()));
     let mut tasks = Vec::new();
     for org in orgs {
         let (pool, org, backend) = (db.pool.clone(), org.clone(), db.backend);
+        let write_lock = write_lock.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
             if backend == paddock_shared::db::Backend::Sqlite {
@@ -288,6 +292,7 @@ async fn raw_inserts(
                 let n = batch_size.min(per_writer - written);
                 let events = batch(&org, n);
                 let t0 = Instant::now();
+                let _writing = write_lock.lock().await;
                 let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
                 for chunk in events.chunks(50) {
                     let mut sql = format!("INSERT INTO bench_raw_events ({RAW_COLUMNS}) VALUES ");

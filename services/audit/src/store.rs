@@ -279,12 +279,15 @@ impl Store {
             let p = sql.param(Param::Int(end));
             time_range.push_str(&format!(" AND time < {p}"));
         }
-        sql.text.push_str(&time_range);
-        if !filter.actor.is_empty() {
+        if filter.actor.is_empty() {
+            sql.text.push_str(&time_range);
+        } else {
             // One index range per actor column instead of an OR, which
             // planners (SQLite without statistics especially) answer with a
             // scan of the time index: actor + 24 h stays fast at millions
             // of events.
+            // The time range applies inside, where the actor indexes cover
+            // it; outside it would tempt the planner into the time index.
             let p = sql.param(Param::Text(filter.actor.clone()));
             sql.text.push_str(&format!(
                 " AND sequence IN (SELECT sequence FROM events WHERE org_id = {org_p} AND actor_id = {p}{time_range} \
@@ -323,8 +326,17 @@ impl Store {
             "DESC"
         };
         let p = sql.param(Param::Int(limit));
+        // With an actor filter the matching set comes from the actor
+        // indexes; `+sequence` keeps the planner from walking the whole
+        // organization in sequence order instead (which it would when the
+        // actor has fewer matches than the page holds).
+        let key = if filter.actor.is_empty() {
+            "sequence"
+        } else {
+            "+sequence"
+        };
         sql.text
-            .push_str(&format!(" ORDER BY sequence {dir} LIMIT {p}"));
+            .push_str(&format!(" ORDER BY {key} {dir} LIMIT {p}"));
         let rows = sql.query().fetch_all(&self.db.pool).await?;
         rows.iter().map(event_from_row).collect()
     }
