@@ -141,7 +141,7 @@ impl Output {
 
 /// Runs `paddock dev` on port 0 with its data dir under `root`, its output
 /// appended to `root/dev.log`.
-fn spawn_dev(root: &Path, database_url: Option<&str>) -> Child {
+fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child {
     let bin = paddock_bin();
     let log = OpenOptions::new()
         .create(true)
@@ -160,6 +160,7 @@ fn spawn_dev(root: &Path, database_url: Option<&str>) -> Child {
             "--audit-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .env_remove("DATABASE_URL")
         .env_remove("PADDOCK_IDENTITY_DATABASE_URL")
         .env_remove("PADDOCK_AUDIT_DATABASE_URL")
@@ -193,6 +194,11 @@ impl Dev {
     /// PostgreSQL, a fresh database; returns once it has written
     /// `endpoints.json`.
     pub fn start(backend: Backend) -> Dev {
+        Self::start_with(backend, &[])
+    }
+
+    /// [`Dev::start`] with more `paddock dev` arguments.
+    pub fn start_with(backend: Backend, extra: &[String]) -> Dev {
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(
@@ -204,7 +210,7 @@ impl Dev {
             ),
         };
         let dir = TempDir::new();
-        let child = spawn_dev(dir.path(), database_url.as_deref());
+        let child = spawn_dev(dir.path(), database_url.as_deref(), extra);
         let mut dev = Dev {
             child,
             backend,
@@ -247,8 +253,14 @@ impl Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.data_dir().join("endpoints.json"));
-        self.child = spawn_dev(self.dir.path(), self.database_url.as_deref());
+        self.child = spawn_dev(self.dir.path(), self.database_url.as_deref(), &[]);
         self.wait_until_serving();
+    }
+
+    /// Kills `paddock dev` with SIGKILL: a crash, nothing flushed.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn wait_until_serving(&mut self) {

@@ -358,6 +358,55 @@ fn append_events(dev: &Dev, org: &str, actions: &[&str]) -> Vec<String> {
     ids
 }
 
+/// Identity commits its events to its outbox with each change; a crash
+/// before they reach audit loses none of them: they arrive, once each,
+/// after the restart.
+fn crash_before_delivery_loses_no_events(backend: Backend) {
+    // Audit is not running, so nothing can be delivered before the crash.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut dev = Dev::start_with(
+        backend,
+        &[
+            "--skip".into(),
+            "audit".into(),
+            "--audit-endpoint".into(),
+            format!("http://{unused}"),
+        ],
+    );
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    for i in 0..5 {
+        dev.paddock(Some(&owner), &["project", "create", &format!("p{i}")])
+            .json();
+    }
+    dev.crash();
+    dev.restart();
+    let out = dev.paddock_until(
+        Some(&owner),
+        &["audit", "query", "--action", "project.create"],
+        Duration::from_secs(20),
+        |o| o.code == 0 && o.json().as_array().is_some_and(|a| a.len() >= 5),
+    );
+    let events = out.json();
+    let ids: std::collections::HashSet<&str> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 5, "each event exactly once: {events:#}");
+    let all = dev
+        .paddock(
+            Some(&owner),
+            &["audit", "query", "--action", "organization.create"],
+        )
+        .json();
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all:#}");
+    let verify = dev.paddock(Some(&owner), &["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:#?}");
+}
+
 fn audit_commands(backend: Backend) {
     let dev = Dev::start(backend);
     let owner = create_org(&dev, "acme", "alice@acme.test");
@@ -527,6 +576,7 @@ fn audit_tail_follows(backend: Backend) {
 
 e2e_tests!(
     audit_commands,
+    crash_before_delivery_loses_no_events,
     audit_tail_follows,
     org_create_and_whoami,
     invite_and_accept,
