@@ -49,10 +49,16 @@ macro_rules! e2e_tests {
 /// itself (a no-op when it is up to date) and takes the path cargo reports.
 pub fn paddock_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_paddock)
+    BIN.get_or_init(|| build_bin("paddock", "paddock"))
 }
 
-fn build_paddock() -> PathBuf {
+/// The `paddock-audit` binary, built like [`paddock_bin`].
+pub fn audit_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("paddock-audit", "paddock-audit"))
+}
+
+fn build_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(cargo);
@@ -61,9 +67,9 @@ fn build_paddock() -> PathBuf {
         "--quiet",
         "--message-format=json",
         "-p",
-        "paddock",
+        package,
         "--bin",
-        "paddock",
+        bin,
         "--manifest-path",
     ])
     .arg(&manifest);
@@ -89,18 +95,18 @@ fn build_paddock() -> PathBuf {
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .expect("run cargo build for the paddock binary");
+        .expect("run cargo build for a workspace binary");
     assert!(
         out.status.success(),
-        "cargo build -p paddock failed: {}",
+        "cargo build -p {package} failed: {}",
         out.status
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "paddock")
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == bin)
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-        .expect("cargo build reported no paddock executable")
+        .unwrap_or_else(|| panic!("cargo build reported no {bin} executable"))
 }
 
 /// What one CLI invocation did.
@@ -175,6 +181,16 @@ fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child
     }
     cmd.spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `paddock dev` running as a child process; killed when dropped.
@@ -308,6 +324,37 @@ impl Dev {
     /// What `paddock dev` has printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
+    }
+
+    /// The PostgreSQL database of this stack, if any.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// Starts `paddock-audit` as its own process on `listen`, beside this
+    /// stack (same data dir, database and service token); killed when the
+    /// returned guard is dropped.
+    pub fn spawn_audit(&self, listen: std::net::SocketAddr) -> KillOnDrop {
+        let data = self.data_dir();
+        let mut cmd = Command::new(audit_bin());
+        cmd.arg("--listen")
+            .arg(listen.to_string())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--identity-endpoint")
+            .arg(&self.identity_endpoint)
+            .arg("--authz-endpoint")
+            .arg(&self.authz_endpoint)
+            .arg("--service-token-file")
+            .arg(data.join("service-token"))
+            .env_remove("PADDOCK_AUDIT_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        KillOnDrop(cmd.spawn().expect("spawn paddock-audit"))
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -407,6 +407,56 @@ fn crash_before_delivery_loses_no_events(backend: Backend) {
     assert_eq!(verify.code, 0, "{verify:#?}");
 }
 
+/// With the audit service (its own process) killed, changes still succeed;
+/// once it is back, every event arrives exactly once.
+fn audit_outage_loses_no_events(backend: Backend) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let dev = Dev::start_with(
+        backend,
+        &[
+            "--skip".into(),
+            "audit".into(),
+            "--audit-endpoint".into(),
+            format!("http://{port}"),
+        ],
+    );
+    let audit = dev.spawn_audit(port);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    let count = |want: usize| {
+        dev.paddock_until(
+            Some(&owner),
+            &["audit", "query", "--action", "project.create"],
+            Duration::from_secs(20),
+            |o| o.code == 0 && o.json().as_array().is_some_and(|a| a.len() >= want),
+        )
+    };
+    dev.paddock(Some(&owner), &["project", "create", "p0"])
+        .json();
+    assert_eq!(count(1).json().as_array().map(Vec::len), Some(1));
+
+    drop(audit); // SIGKILL
+    for i in 1..5 {
+        dev.paddock(Some(&owner), &["project", "create", &format!("p{i}")])
+            .json();
+    }
+    let down = dev.paddock(Some(&owner), &["audit", "query"]);
+    assert_ne!(down.code, 0, "audit answered while killed: {down:#?}");
+
+    let _audit = dev.spawn_audit(port);
+    let events = count(5).json();
+    let ids: std::collections::HashSet<&str> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 5, "each event exactly once: {events:#}");
+    let verify = dev.paddock(Some(&owner), &["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{verify:#?}");
+}
+
 fn audit_commands(backend: Backend) {
     let dev = Dev::start(backend);
     let owner = create_org(&dev, "acme", "alice@acme.test");
@@ -576,6 +626,7 @@ fn audit_tail_follows(backend: Backend) {
 
 e2e_tests!(
     audit_commands,
+    audit_outage_loses_no_events,
     crash_before_delivery_loses_no_events,
     audit_tail_follows,
     org_create_and_whoami,
