@@ -692,9 +692,11 @@ where
         let ctx = incoming.map_or_else(TraceContext::root, |c| c.child());
         let span =
             tracing::info_span!("rpc", path = %req.uri().path(), trace_id = %ctx.trace_id_hex());
-        let path = req.uri().path().to_owned();
         let fut = async move {
-            match admission.admit(&path, req.headers()).await {
+            // The refusal owns what it needs, so `req` is free again below;
+            // the path is copied only for the audit details of a refusal.
+            let admitted = admission.admit(req.uri().path(), req.headers()).await;
+            match admitted {
                 Ok(principal) => {
                     req.extensions_mut().insert(ctx);
                     if let Some(p) = principal {
@@ -711,14 +713,16 @@ where
                         key_id,
                         ..Default::default()
                     });
-                    let details = serde_json::json!({"method": path, "reason": status.message()});
+                    let details =
+                        serde_json::json!({"method": req.uri().path(), "reason": status.message()});
                     admission
                         .audit_refusal(principal.as_ref(), "auth.fail", "", &status, details)
                         .await;
                     Ok(status.into_http())
                 }
                 Err(Refusal::Denied { status, principal }) => {
-                    let details = serde_json::json!({"method": path, "reason": status.message()});
+                    let details =
+                        serde_json::json!({"method": req.uri().path(), "reason": status.message()});
                     admission
                         .audit_refusal(
                             Some(&principal),
@@ -736,13 +740,12 @@ where
                     summary,
                     principal,
                 }) => {
-                    let resource = requested_resource(req.into_body())
-                        .await
-                        .unwrap_or(organization);
+                    let (parts, body) = req.into_parts();
+                    let resource = requested_resource(body).await.unwrap_or(organization);
                     let status = Status::permission_denied(format!(
                         "missing {permission} on {resource}: {summary}"
                     ));
-                    let details = serde_json::json!({"method": path, "permission": permission, "reason": summary});
+                    let details = serde_json::json!({"method": parts.uri.path(), "permission": permission, "reason": summary});
                     admission
                         .audit_refusal(Some(&principal), "authz.deny", &resource, &status, details)
                         .await;
