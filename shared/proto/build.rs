@@ -11,7 +11,9 @@ const FILES: &[&str] = &[
     "paddock/api/v1/annotations.proto",
     "paddock/identity/v1/identity.proto",
     "paddock/authz/v1/authz.proto",
+    "paddock/authz/v1/policy.proto",
     "paddock/audit/v1/audit.proto",
+    "paddock/sandbox/v1/sandbox.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -140,6 +140,7 @@ fn api_key(row: KeyRow, owner: String) -> ApiKey {
         create_time: Some(timestamp(create)),
         last_used_time: opt_timestamp(last_used),
         revoke_time: opt_timestamp(revoked),
+        sandbox: String::new(),
     }
 }
 
@@ -1514,6 +1515,55 @@ impl IdentityService for Identity {
         Ok(Response::new(WhoAmIResponse {
             principal: Some(caller(&request)?),
         }))
+    }
+
+    async fn create_credential(
+        &self,
+        _request: Request<paddock_proto::identity::v1::CreateCredentialRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::CreateCredentialResponse>, Status> {
+        Err(Status::unimplemented("create_credential is not built yet"))
+    }
+
+    async fn list_credentials(
+        &self,
+        _request: Request<paddock_proto::identity::v1::ListCredentialsRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::ListCredentialsResponse>, Status> {
+        Err(Status::unimplemented("list_credentials is not built yet"))
+    }
+
+    async fn get_credential(
+        &self,
+        _request: Request<paddock_proto::identity::v1::GetCredentialRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::GetCredentialResponse>, Status> {
+        Err(Status::unimplemented("get_credential is not built yet"))
+    }
+
+    async fn delete_credential(
+        &self,
+        _request: Request<paddock_proto::identity::v1::DeleteCredentialRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::DeleteCredentialResponse>, Status> {
+        Err(Status::unimplemented("delete_credential is not built yet"))
+    }
+
+    async fn reveal_credential(
+        &self,
+        _request: Request<paddock_proto::identity::v1::RevealCredentialRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::RevealCredentialResponse>, Status> {
+        Err(Status::unimplemented("reveal_credential is not built yet"))
+    }
+
+    async fn create_session_token(
+        &self,
+        _request: Request<paddock_proto::identity::v1::CreateSessionTokenRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::CreateSessionTokenResponse>, Status> {
+        Err(Status::unimplemented("create_session_token is not built yet"))
+    }
+
+    async fn revoke_session_token(
+        &self,
+        _request: Request<paddock_proto::identity::v1::RevokeSessionTokenRequest>,
+    ) -> Result<Response<paddock_proto::identity::v1::RevokeSessionTokenResponse>, Status> {
+        Err(Status::unimplemented("revoke_session_token is not built yet"))
     }
 }
 

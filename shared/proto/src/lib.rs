@@ -20,6 +20,12 @@ pub mod audit {
     }
 }
 
+pub mod sandbox {
+    pub mod v1 {
+        tonic::include_proto!("paddock.sandbox.v1");
+    }
+}
+
 pub mod authz {
     pub mod v1 {
         tonic::include_proto!("paddock.authz.v1");
