@@ -238,7 +238,7 @@ pub fn authz_client(endpoint: &str, auth: BearerAuth) -> Result<AuthzClient, Sta
 }
 
 /// Fails closed: anything but a verdict from the dependency is UNAVAILABLE.
-fn dependency_status(service: &str, status: Status) -> Status {
+pub fn dependency_status(service: &str, status: Status) -> Status {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound => {
             status

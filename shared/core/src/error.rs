@@ -38,6 +38,38 @@ impl Error {
     pub fn not_found(what: impl std::fmt::Display) -> Self {
         Error::NotFound(format!("{what} not found"))
     }
+
+    /// The gRPC code this error is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Database(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// A dependency's answer, carried on with its code and message (the
+    /// dependency already made the message safe to show).
+    pub fn from_status(status: Status) -> Self {
+        let msg = status.message().to_owned();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(msg),
+            Code::NotFound => Error::NotFound(msg),
+            Code::AlreadyExists => Error::AlreadyExists(msg),
+            Code::PermissionDenied => Error::PermissionDenied(msg),
+            Code::Unauthenticated => Error::Unauthenticated(msg),
+            Code::FailedPrecondition | Code::Aborted => Error::FailedPrecondition(msg),
+            Code::ResourceExhausted => Error::ResourceExhausted(msg),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(msg),
+            _ => Error::Internal(format!("{:?}: {msg}", status.code())),
+        }
+    }
 }
 
 impl From<Error> for Status {

@@ -1,0 +1,514 @@
+//! The Docker Engine, through bollard: the hardened container spec (one
+//! function, also used by the benchmark's baseline), and the few engine
+//! operations the runner needs. Everything Paddock creates carries the
+//! `paddock.*` labels, so reconciliation and cleanup can find it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions,
+    StopContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use paddock_proto::authz::v1::HardeningRelaxations;
+use paddock_shared::error::Error;
+
+pub const LABEL_MANAGED: &str = "paddock.managed";
+pub const LABEL_ORG: &str = "paddock.org";
+pub const LABEL_SANDBOX: &str = "paddock.sandbox";
+pub const LABEL_WORKER: &str = "paddock.worker";
+pub const LABEL_CACHE: &str = "paddock.cache";
+
+/// The main process when a request names no command: waits for SIGTERM
+/// and exits at once, so a stop is cooperative and fast.
+pub const IDLE_COMMAND: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+];
+
+/// Everything a sandbox container is made from.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+    pub labels: HashMap<String, String>,
+    pub cpus: f64,
+    pub memory_bytes: i64,
+    pub pids: i64,
+    /// "none" or the name of the sandbox's own network.
+    pub network: String,
+    /// Host directory mounted read-write at /workspace.
+    pub workspace: String,
+    /// (host file, target) pairs, mounted read-only.
+    pub credentials: Vec<(String, String)>,
+    /// (volume, target) pairs.
+    pub caches: Vec<(String, String)>,
+    pub relax: HardeningRelaxations,
+    /// The sandbox user's uid, for the tmpfs home.
+    pub uid: u32,
+}
+
+/// The hardened container: all capabilities dropped, no-new-privileges,
+/// Docker's default seccomp profile, read-only root with tmpfs /tmp and
+/// home, non-root user, init, pids/memory/CPU limits, no host path but the
+/// workspace and read-only credentials. Each item is relaxed only by the
+/// organization's security settings.
+pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
+    let relax = &plan.relax;
+    let mut security_opt = Vec::new();
+    if !relax.allow_new_privileges {
+        security_opt.push("no-new-privileges:true".to_owned());
+    }
+    if relax.unconfined_seccomp {
+        security_opt.push("seccomp=unconfined".to_owned());
+    }
+    let mut mounts = vec![Mount {
+        target: Some("/workspace".into()),
+        source: Some(plan.workspace.clone()),
+        typ: Some(MountType::BIND),
+        read_only: Some(false),
+        ..Default::default()
+    }];
+    for (source, target) in &plan.credentials {
+        mounts.push(Mount {
+            target: Some(target.clone()),
+            source: Some(source.clone()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    for (volume, target) in &plan.caches {
+        mounts.push(Mount {
+            target: Some(target.clone()),
+            source: Some(volume.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        });
+    }
+    let tmpfs = HashMap::from([
+        (
+            "/tmp".to_owned(),
+            "rw,nosuid,nodev,size=256m,mode=1777".to_owned(),
+        ),
+        (
+            crate::spec::SANDBOX_HOME.to_owned(),
+            format!(
+                "rw,nosuid,nodev,size=64m,mode=0700,uid={uid},gid={uid}",
+                uid = plan.uid
+            ),
+        ),
+    ]);
+    let command = if plan.command.is_empty() {
+        IDLE_COMMAND.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        plan.command.clone()
+    };
+    ContainerCreateBody {
+        image: Some(plan.image.clone()),
+        cmd: Some(command),
+        // The command is the argv; an image's entrypoint would wrap it.
+        entrypoint: Some(Vec::new()),
+        env: Some(plan.env.clone()),
+        working_dir: Some(plan.workdir.clone()),
+        user: Some(plan.user.clone()),
+        labels: Some(plan.labels.clone()),
+        network_disabled: Some(plan.network == "none"),
+        host_config: Some(HostConfig {
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: (!relax.allowed_capabilities.is_empty())
+                .then(|| relax.allowed_capabilities.clone()),
+            security_opt: Some(security_opt),
+            readonly_rootfs: Some(!relax.writable_root_filesystem),
+            tmpfs: Some(tmpfs),
+            init: Some(true),
+            pids_limit: Some(plan.pids),
+            memory: Some(plan.memory_bytes),
+            // Equal to memory: no swap on top of the limit.
+            memory_swap: Some(plan.memory_bytes),
+            nano_cpus: Some((plan.cpus * 1e9) as i64),
+            network_mode: Some(plan.network.clone()),
+            mounts: Some(mounts),
+            privileged: Some(false),
+            ipc_mode: Some("private".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The state of a container as the runner needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerState {
+    pub running: bool,
+    pub exit_code: i64,
+    pub oom_killed: bool,
+}
+
+/// A labelled container found on the engine.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub id: String,
+    pub sandbox: String,
+}
+
+/// A handle on the local Docker Engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    docker: Docker,
+    /// The socket or address it talks to, for error messages.
+    pub host: String,
+}
+
+fn unreachable(host: &str, err: impl std::fmt::Display) -> Error {
+    Error::FailedPrecondition(format!(
+        "the Docker Engine at {host} is not reachable: {err}"
+    ))
+}
+
+fn is_not_found(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_not_modified(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
+}
+
+impl Engine {
+    /// A client for `host` (`unix:///var/run/docker.sock` or a path). It
+    /// does not contact the engine; [`Engine::ping`] does.
+    pub fn connect(host: &str) -> Result<Self, Error> {
+        let path = host.strip_prefix("unix://").unwrap_or(host);
+        let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| unreachable(host, e))?;
+        Ok(Self {
+            docker,
+            host: host.to_owned(),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        tokio::time::timeout(Duration::from_secs(5), self.docker.ping())
+            .await
+            .map_err(|_| unreachable(&self.host, "no answer within 5 s"))?
+            .map(|_| ())
+            .map_err(|e| unreachable(&self.host, e))
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn fail(&self, what: &str, err: bollard::errors::Error) -> Error {
+        match err {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            } if status_code < 500 => Error::FailedPrecondition(format!("{what}: {message}")),
+            bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                Error::Internal(format!("{what}: {message}"))
+            }
+            other => unreachable(&self.host, format!("{what}: {other}")),
+        }
+    }
+
+    /// The image's configured user when it is a non-root one.
+    pub async fn image_user(&self, image: &str) -> Result<Option<String>, Error> {
+        match self.docker.inspect_image(image).await {
+            Ok(info) => {
+                let user = info.config.and_then(|c| c.user).unwrap_or_default();
+                let root = user.is_empty()
+                    || user == "root"
+                    || user == "0"
+                    || user.starts_with("0:")
+                    || user.starts_with("root:");
+                Ok((!root).then_some(user))
+            }
+            Err(e) if is_not_found(&e) => Err(Error::FailedPrecondition(format!(
+                "image {image} is not on this worker; load or pull it first"
+            ))),
+            Err(e) => Err(self.fail("inspecting the image", e)),
+        }
+    }
+
+    /// Creates and starts a container; returns its id. A container that
+    /// was created but did not start is removed.
+    pub async fn create_start(&self, plan: &ContainerPlan) -> Result<String, Error> {
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(plan.name.clone()),
+                    ..Default::default()
+                }),
+                container_body(plan),
+            )
+            .await
+            .map_err(|e| self.fail("creating the container", e))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(self.fail("starting the container", e));
+        }
+        Ok(created.id)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. A container already stopped or
+    /// gone is fine.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), Error> {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs().max(1).min(i32::MAX as u64) as i32),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) || is_not_modified(&e) => Ok(()),
+            Err(e) => Err(self.fail("stopping the container", e)),
+        }
+    }
+
+    /// Removes a container (and its anonymous volumes), running or not.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()), // removal already in progress
+            Err(e) => Err(self.fail("removing the container", e)),
+        }
+    }
+
+    /// Waits until the container exits. Returns `None` when it is gone.
+    pub async fn wait(&self, id: &str) -> Result<Option<i64>, Error> {
+        let mut stream = self.docker.wait_container(
+            id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        match stream.next().await {
+            Some(Ok(r)) => Ok(Some(r.status_code)),
+            // A non-zero exit arrives as this error.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                Ok(Some(code))
+            }
+            Some(Err(e)) if is_not_found(&e) => Ok(None),
+            Some(Err(e)) => Err(self.fail("waiting for the container", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The container's state, or `None` when it is gone.
+    pub async fn state(&self, id: &str) -> Result<Option<ContainerState>, Error> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                Ok(Some(ContainerState {
+                    running: state.running.unwrap_or(false),
+                    exit_code: state.exit_code.unwrap_or(0),
+                    oom_killed: state.oom_killed.unwrap_or(false),
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.fail("inspecting the container", e)),
+        }
+    }
+
+    fn worker_filter(worker: &str) -> HashMap<String, Vec<String>> {
+        HashMap::from([("label".to_owned(), vec![format!("{LABEL_WORKER}={worker}")])])
+    }
+
+    /// Every container this worker labelled, running or not.
+    pub async fn labelled_containers(&self, worker: &str) -> Result<Vec<Labelled>, Error> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(Self::worker_filter(worker)),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.fail("listing containers", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let sandbox = c.labels.as_ref()?.get(LABEL_SANDBOX)?.clone();
+                Some(Labelled { id: c.id?, sandbox })
+            })
+            .collect())
+    }
+
+    /// Every network this worker labelled: (name, sandbox id).
+    pub async fn labelled_networks(&self, worker: &str) -> Result<Vec<(String, String)>, Error> {
+        let list = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(Self::worker_filter(worker)),
+            }))
+            .await
+            .map_err(|e| self.fail("listing networks", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|n| {
+                let sandbox = n.labels.as_ref()?.get(LABEL_SANDBOX)?.clone();
+                Some((n.name?, sandbox))
+            })
+            .collect())
+    }
+
+    /// A bridge network of one sandbox, with no traffic between sandboxes.
+    pub async fn create_network(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".into()),
+                labels: Some(labels),
+                options: Some(HashMap::from([(
+                    "com.docker.network.bridge.enable_icc".to_owned(),
+                    "false".to_owned(),
+                )])),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("creating the sandbox network", e))
+    }
+
+    pub async fn remove_network(&self, name: &str) -> Result<(), Error> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.fail("removing the sandbox network", e)),
+        }
+    }
+
+    /// The organization's cache volume `name`, created on first use and
+    /// owned by `uid` so a non-root sandbox can write it.
+    pub async fn cache_volume(
+        &self,
+        org: &str,
+        name: &str,
+        worker: &str,
+        uid: u32,
+    ) -> Result<String, Error> {
+        let volume = format!("paddock-cache-{org}-{name}");
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_ORG.to_owned(), org.to_owned()),
+            (LABEL_CACHE.to_owned(), name.to_owned()),
+            (LABEL_WORKER.to_owned(), worker.to_owned()),
+        ]);
+        let created = self
+            .docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.fail("creating the cache volume", e))?;
+        // The volume is a host directory of the local driver; the runner
+        // runs on that host, so it hands the directory to the sandbox user.
+        if !created.mountpoint.is_empty() {
+            let path = std::path::Path::new(&created.mountpoint);
+            if let Err(e) = std::os::unix::fs::chown(path, Some(uid), Some(uid)) {
+                tracing::warn!(volume, error = %e, "cannot hand the cache volume to the sandbox user");
+            }
+        }
+        Ok(volume)
+    }
+
+    /// Every cache volume this worker labelled for `org` (all orgs when
+    /// `org` is empty).
+    pub async fn cache_volumes(&self, worker: &str, org: &str) -> Result<Vec<String>, Error> {
+        let mut labels = vec![format!("{LABEL_WORKER}={worker}")];
+        if !org.is_empty() {
+            labels.push(format!("{LABEL_ORG}={org}"));
+        }
+        let list = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(HashMap::from([("label".to_owned(), labels)])),
+            }))
+            .await
+            .map_err(|e| self.fail("listing volumes", e))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<(), Error> {
+        match self
+            .docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.fail("removing the volume", e)),
+        }
+    }
+
+    /// One stats sample: (CPU seconds used, memory in use or its peak).
+    pub async fn sample(&self, id: &str) -> Option<(f64, i64)> {
+        let mut stream = self.docker.stats(
+            id,
+            Some(StatsOptions {
+                stream: false,
+                one_shot: true,
+            }),
+        );
+        let stats = stream.next().await?.ok()?;
+        let cpu = stats
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0) as f64
+            / 1e9;
+        let memory = stats
+            .memory_stats
+            .map(|m| m.max_usage.or(m.usage).unwrap_or(0))
+            .unwrap_or(0) as i64;
+        Some((cpu, memory))
+    }
+}

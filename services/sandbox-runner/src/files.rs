@@ -1,0 +1,270 @@
+//! File transfer rules: every path is confined to /workspace. An upload is
+//! checked entry by entry before any of it reaches the sandbox: absolute
+//! names, `..`, links pointing out of /workspace, and devices are refused.
+//! The Docker Engine then extracts it inside the container's own view of
+//! the filesystem, never on the host, so a link the sandbox planted cannot
+//! redirect a write to a host path.
+
+use std::path::{Component, Path};
+
+use paddock_shared::error::{Error, Result};
+use paddock_shared::names::truncate;
+
+pub const WORKSPACE: &str = "/workspace";
+
+/// Largest upload accepted, in bytes.
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
+/// Normalizes a path given relative to /workspace or absolute within it;
+/// returns the absolute container path. `..` is refused outright.
+pub fn confine(path: &str) -> Result<String> {
+    let trimmed = path.trim();
+    let rel = if trimmed.is_empty() {
+        ""
+    } else if let Some(rest) = trimmed.strip_prefix(WORKSPACE) {
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return Err(outside(path));
+        }
+        rest
+    } else if trimmed.starts_with('/') {
+        return Err(outside(path));
+    } else {
+        trimmed
+    };
+    let mut parts = Vec::new();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(outside(path)),
+            p if p.contains('\0') => return Err(outside(path)),
+            p => parts.push(p),
+        }
+    }
+    Ok(if parts.is_empty() {
+        WORKSPACE.to_owned()
+    } else {
+        format!("{WORKSPACE}/{}", parts.join("/"))
+    })
+}
+
+fn outside(path: &str) -> Error {
+    Error::invalid(format!(
+        "path {:?} is outside /workspace: use a path under /workspace without ..",
+        truncate(path)
+    ))
+}
+
+/// Counts of a checked upload.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub files: i64,
+    pub bytes: i64,
+}
+
+/// Checks a tar archive that will be extracted at `dest` (an absolute path
+/// under /workspace).
+pub fn check_archive(archive: impl std::io::Read, dest: &str) -> Result<Checked> {
+    let mut checked = Checked::default();
+    let mut tar = tar::Archive::new(archive);
+    let entries = tar.entries().map_err(bad_archive)?;
+    for entry in entries {
+        let entry = entry.map_err(bad_archive)?;
+        let name = entry.path().map_err(bad_archive)?.into_owned();
+        let shown = name.to_string_lossy().into_owned();
+        let rel = relative(&name).ok_or_else(|| {
+            Error::invalid(format!(
+                "archive entry {:?} is absolute or contains ..",
+                truncate(&shown)
+            ))
+        })?;
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                checked.files += 1;
+                checked.bytes += entry.size() as i64;
+            }
+            tar::EntryType::Directory => {}
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(bad_archive)?
+                    .ok_or_else(|| Error::invalid(format!("link {shown:?} has no target")))?;
+                let parent = Path::new(dest).join(&rel);
+                let parent = parent.parent().unwrap_or(Path::new(WORKSPACE));
+                if !link_stays_inside(parent, &target) {
+                    return Err(Error::invalid(format!(
+                        "archive entry {:?} links to {:?}, outside /workspace",
+                        truncate(&shown),
+                        truncate(&target.to_string_lossy())
+                    )));
+                }
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(bad_archive)?
+                    .ok_or_else(|| Error::invalid(format!("link {shown:?} has no target")))?;
+                if relative(&target).is_none() {
+                    return Err(Error::invalid(format!(
+                        "archive entry {:?} hard-links outside the archive",
+                        truncate(&shown)
+                    )));
+                }
+            }
+            // PAX and GNU long-name records are consumed by the reader.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            other => {
+                return Err(Error::invalid(format!(
+                    "archive entry {:?} is a {other:?}; only files, directories and links are allowed",
+                    truncate(&shown)
+                )));
+            }
+        }
+    }
+    Ok(checked)
+}
+
+fn bad_archive(e: std::io::Error) -> Error {
+    Error::invalid(format!("not a readable tar archive: {e}"))
+}
+
+/// A relative path with no `..`, root or prefix components.
+fn relative(path: &Path) -> Option<std::path::PathBuf> {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Whether a link at `dir` pointing to `target` resolves, lexically, under
+/// /workspace.
+fn link_stays_inside(dir: &Path, target: &Path) -> bool {
+    let start = if target.is_absolute() {
+        Path::new("/").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    };
+    let mut parts: Vec<std::ffi::OsString> = start
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_os_string()),
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    parts.first().map(|p| p == "workspace").unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_confined_to_the_workspace() {
+        assert_eq!(confine("").expect("ok"), "/workspace");
+        assert_eq!(confine("src/a").expect("ok"), "/workspace/src/a");
+        assert_eq!(confine("/workspace/src/").expect("ok"), "/workspace/src");
+        assert_eq!(confine("./x//y").expect("ok"), "/workspace/x/y");
+        for bad in [
+            "/etc",
+            "../x",
+            "a/../../b",
+            "/workspace/../etc",
+            "/workspacefoo",
+            "a/..",
+        ] {
+            assert!(confine(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().expect("tar")
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, body: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses "..", so write the raw name like a hostile client.
+        let bytes = name.as_bytes();
+        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        h.set_cksum();
+        b.append(&h, body).expect("append");
+    }
+
+    fn link(b: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        b.append(&h, std::io::empty()).expect("append");
+    }
+
+    #[test]
+    fn good_archives_pass() {
+        let a = archive(|b| {
+            file(b, "src/main.rs", b"fn main() {}");
+            link(b, "src/alias", "main.rs");
+            link(b, "abs", "/workspace/src/main.rs");
+        });
+        let checked = check_archive(a.as_slice(), "/workspace").expect("ok");
+        assert_eq!(
+            checked,
+            Checked {
+                files: 1,
+                bytes: 12
+            }
+        );
+    }
+
+    #[test]
+    fn traversal_and_escaping_links_are_refused() {
+        let cases: Vec<Vec<u8>> = vec![
+            archive(|b| file(b, "../evil", b"x")),
+            archive(|b| file(b, "a/../../evil", b"x")),
+            archive(|b| file(b, "/etc/passwd", b"x")),
+            archive(|b| link(b, "escape", "/etc")),
+            archive(|b| link(b, "escape", "../../etc/passwd")),
+            archive(|b| link(b, "a/b", "../../../x")),
+        ];
+        for (i, a) in cases.iter().enumerate() {
+            assert!(
+                check_archive(a.as_slice(), "/workspace").is_err(),
+                "case {i} accepted"
+            );
+        }
+        // The same link is fine one level deeper.
+        let ok = archive(|b| link(b, "a/b", "../x"));
+        check_archive(ok.as_slice(), "/workspace").expect("inside");
+        // A link to ".." from the top escapes.
+        let a = archive(|b| link(b, "up", ".."));
+        assert!(check_archive(a.as_slice(), "/workspace").is_err());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let mut bad = vec![0xffu8; 1024];
+        bad[0] = b'x';
+        assert!(check_archive(bad.as_slice(), "/workspace").is_err());
+    }
+}

@@ -1,0 +1,307 @@
+//! The sandbox runner: agent sessions in hardened Docker containers on the
+//! worker host it runs on, resolved against the agent's policy, supervised
+//! to their end, reconciled with the engine after a restart, and audited.
+#![forbid(unsafe_code)]
+
+pub mod docker;
+mod exec;
+pub mod files;
+mod runner;
+mod service;
+pub mod spec;
+mod store;
+mod workspace;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
+use paddock_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
+use paddock_shared::auth::{
+    self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
+};
+use paddock_shared::db::{Database, Migration};
+use paddock_shared::outbox::Forwarder;
+use paddock_shared::secret::Secret;
+use paddock_shared::server::{self, ServerHandle};
+use tonic_health::ServingStatus;
+
+use crate::runner::{Runner, Tuning};
+use crate::service::Sandboxes;
+
+pub use crate::runner::container_name;
+
+/// The runner's schema migrations, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, paddock_shared::outbox::MIGRATION),
+];
+
+/// Configuration of the sandbox runner.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long = "listen",
+        env = "PADDOCK_SANDBOX_RUNNER_LISTEN",
+        default_value = "127.0.0.1:7103"
+    )]
+    pub listen: SocketAddr,
+    /// Data directory: SQLite database, workspaces, credential files.
+    #[arg(
+        long = "data-dir",
+        env = "PADDOCK_DATA_DIR",
+        default_value = "paddock-data"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; SQLite under the data dir when unset.
+    #[arg(long = "database-url", env = "PADDOCK_SANDBOX_RUNNER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The identity service.
+    #[arg(
+        long = "identity-endpoint",
+        env = "PADDOCK_IDENTITY_ENDPOINT",
+        default_value = "http://127.0.0.1:7101"
+    )]
+    pub identity_endpoint: String,
+    /// The authz service.
+    #[arg(
+        long = "authz-endpoint",
+        env = "PADDOCK_AUTHZ_ENDPOINT",
+        default_value = "http://127.0.0.1:7102"
+    )]
+    pub authz_endpoint: String,
+    /// The audit service the outbox delivers to. Unset: events wait in the
+    /// outbox.
+    #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
+    pub audit_endpoint: Option<String>,
+    /// The Docker Engine socket.
+    #[arg(
+        long = "docker-host",
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+    /// This worker's id; default: kept in {data-dir}/worker-id, made once.
+    #[arg(long = "worker-id", env = "PADDOCK_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// SIGTERM-to-SIGKILL grace period of a stop.
+    #[arg(long = "stop-grace", default_value = "3s", value_parser = paddock_shared::time::parse_duration)]
+    pub stop_grace: Duration,
+    /// How often usage is sampled.
+    #[arg(long = "usage-interval", default_value = "5s", value_parser = paddock_shared::time::parse_duration)]
+    pub usage_interval: Duration,
+    /// How often workspaces are scanned for changes (file.modify events).
+    #[arg(long = "scan-interval", default_value = "2s", value_parser = paddock_shared::time::parse_duration)]
+    pub scan_interval: Duration,
+}
+
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Starts the runner; it calls the other services with `service_token`.
+pub async fn start(
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let (listener, _) = server::bind(config.listen).await?;
+    start_on(listener, config, service_token).await
+}
+
+/// The worker id: configured, or made once and kept in the data dir.
+fn worker_id(config: &Config) -> Result<String, StartError> {
+    if let Some(id) = &config.worker_id {
+        paddock_shared::names::validate_id("worker", id)?;
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("worker-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            std::fs::create_dir_all(&config.data_dir)?;
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Starts on a listener bound beforehand; `config.listen` is unused.
+pub async fn start_on(
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    service_token: &Secret<String>,
+) -> Result<ServerHandle, StartError> {
+    let addr = listener.local_addr()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let worker = worker_id(config)?;
+    let db = Database::connect(
+        "sandbox_runner",
+        &config.data_dir,
+        config.database_url.as_deref(),
+        MIGRATIONS,
+    )
+    .await?;
+
+    let identity_client =
+        auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?;
+    let remote = RemoteIdentity::new(identity_client.clone());
+    let authn = Arc::new(CachedAuthenticator::new(remote));
+    let authz = RemoteAuthz::new(auth::authz_client(
+        &config.authz_endpoint,
+        BearerAuth::new(service_token)?,
+    )?);
+    let policy = PolicyServiceClient::with_interceptor(
+        auth::lazy_channel(&config.authz_endpoint)?,
+        BearerAuth::new(service_token)?,
+    );
+    let forwarder = match &config.audit_endpoint {
+        Some(endpoint) => Some(Forwarder::new(
+            db.pool.clone(),
+            endpoint,
+            BearerAuth::new(service_token)?,
+        )?),
+        None => None,
+    };
+    let audit_wake = forwarder.as_ref().map(Forwarder::waker);
+    let admission = Admission::new(authn.clone(), Arc::new(authz));
+
+    let runner = Arc::new(Runner::new(
+        db.clone(),
+        worker.clone(),
+        config.docker_host.clone(),
+        identity_client,
+        policy,
+        config.data_dir.clone(),
+        Tuning {
+            stop_grace: config.stop_grace,
+            usage_interval: config.usage_interval,
+            scan_interval: config.scan_interval,
+        },
+        audit_wake,
+    ));
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as i64)
+        .unwrap_or(1);
+    store::register_worker(
+        &db.pool,
+        &worker,
+        &hostname,
+        cpus,
+        0,
+        paddock_shared::time::now_micros(),
+    )
+    .await?;
+
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let name = <SandboxServiceServer<Sandboxes> as tonic::server::NamedService>::NAME;
+    let (health, routes) = server::health_and_reflection(&[name]).await;
+    health
+        .set_service_status(name, ServingStatus::NotServing)
+        .await;
+    let sandboxes = Sandboxes {
+        runner: runner.clone(),
+        admission: admission.clone(),
+        closing: closing_rx,
+    };
+    let routes = routes.add_service(
+        SandboxServiceServer::new(sandboxes).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+    );
+
+    // Connect to Docker now when it is there, so the first request after
+    // start finds it; otherwise the watcher keeps trying.
+    connect_engine(&runner, &health, name).await;
+    let mut background = vec![
+        authn.inner().watch(authn.cache()),
+        tokio::spawn(watch_engine(runner.clone(), health, name)),
+        tokio::spawn(heartbeat(runner.clone())),
+    ];
+    background.extend(forwarder.map(Forwarder::spawn));
+    tracing::info!(%addr, worker, docker = config.docker_host, "sandbox runner listening");
+    Ok(ServerHandle::spawn(listener, addr, admission, routes)
+        .with_background(background)
+        .with_closing(closing))
+}
+
+/// Connects, and reconciles once connected. Returns whether Docker is up.
+async fn connect_engine(
+    runner: &Arc<Runner>,
+    health: &tonic_health::server::HealthReporter,
+    name: &str,
+) -> bool {
+    let engine = match docker::Engine::connect(&runner.docker_host) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "Docker Engine not reachable");
+            return false;
+        }
+    };
+    if let Err(e) = engine.ping().await {
+        tracing::warn!(error = %e, "Docker Engine not reachable");
+        return false;
+    }
+    runner.set_engine(Some(engine));
+    if let Err(e) = runner.reconcile().await {
+        tracing::error!(error = %e, "reconciliation with Docker failed");
+    }
+    health
+        .set_service_status(name, ServingStatus::Serving)
+        .await;
+    true
+}
+
+/// Keeps the health status in step with the engine; aborts the sandbox
+/// supervisors when the server stops (the sandboxes keep running and are
+/// re-adopted at the next start).
+async fn watch_engine(
+    runner: Arc<Runner>,
+    health: tonic_health::server::HealthReporter,
+    name: &'static str,
+) {
+    struct AbortOnDrop(Arc<Runner>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort_supervisors();
+        }
+    }
+    let _guard = AbortOnDrop(runner.clone());
+    loop {
+        let up = match runner.engine() {
+            Ok(engine) => engine.ping().await.is_ok(),
+            Err(_) => false,
+        };
+        if up {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        if runner.engine().is_ok() {
+            runner.set_engine(None);
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        if !connect_engine(&runner, &health, name).await {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+async fn heartbeat(runner: Arc<Runner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        if let Err(e) = store::heartbeat(
+            &runner.db.pool,
+            &runner.worker,
+            paddock_shared::time::now_micros(),
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "worker heartbeat failed");
+        }
+    }
+}

@@ -1,0 +1,922 @@
+//! The sandbox lifecycle on one worker host: admission (policy, quota),
+//! creation, the supervisor of each running sandbox (exit, OOM, TTL, usage,
+//! workspace changes), stop, cleanup, and reconciliation with the Docker
+//! Engine after a restart. State lives in the store; every transition is
+//! audited through the outbox and published to watchers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use paddock_proto::audit::v1::{AuditEvent, Outcome};
+use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
+use paddock_proto::authz::v1::{GetEffectivePolicyRequest, HardeningRelaxations, NetworkMode};
+use paddock_proto::identity::v1::{
+    CreateSessionTokenRequest, Principal, PrincipalKind, RevealCredentialRequest,
+    RevokeSessionTokenRequest,
+};
+use paddock_proto::sandbox::v1::{
+    CreateSandboxRequest, EndReason, Sandbox, SandboxSpec, SandboxState,
+};
+use paddock_shared::auth::{BearerAuth, IdentityClient, dependency_status};
+use paddock_shared::db::{Backend, Database};
+use paddock_shared::error::{Error, Result};
+use paddock_shared::names::{child_name, parse_child, parse_org, truncate};
+use paddock_shared::outbox;
+use paddock_shared::time::{now_micros, proto_duration};
+use tokio::sync::{Notify, watch};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::docker::{self, ContainerPlan, Engine};
+use crate::spec::{self, Resolved};
+use crate::store::{self, Ending, Record};
+use crate::workspace::{Layout, Scanner};
+
+pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Tunables of the runner.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub stop_grace: Duration,
+    pub usage_interval: Duration,
+    pub scan_interval: Duration,
+}
+
+/// Everything the runner's RPCs and background tasks share.
+pub struct Runner {
+    pub db: Database,
+    pub worker: String,
+    pub docker_host: String,
+    engine: Mutex<Option<Engine>>,
+    pub identity: IdentityClient,
+    pub policy: PolicyClient,
+    pub layout: Layout,
+    pub tuning: Tuning,
+    pub audit_wake: Option<Arc<Notify>>,
+    /// State of every supervised sandbox, for WatchSandbox.
+    watchers: Mutex<HashMap<String, watch::Sender<Sandbox>>>,
+    /// Supervisor tasks, aborted when the server stops.
+    tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Serializes quota checks with the insert they guard on this runner.
+    admit: tokio::sync::Mutex<()>,
+}
+
+fn event(
+    principal: Option<&Principal>,
+    action: &str,
+    resource: &str,
+    outcome: Outcome,
+    details: serde_json::Value,
+) -> AuditEvent {
+    let mut e = outbox::event("sandbox-runner", principal, action, resource, outcome);
+    e.details_json = details.to_string();
+    e
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new sandbox id: "sb" and 14 base-36 characters.
+fn new_id() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let tail: String = (0..14)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("sb{tail}")
+}
+
+/// Parses the numeric uid of a `uid[:gid]` user, if it is numeric.
+fn numeric_uid(user: &str) -> Option<u32> {
+    user.split(':').next()?.parse().ok()
+}
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Database,
+        worker: String,
+        docker_host: String,
+        identity: IdentityClient,
+        policy: PolicyClient,
+        data_dir: PathBuf,
+        tuning: Tuning,
+        audit_wake: Option<Arc<Notify>>,
+    ) -> Self {
+        Self {
+            db,
+            worker,
+            docker_host,
+            engine: Mutex::new(None),
+            identity,
+            policy,
+            layout: Layout::new(&data_dir),
+            tuning,
+            audit_wake,
+            watchers: Mutex::default(),
+            tasks: Mutex::default(),
+            admit: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The engine, or FAILED_PRECONDITION naming the socket tried.
+    pub fn engine(&self) -> Result<Engine> {
+        lock(&self.engine).clone().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "the Docker Engine at {} is not reachable; sandboxes cannot run on this worker",
+                self.docker_host
+            ))
+        })
+    }
+
+    pub fn set_engine(&self, engine: Option<Engine>) {
+        *lock(&self.engine) = engine;
+    }
+
+    pub fn wake_audit(&self) {
+        if let Some(w) = &self.audit_wake {
+            w.notify_one();
+        }
+    }
+
+    async fn record_event(&self, e: AuditEvent) {
+        if let Err(err) = outbox::record_now(&self.db.pool, &e).await {
+            tracing::error!(action = e.action, error = %err, "cannot record an audit event");
+        }
+        self.wake_audit();
+    }
+
+    /// Publishes a record to its watchers.
+    fn publish(&self, r: &Record) {
+        let mut watchers = lock(&self.watchers);
+        if let Some(tx) = watchers.get(&r.id) {
+            tx.send_replace(r.to_proto());
+        }
+        if !r.is_live() {
+            watchers.remove(&r.id);
+        }
+    }
+
+    /// A receiver of a sandbox's state, when it is supervised here.
+    pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<Sandbox>> {
+        lock(&self.watchers).get(id).map(watch::Sender::subscribe)
+    }
+
+    /// Aborts every supervisor (the sandboxes keep running; a restarted
+    /// runner re-adopts them).
+    pub fn abort_supervisors(&self) {
+        for (_, task) in lock(&self.tasks).drain() {
+            task.abort();
+        }
+    }
+
+    async fn reload(&self, id: &str) -> Result<Record> {
+        store::get_by_id(&self.db.pool, id)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("sandbox {id} vanished from the store")))
+    }
+
+    // ---- create ---------------------------------------------------------
+
+    /// Creates a sandbox for `caller` and returns it once RUNNING (or
+    /// FAILED when Docker would not start it).
+    pub async fn create(
+        self: &Arc<Self>,
+        caller: &Principal,
+        req: CreateSandboxRequest,
+    ) -> Result<Sandbox> {
+        let org = if req.parent.is_empty() {
+            organization_id(caller)?
+        } else {
+            parse_org(&req.parent)?.to_owned()
+        };
+        if org != organization_id(caller)? {
+            return Err(Error::not_found(format!(
+                "organizations/{}",
+                truncate(&org)
+            )));
+        }
+        let mut spec = req.spec.ok_or_else(|| Error::invalid("spec is required"))?;
+        let agent = self.agent_of(caller, &org, &spec)?;
+        spec.agent = child_name(&org, "agents", &agent);
+        if spec.project.is_empty() {
+            return Err(Error::invalid("spec.project is required"));
+        }
+        let project = if spec.project.contains('/') {
+            let (p_org, p) = parse_child(&spec.project, "projects")?;
+            if p_org != org {
+                return Err(Error::not_found(truncate(&spec.project)));
+            }
+            p.to_owned()
+        } else {
+            paddock_shared::names::validate_id("project", &spec.project)?;
+            spec.project.clone()
+        };
+        spec.project = child_name(&org, "projects", &project);
+
+        let engine = self.engine()?;
+        let effective = self
+            .policy
+            .clone()
+            .get_effective_policy(GetEffectivePolicyRequest {
+                agent: spec.agent.clone(),
+            })
+            .await
+            .map_err(|s| Error::from_status(dependency_status("authz", s)))?
+            .into_inner();
+        let policy = effective.policy.unwrap_or_default();
+        let settings = effective.settings.unwrap_or_default();
+        let resolved = match spec::resolve(spec.clone(), &policy) {
+            Ok(r) => r,
+            Err(e) => {
+                self.refused(caller, &org, &spec, &e).await;
+                return Err(e);
+            }
+        };
+
+        let image_user = engine.image_user(&resolved.spec.image).await?;
+        let relax = settings.hardening.clone().unwrap_or_default();
+        let user = match image_user {
+            Some(u) => u,
+            None if relax.allow_root_user => "0:0".to_owned(),
+            None => spec::SANDBOX_USER.to_owned(),
+        };
+        let uid = numeric_uid(&user).unwrap_or(65534);
+
+        // Admission under the quota, and the record, in one step.
+        let id = new_id();
+        let now = now_micros();
+        let record = Record {
+            id: id.clone(),
+            org: org.clone(),
+            agent: agent.clone(),
+            created_by: caller.id.clone(),
+            spec: resolved.spec.clone(),
+            state: SandboxState::Pending,
+            end_reason: EndReason::Unspecified,
+            exit_code: None,
+            message: String::new(),
+            worker: self.worker.clone(),
+            container_id: String::new(),
+            workspace: self
+                .layout
+                .workspace(&org, &id)
+                .to_string_lossy()
+                .into_owned(),
+            create_time: now,
+            start_time: None,
+            end_time: None,
+            expire_time: now + resolved.ttl.as_micros() as i64,
+            cpu_seconds: 0.0,
+            memory_peak: 0,
+            execs: 0,
+        };
+        {
+            let _admit = self.admit.lock().await;
+            let mut tx = self.db.pool.begin().await?;
+            if self.db.backend == Backend::Postgres {
+                // Serializes admissions of one organization across runners.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(&org)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let (in_org, of_agent) = store::count_live(&mut tx, &org, &agent).await?;
+            let max_org = i64::from(settings.max_sandboxes);
+            let max_agent = i64::from(policy.max_sandboxes);
+            let over = if max_org > 0 && in_org >= max_org {
+                Some(format!(
+                    "the organization already runs {in_org} sandboxes, its bound max_sandboxes is {max_org}"
+                ))
+            } else if max_agent > 0 && of_agent >= max_agent {
+                Some(format!(
+                    "agent {agent} already runs {of_agent} sandboxes, its policy's bound max_sandboxes is {max_agent}"
+                ))
+            } else {
+                None
+            };
+            if let Some(msg) = over {
+                drop(tx);
+                let err = Error::ResourceExhausted(msg);
+                self.refused(caller, &org, &spec, &err).await;
+                return Err(err);
+            }
+            store::insert(&mut tx, &record).await?;
+            outbox::record(
+                &mut tx,
+                &event(
+                    Some(caller),
+                    "sandbox.create",
+                    &record.name(),
+                    Outcome::Success,
+                    serde_json::json!({
+                        "agent": resolved.spec.agent,
+                        "project": resolved.spec.project,
+                        "image": resolved.spec.image,
+                        "cpus": resolved.cpus,
+                        "memory_bytes": resolved.memory_bytes,
+                        "pids": resolved.pids,
+                        "ttl_seconds": resolved.ttl.as_secs(),
+                        "network": spec::mode_name(resolved.network),
+                        "credentials": resolved.spec.credentials.iter().map(|c| &c.credential).collect::<Vec<_>>(),
+                        "caches": resolved.spec.caches,
+                    }),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        self.wake_audit();
+
+        let (tx, _) = watch::channel(record.to_proto());
+        lock(&self.watchers).insert(id.clone(), tx);
+
+        match self
+            .start(caller, &engine, &record, &resolved, &user, uid, relax)
+            .await
+        {
+            Ok(container_id) => {
+                let mut conn = self.db.pool.acquire().await?;
+                store::mark_running(&mut conn, &id, &container_id, now_micros()).await?;
+                drop(conn);
+                let running = self.reload(&id).await?;
+                self.record_event(event(
+                    Some(caller),
+                    "sandbox.start",
+                    &running.name(),
+                    Outcome::Success,
+                    serde_json::json!({"worker": self.worker}),
+                ))
+                .await;
+                self.publish(&running);
+                self.supervise(running.clone());
+                Ok(running.to_proto())
+            }
+            Err(e) => {
+                let message = match &e {
+                    Error::Internal(_) | Error::Database(_) => {
+                        "the container could not be started".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                tracing::warn!(sandbox = id, error = %e, "sandbox failed to start");
+                self.finish(
+                    &id,
+                    SandboxState::Failed,
+                    EndReason::StartFailed,
+                    None,
+                    &message,
+                )
+                .await?;
+                let failed = self.reload(&id).await?;
+                // A sandbox that cannot start is the caller's problem to fix
+                // (image, credential): say so rather than return a FAILED one.
+                match e {
+                    Error::FailedPrecondition(_)
+                    | Error::NotFound(_)
+                    | Error::InvalidArgument(_)
+                    | Error::PermissionDenied(_)
+                    | Error::Unavailable(_) => Err(e),
+                    _ => Ok(failed.to_proto()),
+                }
+            }
+        }
+    }
+
+    /// The agent a sandbox runs as: the request's, or the calling agent.
+    fn agent_of(&self, caller: &Principal, org: &str, spec: &SandboxSpec) -> Result<String> {
+        if spec.agent.is_empty() {
+            if caller.kind == PrincipalKind::Agent as i32 {
+                return Ok(caller.id.clone());
+            }
+            return Err(Error::invalid(
+                "spec.agent is required when the caller is not an agent",
+            ));
+        }
+        if spec.agent.contains('/') {
+            let (a_org, a) = parse_child(&spec.agent, "agents")?;
+            if a_org != org {
+                return Err(Error::not_found(truncate(&spec.agent)));
+            }
+            Ok(a.to_owned())
+        } else {
+            paddock_shared::names::validate_id("agent", &spec.agent)?;
+            Ok(spec.agent.clone())
+        }
+    }
+
+    async fn refused(&self, caller: &Principal, org: &str, spec: &SandboxSpec, err: &Error) {
+        let outcome = match err {
+            Error::PermissionDenied(_)
+            | Error::ResourceExhausted(_)
+            | Error::InvalidArgument(_) => Outcome::Denied,
+            _ => Outcome::Failure,
+        };
+        let mut e = event(
+            Some(caller),
+            "sandbox.create",
+            &format!("organizations/{org}/sandboxes"),
+            outcome,
+            serde_json::json!({
+                "agent": spec.agent,
+                "image": spec.image,
+                "reason": err.to_string(),
+            }),
+        );
+        e.error_code = paddock_shared::names::code_name(err.code()).to_owned();
+        self.record_event(e).await;
+    }
+
+    /// Prepares host files, token and network, and starts the container.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        caller: &Principal,
+        engine: &Engine,
+        record: &Record,
+        resolved: &Resolved,
+        user: &str,
+        uid: u32,
+        relax: HardeningRelaxations,
+    ) -> Result<String> {
+        let name = record.name();
+        let workspace = self.layout.create_workspace(&record.org, &record.id, uid)?;
+
+        let mut credentials = Vec::new();
+        for (i, mount) in resolved.spec.credentials.iter().enumerate() {
+            let credential = if mount.credential.contains('/') {
+                mount.credential.clone()
+            } else {
+                child_name(&record.org, "credentials", &mount.credential)
+            };
+            let revealed = self
+                .identity
+                .clone()
+                .reveal_credential(RevealCredentialRequest {
+                    name: credential.clone(),
+                    sandbox: name.clone(),
+                })
+                .await
+                .map_err(|s| Error::from_status(dependency_status("identity", s)))?
+                .into_inner();
+            let path = self
+                .layout
+                .write_credential(&record.id, i, &revealed.value, uid)?;
+            credentials.push((
+                path.to_string_lossy().into_owned(),
+                spec::credential_target(mount)?,
+            ));
+        }
+
+        let token = self
+            .identity
+            .clone()
+            .create_session_token(CreateSessionTokenRequest {
+                agent: record.agent_name(),
+                sandbox: name.clone(),
+                ttl: Some(proto_duration(resolved.ttl + Duration::from_secs(60))),
+            })
+            .await
+            .map_err(|s| Error::from_status(dependency_status("identity", s)))?
+            .into_inner();
+
+        let mut caches = Vec::new();
+        for cache in &resolved.spec.caches {
+            let volume = engine
+                .cache_volume(&record.org, cache, &self.worker, uid)
+                .await?;
+            caches.push((volume, format!("/cache/{cache}")));
+        }
+
+        let labels = HashMap::from([
+            (docker::LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (docker::LABEL_ORG.to_owned(), record.org.clone()),
+            (docker::LABEL_SANDBOX.to_owned(), record.id.clone()),
+            (docker::LABEL_WORKER.to_owned(), self.worker.clone()),
+        ]);
+        let network = if resolved.network == NetworkMode::Open {
+            let net = network_name(&record.id);
+            engine.create_network(&net, labels.clone()).await?;
+            net
+        } else {
+            "none".to_owned()
+        };
+
+        let mut env: Vec<String> = resolved
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.sort();
+        for (k, v) in spec::cache_env(&resolved.spec.caches) {
+            env.push(format!("{k}={v}"));
+        }
+        env.push(format!("HOME={}", spec::SANDBOX_HOME));
+        env.push(format!("PADDOCK_SANDBOX={name}"));
+        env.push(format!("PADDOCK_TOKEN={}", token.secret));
+
+        let plan = ContainerPlan {
+            name: container_name(&record.org, &record.id),
+            image: resolved.spec.image.clone(),
+            command: resolved.spec.command.clone(),
+            env,
+            workdir: resolved.spec.workdir.clone(),
+            user: user.to_owned(),
+            labels,
+            cpus: resolved.cpus,
+            memory_bytes: resolved.memory_bytes,
+            pids: resolved.pids,
+            network,
+            workspace: workspace.to_string_lossy().into_owned(),
+            credentials,
+            caches,
+            relax,
+            uid,
+        };
+        let _ = caller;
+        engine.create_start(&plan).await
+    }
+
+    // ---- supervision ----------------------------------------------------
+
+    /// Watches a running sandbox until it ends.
+    pub fn supervise(self: &Arc<Self>, record: Record) {
+        let id = record.id.clone();
+        lock(&self.watchers)
+            .entry(id.clone())
+            .or_insert_with(|| watch::channel(record.to_proto()).0);
+        let runner = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = runner.run_supervisor(record).await {
+                tracing::error!(error = %e, "sandbox supervisor failed");
+            }
+        });
+        lock(&self.tasks).insert(id, task.abort_handle());
+    }
+
+    async fn run_supervisor(self: Arc<Self>, record: Record) -> Result<()> {
+        let engine = self.engine()?;
+        let id = record.id.clone();
+        let container = record.container_id.clone();
+        let mut scanner = Scanner::new(PathBuf::from(&record.workspace));
+        let expire_in = Duration::from_micros((record.expire_time - now_micros()).max(0) as u64);
+        let ttl = tokio::time::sleep(expire_in);
+        tokio::pin!(ttl);
+        let mut ttl_fired = false;
+        let mut usage = tokio::time::interval(self.tuning.usage_interval);
+        let mut scan = tokio::time::interval(self.tuning.scan_interval);
+        let wait = engine.wait(&container);
+        tokio::pin!(wait);
+        let exit = loop {
+            tokio::select! {
+                exit = &mut wait => break exit,
+                _ = &mut ttl, if !ttl_fired => {
+                    ttl_fired = true;
+                    if store::mark_stopping(&self.db.pool, &id, EndReason::TtlExpired).await? {
+                        let r = self.reload(&id).await?;
+                        self.publish(&r);
+                        self.record_event(event(None, "sandbox.ttl_expired", &r.name(), Outcome::Success, serde_json::json!({}))).await;
+                    }
+                    let runner = self.clone();
+                    let container = container.clone();
+                    tokio::spawn(async move {
+                        if let Ok(engine) = runner.engine() {
+                            let _ = engine.stop(&container, runner.tuning.stop_grace).await;
+                        }
+                    });
+                }
+                _ = usage.tick() => {
+                    if let Some((cpu, mem)) = engine.sample(&container).await {
+                        store::record_usage(&self.db.pool, &id, cpu, mem).await?;
+                    }
+                }
+                _ = scan.tick() => self.report_changes(&record, &mut scanner).await,
+            }
+        };
+        self.report_changes(&record, &mut scanner).await;
+        let state = engine.state(&container).await?;
+        let current = self.reload(&id).await?;
+        let (reason, exit_code, message) = match (exit?, state) {
+            (_, Some(s)) if s.oom_killed => (
+                EndReason::OomKilled,
+                Some(s.exit_code),
+                "the memory limit was reached".to_owned(),
+            ),
+            (code, s) => {
+                let code = code.or(s.map(|s| s.exit_code));
+                let reason = match current.end_reason {
+                    EndReason::Unspecified => {
+                        if code.is_some() {
+                            EndReason::Exited
+                        } else {
+                            EndReason::RunnerLost
+                        }
+                    }
+                    r => r,
+                };
+                (reason, code, String::new())
+            }
+        };
+        if reason == EndReason::OomKilled {
+            self.record_event(event(None, "sandbox.oom", &record.name(), Outcome::Failure, serde_json::json!({"memory_bytes": record.spec.resources.as_ref().map(|r| r.memory_bytes)}))).await;
+        }
+        self.finish(&id, SandboxState::Stopped, reason, exit_code, &message)
+            .await?;
+        lock(&self.tasks).remove(&id);
+        Ok(())
+    }
+
+    async fn report_changes(&self, record: &Record, scanner: &mut Scanner) {
+        const MAX_EVENTS_PER_SCAN: usize = 100;
+        let scanner_changes = {
+            let mut s = std::mem::replace(scanner, Scanner::new(PathBuf::new()));
+            let changes = tokio::task::spawn_blocking(move || {
+                let c = s.scan();
+                (s, c)
+            })
+            .await;
+            match changes {
+                Ok((s, c)) => {
+                    *scanner = s;
+                    c
+                }
+                Err(_) => return,
+            }
+        };
+        let total = scanner_changes.len();
+        for change in scanner_changes.iter().take(MAX_EVENTS_PER_SCAN) {
+            self.record_event(event(
+                None,
+                "file.modify",
+                &record.name(),
+                Outcome::Success,
+                serde_json::json!({
+                    "path": format!("/workspace/{}", change.path),
+                    "operation": change.operation,
+                    "size": change.size,
+                }),
+            ))
+            .await;
+        }
+        if total > MAX_EVENTS_PER_SCAN {
+            self.record_event(event(
+                None,
+                "file.modify",
+                &record.name(),
+                Outcome::Success,
+                serde_json::json!({"more_changes": total - MAX_EVENTS_PER_SCAN}),
+            ))
+            .await;
+        }
+    }
+
+    // ---- stop and cleanup -----------------------------------------------
+
+    /// Stops a sandbox and returns it once it has ended.
+    pub async fn stop(
+        self: &Arc<Self>,
+        caller: Option<&Principal>,
+        record: Record,
+        grace: Duration,
+        reason: EndReason,
+    ) -> Result<Sandbox> {
+        if !record.is_live() {
+            return Ok(record.to_proto());
+        }
+        let mut rx = self.subscribe(&record.id);
+        if store::mark_stopping(&self.db.pool, &record.id, reason).await? {
+            let r = self.reload(&record.id).await?;
+            self.publish(&r);
+            self.record_event(event(
+                caller,
+                "sandbox.stop",
+                &r.name(),
+                Outcome::Success,
+                serde_json::json!({"grace_seconds": grace.as_secs()}),
+            ))
+            .await;
+        }
+        let supervised = lock(&self.tasks).contains_key(&record.id);
+        if !record.container_id.is_empty() {
+            self.engine()?.stop(&record.container_id, grace).await?;
+        }
+        if supervised && let Some(rx) = rx.as_mut() {
+            // The supervisor sees the exit and finishes the record.
+            let ended = tokio::time::timeout(
+                grace + Duration::from_secs(30),
+                rx.wait_for(|s| {
+                    s.state == SandboxState::Stopped as i32
+                        || s.state == SandboxState::Failed as i32
+                }),
+            )
+            .await;
+            if let Ok(Ok(s)) = ended {
+                return Ok(s.clone());
+            }
+        }
+        // Nobody supervises it: finish here.
+        let state = match &record.container_id {
+            id if id.is_empty() => None,
+            id => self.engine()?.state(id).await?,
+        };
+        self.finish(
+            &record.id,
+            SandboxState::Stopped,
+            reason,
+            state.map(|s| s.exit_code),
+            "",
+        )
+        .await?;
+        Ok(self.reload(&record.id).await?.to_proto())
+    }
+
+    /// Ends a sandbox once: records the final state and removes its
+    /// container, network, token, credentials and (unless kept) workspace.
+    pub async fn finish(
+        &self,
+        id: &str,
+        state: SandboxState,
+        reason: EndReason,
+        exit_code: Option<i64>,
+        message: &str,
+    ) -> Result<()> {
+        let record = self.reload(id).await?;
+        let mut tx = self.db.pool.begin().await?;
+        let won = store::mark_ended(
+            &mut tx,
+            id,
+            &Ending {
+                state,
+                reason,
+                exit_code,
+                message,
+                now: now_micros(),
+            },
+        )
+        .await?;
+        if !won {
+            return Ok(());
+        }
+        let action = if state == SandboxState::Failed {
+            "sandbox.fail"
+        } else {
+            "sandbox.end"
+        };
+        outbox::record(
+            &mut tx,
+            &event(
+                None,
+                action,
+                &record.name(),
+                if state == SandboxState::Failed { Outcome::Failure } else { Outcome::Success },
+                serde_json::json!({
+                    "reason": EndReason::try_from(reason as i32).map(|r| r.as_str_name()).unwrap_or(""),
+                    "exit_code": exit_code,
+                    "message": message,
+                }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.wake_audit();
+        self.cleanup(&record).await;
+        let ended = self.reload(id).await?;
+        self.publish(&ended);
+        Ok(())
+    }
+
+    async fn cleanup(&self, record: &Record) {
+        if let Ok(engine) = self.engine() {
+            if !record.container_id.is_empty()
+                && let Err(e) = engine.remove(&record.container_id).await
+            {
+                tracing::warn!(sandbox = record.id, error = %e, "cannot remove the container");
+            }
+            if let Err(e) = engine.remove_network(&network_name(&record.id)).await {
+                tracing::warn!(sandbox = record.id, error = %e, "cannot remove the network");
+            }
+        }
+        let revoked = self
+            .identity
+            .clone()
+            .revoke_session_token(RevokeSessionTokenRequest {
+                sandbox: record.name(),
+            })
+            .await;
+        if let Err(s) = revoked {
+            // The token expires with the TTL anyway; retry at reconcile.
+            tracing::warn!(sandbox = record.id, code = ?s.code(), "cannot revoke the session token");
+        }
+        self.layout.remove_credentials(&record.id);
+        if !record.spec.keep_workspace {
+            self.layout.remove_workspace(&record.org, &record.id);
+        }
+    }
+
+    // ---- reconciliation -------------------------------------------------
+
+    /// Brings the store and the engine into agreement after a (re)start:
+    /// re-adopts running containers with a live record, finishes records
+    /// whose container exited or vanished, and removes labelled containers
+    /// and networks with no live record.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let engine = self.engine()?;
+        let containers = engine.labelled_containers(&self.worker).await?;
+        let live = store::live_on_worker(&self.db.pool, &self.worker).await?;
+        let by_sandbox: HashMap<&str, &docker::Labelled> =
+            containers.iter().map(|c| (c.sandbox.as_str(), c)).collect();
+
+        for record in &live {
+            let container = by_sandbox.get(record.id.as_str());
+            let state = match container {
+                Some(c) => engine.state(&c.id).await?,
+                None => None,
+            };
+            match (container, state) {
+                (Some(c), Some(s)) if s.running && record.state != SandboxState::Pending => {
+                    let mut adopted = record.clone();
+                    if adopted.container_id.is_empty() {
+                        let mut conn = self.db.pool.acquire().await?;
+                        store::mark_running(&mut conn, &record.id, &c.id, now_micros()).await?;
+                        adopted = self.reload(&record.id).await?;
+                    }
+                    if !lock(&self.tasks).contains_key(&record.id) {
+                        tracing::info!(sandbox = record.id, "re-adopting a running sandbox");
+                        self.supervise(adopted);
+                    }
+                }
+                (Some(c), Some(s)) => {
+                    let mut r = record.clone();
+                    r.container_id = c.id.clone();
+                    let reason = if s.oom_killed {
+                        EndReason::OomKilled
+                    } else if record.end_reason != EndReason::Unspecified {
+                        record.end_reason
+                    } else if s.running {
+                        EndReason::RunnerLost
+                    } else {
+                        EndReason::Exited
+                    };
+                    if s.running {
+                        engine.stop(&c.id, self.tuning.stop_grace).await?;
+                    }
+                    self.finish(&r.id, SandboxState::Stopped, reason, Some(s.exit_code), "")
+                        .await?;
+                }
+                _ => {
+                    self.finish(
+                        &record.id,
+                        SandboxState::Failed,
+                        EndReason::RunnerLost,
+                        None,
+                        "the container vanished while the runner was away",
+                    )
+                    .await?;
+                }
+            }
+        }
+
+        let live_ids: std::collections::HashSet<String> =
+            store::live_on_worker(&self.db.pool, &self.worker)
+                .await?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+        for c in &containers {
+            if !live_ids.contains(&c.sandbox) {
+                tracing::info!(
+                    container = c.id,
+                    sandbox = c.sandbox,
+                    "removing an orphaned container"
+                );
+                engine.remove(&c.id).await?;
+            }
+        }
+        for (network, sandbox) in engine.labelled_networks(&self.worker).await? {
+            if !live_ids.contains(&sandbox) {
+                engine.remove_network(&network).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The organization id of an org principal.
+pub fn organization_id(caller: &Principal) -> Result<String> {
+    Ok(parse_org(&caller.organization)
+        .map_err(|_| Error::PermissionDenied("the caller belongs to no organization".into()))?
+        .to_owned())
+}
+
+pub fn container_name(org: &str, id: &str) -> String {
+    format!("paddock-{org}-{id}")
+}
+
+pub fn network_name(id: &str) -> String {
+    format!("paddock-{id}")
+}

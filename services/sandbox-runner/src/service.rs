@@ -1,0 +1,559 @@
+//! The `SandboxService` RPCs: resource-level checks (ownership, another
+//! organization answered as NOT_FOUND), then the runner does the work.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
+use futures_util::{Stream, StreamExt};
+use paddock_proto::audit::v1::Outcome;
+use paddock_proto::identity::v1::Principal;
+use paddock_proto::sandbox::v1::sandbox_service_server::SandboxService;
+use paddock_proto::sandbox::v1::*;
+use paddock_shared::auth::{Admission, caller};
+use paddock_shared::error::{Error, Result};
+use paddock_shared::names::{parse_child, parse_org, truncate};
+use paddock_shared::outbox;
+use paddock_shared::time::duration;
+use tokio::io::AsyncWriteExt as _;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::exec::{self, ExecStream};
+use crate::files;
+use crate::runner::{Runner, organization_id};
+use crate::store::{self, Record};
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+const MAX_GRACE: Duration = Duration::from_secs(30);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC face of the runner.
+pub struct Sandboxes {
+    pub runner: Arc<Runner>,
+    pub admission: Admission,
+    /// True once the server is shutting down: watch streams end.
+    pub closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What the caller wants to do with a sandbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Read,
+    Manage,
+}
+
+impl Sandboxes {
+    /// Loads a sandbox the caller may see (read) or manage. Another
+    /// organization's sandbox, or a missing one, is NOT_FOUND.
+    async fn authorized(
+        &self,
+        principal: &Principal,
+        name: &str,
+        intent: Intent,
+    ) -> Result<Record> {
+        let (org, id) = parse_child(name, "sandboxes")?;
+        let not_found = || Error::not_found(truncate(name));
+        if organization_id(principal)? != org {
+            return Err(not_found());
+        }
+        let record = store::get(&self.runner.db.pool, org, id)
+            .await?
+            .ok_or_else(not_found)?;
+        let owner = record.owner_for(&principal.id).to_owned();
+        let permission = match intent {
+            Intent::Read if owner == principal.id => return Ok(record),
+            Intent::Read => "sessions.read",
+            Intent::Manage => "sessions.manage_own",
+        };
+        // sessions.manage covers sessions.manage_own for anyone's sandbox;
+        // sessions.manage_own alone only for one's own.
+        self.admission
+            .require(principal, permission, &record.name(), &owner)
+            .await
+            .map_err(Error::from_status)?;
+        Ok(record)
+    }
+}
+
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    caller(req).cloned()
+}
+
+#[tonic::async_trait]
+impl SandboxService for Sandboxes {
+    async fn create_sandbox(
+        &self,
+        request: Request<CreateSandboxRequest>,
+    ) -> Result<Response<CreateSandboxResponse>, Status> {
+        let caller = principal(&request)?;
+        let sandbox = self.runner.create(&caller, request.into_inner()).await?;
+        Ok(Response::new(CreateSandboxResponse {
+            sandbox: Some(sandbox),
+        }))
+    }
+
+    async fn get_sandbox(
+        &self,
+        request: Request<GetSandboxRequest>,
+    ) -> Result<Response<GetSandboxResponse>, Status> {
+        let caller = principal(&request)?;
+        let record = self
+            .authorized(&caller, &request.get_ref().name, Intent::Read)
+            .await?;
+        Ok(Response::new(GetSandboxResponse {
+            sandbox: Some(record.to_proto()),
+        }))
+    }
+
+    async fn list_sandboxes(
+        &self,
+        request: Request<ListSandboxesRequest>,
+    ) -> Result<Response<ListSandboxesResponse>, Status> {
+        let caller = principal(&request)?;
+        let req = request.into_inner();
+        let org = organization_id(&caller)?;
+        if !req.parent.is_empty() && parse_org(&req.parent)? != org {
+            return Err(Error::not_found(truncate(&req.parent)).into());
+        }
+        let agent = if req.agent.is_empty() {
+            None
+        } else if req.agent.contains('/') {
+            let (a_org, a) = parse_child(&req.agent, "agents")?;
+            if a_org != org {
+                return Err(Error::not_found(truncate(&req.agent)).into());
+            }
+            Some(a.to_owned())
+        } else {
+            Some(req.agent.clone())
+        };
+        // Without sessions.read the caller sees its own sandboxes only.
+        let sees_all = self
+            .admission
+            .allows(&caller, "sessions.read", &caller.organization, "")
+            .await?;
+        let limit = match req.page_size {
+            n if n < 0 => return Err(Error::invalid("page_size must not be negative").into()),
+            0 => DEFAULT_PAGE,
+            n => i64::from(n).min(MAX_PAGE),
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_page(&req.page_token).ok_or_else(|| Error::invalid("invalid page_token"))?)
+        };
+        let mut rows = store::list(
+            &self.runner.db.pool,
+            &store::ListFilter {
+                org: &org,
+                agent: agent.as_deref(),
+                own: (!sees_all).then_some(caller.id.as_str()),
+                show_ended: req.show_ended,
+                after,
+                limit: limit + 1,
+            },
+        )
+        .await?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last()
+                .map(|r| encode_page(r.create_time, &r.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListSandboxesResponse {
+            sandboxes: rows.iter().map(Record::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn stop_sandbox(
+        &self,
+        request: Request<StopSandboxRequest>,
+    ) -> Result<Response<StopSandboxResponse>, Status> {
+        let caller = principal(&request)?;
+        let req = request.into_inner();
+        let record = self.authorized(&caller, &req.name, Intent::Manage).await?;
+        let grace = match req.grace_period.as_ref() {
+            None => self.runner.tuning.stop_grace,
+            Some(d) => duration(d)
+                .filter(|d| *d <= MAX_GRACE)
+                .ok_or_else(|| Error::invalid("grace_period must be between 0 and 30s"))?,
+        };
+        let sandbox = self
+            .runner
+            .stop(Some(&caller), record, grace, EndReason::StoppedByUser)
+            .await?;
+        Ok(Response::new(StopSandboxResponse {
+            sandbox: Some(sandbox),
+        }))
+    }
+
+    async fn delete_sandbox(
+        &self,
+        request: Request<DeleteSandboxRequest>,
+    ) -> Result<Response<DeleteSandboxResponse>, Status> {
+        let caller = principal(&request)?;
+        let record = self
+            .authorized(&caller, &request.get_ref().name, Intent::Manage)
+            .await?;
+        let name = record.name();
+        let (org, id) = (record.org.clone(), record.id.clone());
+        if record.is_live() {
+            self.runner
+                .stop(
+                    Some(&caller),
+                    record,
+                    self.runner.tuning.stop_grace,
+                    EndReason::StoppedByUser,
+                )
+                .await?;
+        }
+        let mut tx = self.runner.db.pool.begin().await.map_err(Error::from)?;
+        store::delete(&mut tx, &id).await?;
+        let event = outbox::event(
+            "sandbox-runner",
+            Some(&caller),
+            "sandbox.delete",
+            &name,
+            Outcome::Success,
+        );
+        outbox::record(&mut tx, &event).await.map_err(Error::from)?;
+        tx.commit().await.map_err(Error::from)?;
+        self.runner.wake_audit();
+        self.runner.layout.remove_workspace(&org, &id);
+        Ok(Response::new(DeleteSandboxResponse {}))
+    }
+
+    type WatchSandboxStream = BoxStream<WatchSandboxResponse>;
+
+    async fn watch_sandbox(
+        &self,
+        request: Request<WatchSandboxRequest>,
+    ) -> Result<Response<Self::WatchSandboxStream>, Status> {
+        let caller = principal(&request)?;
+        let record = self
+            .authorized(&caller, &request.get_ref().name, Intent::Read)
+            .await?;
+        let first = record.to_proto();
+        let mut closing = self.closing.clone();
+        let rx = if record.is_live() {
+            self.runner.subscribe(&record.id)
+        } else {
+            None
+        };
+        let stream = async_stream(first, rx, async move {
+            let _ = closing.wait_for(|c| *c).await;
+        });
+        Ok(Response::new(stream))
+    }
+
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = principal(&request)?;
+        let mut input = request.into_inner();
+        let start = match input.next().await {
+            Some(Ok(ExecRequest {
+                message: Some(exec_request::Message::Start(start)),
+            })) => start,
+            Some(Err(s)) => return Err(s),
+            _ => {
+                return Err(Error::invalid("the first Exec message must be a start").into());
+            }
+        };
+        exec::validate(&start)?;
+        let record = self
+            .authorized(&caller, &start.sandbox, Intent::Manage)
+            .await?;
+        if record.state != SandboxState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {} is not running",
+                record.name()
+            ))
+            .into());
+        }
+        let stream = exec::run(self.runner.clone(), caller, record, start, input).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn upload_files(
+        &self,
+        request: Request<Streaming<UploadFilesRequest>>,
+    ) -> Result<Response<UploadFilesResponse>, Status> {
+        let caller = principal(&request)?;
+        let mut input = request.into_inner();
+        let start = match input.next().await {
+            Some(Ok(UploadFilesRequest {
+                message: Some(upload_files_request::Message::Start(start)),
+            })) => start,
+            Some(Err(s)) => return Err(s),
+            _ => {
+                return Err(Error::invalid("the first UploadFiles message must be a start").into());
+            }
+        };
+        let dest = files::confine(&start.path)?;
+        let record = self
+            .authorized(&caller, &start.sandbox, Intent::Manage)
+            .await?;
+        if record.container_id.is_empty() || !record.is_live() {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {} is not running",
+                record.name()
+            ))
+            .into());
+        }
+        // Spool to a private temp file, check every entry, then hand the
+        // archive to Docker.
+        let spool = tempfile::NamedTempFile::new().map_err(|e| Error::Internal(e.to_string()))?;
+        let mut file =
+            tokio::fs::File::from_std(spool.reopen().map_err(|e| Error::Internal(e.to_string()))?);
+        let mut total: u64 = 0;
+        while let Some(msg) = input.next().await {
+            match msg?.message {
+                Some(upload_files_request::Message::Chunk(bytes)) => {
+                    total += bytes.len() as u64;
+                    if total > files::MAX_UPLOAD_BYTES {
+                        return Err(Error::ResourceExhausted(format!(
+                            "upload larger than {} bytes",
+                            files::MAX_UPLOAD_BYTES
+                        ))
+                        .into());
+                    }
+                    file.write_all(&bytes)
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                }
+                _ => return Err(Error::invalid("only chunks may follow the start").into()),
+            }
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        drop(file);
+        let path = spool.path().to_path_buf();
+        let dest_for_check = dest.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path).map_err(|e| Error::Internal(e.to_string()))?;
+            files::check_archive(std::io::BufReader::new(f), &dest_for_check)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+
+        let engine = self.runner.engine()?;
+        // The destination directory must exist; make it as the sandbox user.
+        if dest != files::WORKSPACE {
+            mkdir_in(&engine, &record, &dest).await?;
+        }
+        let body = tokio::fs::read(spool.path())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        engine
+            .docker()
+            .upload_to_container(
+                &record.container_id,
+                Some(UploadToContainerOptions {
+                    path: dest.clone(),
+                    no_overwrite_dir_non_dir: Some("true".into()),
+                    ..Default::default()
+                }),
+                bollard::body_full(body.into()),
+            )
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot write into {dest}: {e}")))?;
+        let mut event = outbox::event(
+            "sandbox-runner",
+            Some(&caller),
+            "sandbox.upload",
+            &record.name(),
+            Outcome::Success,
+        );
+        event.details_json =
+            serde_json::json!({"path": dest, "files": checked.files, "bytes": checked.bytes})
+                .to_string();
+        let _ = outbox::record_now(&self.runner.db.pool, &event).await;
+        self.runner.wake_audit();
+        Ok(Response::new(UploadFilesResponse {
+            files: checked.files,
+            bytes: checked.bytes,
+        }))
+    }
+
+    type DownloadFilesStream = BoxStream<DownloadFilesResponse>;
+
+    async fn download_files(
+        &self,
+        request: Request<DownloadFilesRequest>,
+    ) -> Result<Response<Self::DownloadFilesStream>, Status> {
+        let caller = principal(&request)?;
+        let req = request.into_inner();
+        let path = files::confine(&req.path)?;
+        let record = self
+            .authorized(&caller, &req.sandbox, Intent::Manage)
+            .await?;
+        if record.container_id.is_empty() || !record.is_live() {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {} is not running",
+                record.name()
+            ))
+            .into());
+        }
+        let engine = self.runner.engine()?;
+        let mut stream = engine.docker().download_from_container(
+            &record.container_id,
+            Some(DownloadFromContainerOptions { path: path.clone() }),
+        );
+        // Surface a missing path as an error rather than an empty stream.
+        let first = match stream.next().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            })) => {
+                return Err(Error::not_found(path).into());
+            }
+            Some(Err(e)) => {
+                return Err(Error::FailedPrecondition(format!("cannot read {path}: {e}")).into());
+            }
+            None => bytes::Bytes::new(),
+        };
+        let out = futures_util::stream::once(async move { Ok::<_, bollard::errors::Error>(first) })
+            .chain(stream)
+            .map(|r| {
+                r.map(|chunk| DownloadFilesResponse {
+                    chunk: chunk.to_vec(),
+                })
+                .map_err(|e| Status::unavailable(format!("reading from the sandbox failed: {e}")))
+            });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        let caller = principal(&request)?;
+        let mut record = self
+            .authorized(&caller, &request.get_ref().name, Intent::Read)
+            .await?;
+        if record.is_live()
+            && !record.container_id.is_empty()
+            && let Ok(engine) = self.runner.engine()
+            && let Some((cpu, mem)) = engine.sample(&record.container_id).await
+        {
+            store::record_usage(&self.runner.db.pool, &record.id, cpu, mem).await?;
+            record.cpu_seconds = record.cpu_seconds.max(cpu);
+            record.memory_peak = record.memory_peak.max(mem);
+        }
+        let end = record
+            .end_time
+            .unwrap_or_else(paddock_shared::time::now_micros);
+        let wall = record
+            .start_time
+            .map(|s| Duration::from_micros((end - s).max(0) as u64))
+            .unwrap_or_default();
+        Ok(Response::new(GetUsageResponse {
+            usage: Some(Usage {
+                cpu_seconds: record.cpu_seconds,
+                memory_peak_bytes: record.memory_peak,
+                wall_time: Some(paddock_shared::time::proto_duration(wall)),
+                execs: record.execs,
+            }),
+        }))
+    }
+}
+
+/// Creates a directory under /workspace as the sandbox user.
+async fn mkdir_in(engine: &crate::docker::Engine, record: &Record, dir: &str) -> Result<()> {
+    use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+    let docker = engine.docker();
+    let exec = docker
+        .create_exec(
+            &record.container_id,
+            CreateExecOptions {
+                cmd: Some(vec![
+                    "mkdir".to_owned(),
+                    "-p".to_owned(),
+                    "--".to_owned(),
+                    dir.to_owned(),
+                ]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| Error::FailedPrecondition(format!("cannot create {dir}: {e}")))?;
+    if let Ok(StartExecResults::Attached { mut output, .. }) = docker
+        .start_exec(&exec.id, Some(StartExecOptions::default()))
+        .await
+    {
+        while output.next().await.is_some() {}
+    }
+    Ok(())
+}
+
+fn encode_page(time: i64, id: &str) -> String {
+    paddock_shared::hex::encode(format!("{time}:{id}").as_bytes())
+}
+
+fn decode_page(token: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(paddock_shared::hex::decode(token)?).ok()?;
+    let (time, id) = text.split_once(':')?;
+    paddock_shared::names::validate_id("sandbox", id).ok()?;
+    Some((time.parse().ok()?, id.to_owned()))
+}
+
+/// The first state, then every change until a terminal state or shutdown.
+fn async_stream(
+    first: Sandbox,
+    rx: Option<tokio::sync::watch::Receiver<Sandbox>>,
+    closing: impl std::future::Future<Output = ()> + Send + 'static,
+) -> BoxStream<WatchSandboxResponse> {
+    let (tx, out) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let terminal = |s: &Sandbox| {
+            s.state == SandboxState::Stopped as i32 || s.state == SandboxState::Failed as i32
+        };
+        let mut last = first.clone();
+        if tx
+            .send(Ok(WatchSandboxResponse {
+                sandbox: Some(first),
+            }))
+            .await
+            .is_err()
+            || terminal(&last)
+        {
+            return;
+        }
+        let Some(mut rx) = rx else { return };
+        tokio::pin!(closing);
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    let current = rx.borrow_and_update().clone();
+                    if changed.is_err() && current == last {
+                        return;
+                    }
+                    if current != last {
+                        last = current.clone();
+                        if tx.send(Ok(WatchSandboxResponse { sandbox: Some(current) })).await.is_err() {
+                            return;
+                        }
+                    }
+                    if terminal(&last) || changed.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut closing => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
+}

@@ -1,0 +1,265 @@
+//! Host-side files of a sandbox: its workspace directory (mounted at
+//! /workspace), its credential files (mounted read-only, from a directory
+//! only the runner can read), and the scanner that turns workspace changes
+//! into coalesced `file.modify` events. The scanner reads metadata only,
+//! never contents, and never follows links the sandbox made.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use paddock_shared::error::{Error, Result};
+
+/// Where the runner keeps per-sandbox host files.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+fn io(what: &str, e: std::io::Error) -> Error {
+    Error::Internal(format!("{what}: {e}"))
+}
+
+impl Layout {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn workspace(&self, org: &str, id: &str) -> PathBuf {
+        self.root.join("workspaces").join(org).join(id)
+    }
+
+    fn credentials_dir(&self, id: &str) -> PathBuf {
+        self.root.join("credentials").join(id)
+    }
+
+    /// Creates the workspace, owned by the sandbox user (mode 0700).
+    pub fn create_workspace(&self, org: &str, id: &str, uid: u32) -> Result<PathBuf> {
+        let dir = self.workspace(org, id);
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the workspace", e))?;
+        hand_to(&dir, uid, 0o700)?;
+        Ok(dir)
+    }
+
+    /// Writes a credential value into a file only the sandbox user can read,
+    /// in a directory only the runner can enter. Returns the host path.
+    pub fn write_credential(
+        &self,
+        id: &str,
+        index: usize,
+        value: &[u8],
+        uid: u32,
+    ) -> Result<PathBuf> {
+        let dir = self.credentials_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the credentials directory", e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("securing the credentials directory", e))?;
+        let path = dir.join(format!("{index}"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(|e| io("writing a credential file", e))?;
+        file.write_all(value)
+            .map_err(|e| io("writing a credential file", e))?;
+        hand_to(&path, uid, 0o400)?;
+        Ok(path)
+    }
+
+    /// Removes the credential files of a sandbox.
+    pub fn remove_credentials(&self, id: &str) {
+        let dir = self.credentials_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = id, error = %e, "cannot remove credential files");
+        }
+    }
+
+    /// Removes a workspace.
+    pub fn remove_workspace(&self, org: &str, id: &str) {
+        let dir = self.workspace(org, id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = id, error = %e, "cannot remove the workspace");
+        }
+    }
+}
+
+/// Gives a path to the sandbox user. When the runner is not root it cannot
+/// chown; the directory is then opened to everyone instead (its parent data
+/// directory is still the runner's own).
+fn hand_to(path: &Path, uid: u32, mode: u32) -> Result<()> {
+    match std::os::unix::fs::chown(path, Some(uid), Some(uid)) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io("setting permissions", e)),
+        Err(_) => {
+            let open = if mode & 0o100 != 0 { 0o777 } else { 0o444 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(open))
+                .map_err(|e| io("setting permissions", e))
+        }
+    }
+}
+
+/// What the scanner knows of one file: size and modification time.
+type Entry = (u64, i128);
+
+/// How a path changed between two scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Path under /workspace, e.g. "src/main.rs".
+    pub path: String,
+    pub operation: &'static str,
+    pub size: u64,
+}
+
+/// Most entries one scan walks; a workspace above this is scanned partly.
+const MAX_ENTRIES: usize = 50_000;
+
+/// Watches one workspace by comparing snapshots: a path changed several
+/// times between two scans yields one change (debounced and coalesced).
+#[derive(Debug)]
+pub struct Scanner {
+    root: PathBuf,
+    known: HashMap<String, Entry>,
+}
+
+impl Scanner {
+    /// Starts from the workspace as it is now.
+    pub fn new(root: PathBuf) -> Self {
+        let known = snapshot(&root);
+        Self { root, known }
+    }
+
+    /// The changes since the last scan, sorted by path.
+    pub fn scan(&mut self) -> Vec<Change> {
+        let now = snapshot(&self.root);
+        let mut changes = Vec::new();
+        for (path, (size, mtime)) in &now {
+            match self.known.get(path) {
+                None => changes.push(Change {
+                    path: path.clone(),
+                    operation: "create",
+                    size: *size,
+                }),
+                Some((s, m)) if s != size || m != mtime => changes.push(Change {
+                    path: path.clone(),
+                    operation: "modify",
+                    size: *size,
+                }),
+                Some(_) => {}
+            }
+        }
+        for path in self.known.keys() {
+            if !now.contains_key(path) {
+                changes.push(Change {
+                    path: path.clone(),
+                    operation: "delete",
+                    size: 0,
+                });
+            }
+        }
+        self.known = now;
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        changes
+    }
+}
+
+fn snapshot(root: &Path) -> HashMap<String, Entry> {
+    let mut out = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if out.len() >= MAX_ENTRIES {
+                return out;
+            }
+            // file_type() does not follow symlinks.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as i128)
+                .unwrap_or(0);
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            out.insert(rel.to_string_lossy().into_owned(), (meta.len(), mtime));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_coalesced_per_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("kept"), b"1").expect("write");
+        let mut scanner = Scanner::new(dir.path().to_path_buf());
+        assert!(scanner.scan().is_empty());
+
+        std::fs::create_dir(dir.path().join("src")).expect("mkdir");
+        for i in 0..5 {
+            std::fs::write(dir.path().join("src/a.rs"), vec![b'x'; i + 1]).expect("write");
+        }
+        std::fs::write(dir.path().join("kept"), b"22").expect("write");
+        let changes = scanner.scan();
+        assert_eq!(
+            changes,
+            vec![
+                Change {
+                    path: "kept".into(),
+                    operation: "modify",
+                    size: 2
+                },
+                Change {
+                    path: "src/a.rs".into(),
+                    operation: "create",
+                    size: 5
+                },
+            ]
+        );
+        std::fs::remove_file(dir.path().join("kept")).expect("rm");
+        assert_eq!(
+            scanner.scan(),
+            vec![Change {
+                path: "kept".into(),
+                operation: "delete",
+                size: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn links_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("secret"), b"x").expect("write");
+        let mut scanner = Scanner::new(dir.path().to_path_buf());
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).expect("symlink");
+        let changes = scanner.scan();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].path, "escape");
+    }
+}
