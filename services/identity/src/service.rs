@@ -1556,14 +1556,18 @@ impl IdentityService for Identity {
         &self,
         _request: Request<paddock_proto::identity::v1::CreateSessionTokenRequest>,
     ) -> Result<Response<paddock_proto::identity::v1::CreateSessionTokenResponse>, Status> {
-        Err(Status::unimplemented("create_session_token is not built yet"))
+        Err(Status::unimplemented(
+            "create_session_token is not built yet",
+        ))
     }
 
     async fn revoke_session_token(
         &self,
         _request: Request<paddock_proto::identity::v1::RevokeSessionTokenRequest>,
     ) -> Result<Response<paddock_proto::identity::v1::RevokeSessionTokenResponse>, Status> {
-        Err(Status::unimplemented("revoke_session_token is not built yet"))
+        Err(Status::unimplemented(
+            "revoke_session_token is not built yet",
+        ))
     }
 }
 

@@ -2,6 +2,8 @@
 //! file or a fresh PostgreSQL database) and its own servers on port 0.
 #![forbid(unsafe_code)]
 
+pub mod fixtures;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

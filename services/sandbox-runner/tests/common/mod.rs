@@ -1,0 +1,287 @@
+//! Harness for the runner's tests against the real Docker Engine: the
+//! identity/authz/audit stack, a runner on port 0 with its own data dir and
+//! worker id, and a test image made with `docker import` from Debian's
+//! busybox-static (no registry needed). Everything a test labelled is
+//! removed when its runner is dropped.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
+use paddock_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
+use paddock_proto::sandbox::v1::*;
+use paddock_sandbox_runner::docker::Engine;
+use paddock_shared::auth::{self, BearerAuth};
+use paddock_shared::server::ServerHandle;
+use paddock_testkit::{Backend, Stack, bearer};
+use tokio::sync::OnceCell;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub use paddock_testkit::fixtures::*;
+
+pub const IMAGE: &str = "paddock-test-busybox:1";
+pub const DOCKER: &str = "unix:///var/run/docker.sock";
+
+pub type SandboxClient = SandboxServiceClient<InterceptedService<Channel, BearerAuth>>;
+pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+static IMAGE_READY: OnceCell<()> = OnceCell::const_new();
+
+/// Builds the test image once per test binary: a root filesystem holding
+/// only busybox and its applet links.
+pub async fn test_image() {
+    IMAGE_READY
+        .get_or_init(|| async {
+            let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .expect("busybox not found: install Debian's busybox-static (scripts/test does)");
+            let root = tempfile::tempdir().expect("rootfs dir");
+            let bin = root.path().join("bin");
+            std::fs::create_dir_all(&bin).expect("bin");
+            std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
+            let list = std::process::Command::new(busybox)
+                .arg("--list")
+                .output()
+                .expect("busybox --list");
+            for applet in String::from_utf8_lossy(&list.stdout).lines() {
+                let applet = applet.trim();
+                if !applet.is_empty() && applet != "busybox" {
+                    let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+                }
+            }
+            for dir in ["etc", "tmp", "workspace", "home"] {
+                std::fs::create_dir_all(root.path().join(dir)).expect("dir");
+            }
+            std::fs::write(
+                root.path().join("etc/passwd"),
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home/sandbox:/bin/sh\n",
+            )
+            .expect("passwd");
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "tar -C '{}' -c . | docker import -q - {IMAGE} >/dev/null",
+                    root.path().display()
+                ))
+                .status()
+                .expect("docker import");
+            assert!(status.success(), "docker import of the test image failed");
+        })
+        .await;
+}
+
+/// The stack plus a runner.
+pub struct Env {
+    pub stack: Stack,
+    pub runner: Option<ServerHandle>,
+    pub runner_endpoint: String,
+    pub config: paddock_sandbox_runner::Config,
+}
+
+pub fn runner_config(
+    stack: &Stack,
+    data_dir: PathBuf,
+    worker: &str,
+) -> paddock_sandbox_runner::Config {
+    paddock_sandbox_runner::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir,
+        database_url: stack.database_url.clone(),
+        identity_endpoint: stack.identity_endpoint.clone(),
+        authz_endpoint: stack.authz_endpoint.clone(),
+        audit_endpoint: Some(stack.audit_endpoint.clone()),
+        docker_host: DOCKER.into(),
+        worker_id: Some(worker.into()),
+        stop_grace: Duration::from_secs(3),
+        usage_interval: Duration::from_secs(1),
+        scan_interval: Duration::from_millis(300),
+    }
+}
+
+impl Env {
+    pub async fn start(backend: Backend) -> Env {
+        test_image().await;
+        let stack = Stack::start(backend).await;
+        let worker = format!("wt{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let config = runner_config(&stack, stack.dir.path().join("runner"), &worker);
+        let runner = paddock_sandbox_runner::start(&config, &stack.service_token)
+            .await
+            .expect("start runner");
+        Env {
+            runner_endpoint: runner.endpoint(),
+            runner: Some(runner),
+            stack,
+            config,
+        }
+    }
+
+    pub fn sandboxes(&self, token: &str) -> SandboxClient {
+        SandboxServiceClient::with_interceptor(
+            auth::lazy_channel(&self.runner_endpoint).expect("channel"),
+            bearer(token),
+        )
+        .max_decoding_message_size(8 << 20)
+    }
+
+    pub fn policies(&self, token: &str) -> PolicyClient {
+        PolicyServiceClient::with_interceptor(
+            auth::lazy_channel(&self.stack.authz_endpoint).expect("channel"),
+            bearer(token),
+        )
+    }
+
+    pub fn engine(&self) -> Engine {
+        Engine::connect(DOCKER).expect("docker")
+    }
+
+    pub fn worker(&self) -> String {
+        self.config.worker_id.clone().expect("worker id")
+    }
+
+    /// Stops the runner without any cleanup, the way a crash would.
+    pub async fn crash_runner(&mut self) {
+        if let Some(r) = self.runner.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// Starts the runner again with the same data dir, database and worker
+    /// id (on a new port).
+    pub async fn restart_runner(&mut self) {
+        let runner = paddock_sandbox_runner::start(&self.config, &self.stack.service_token)
+            .await
+            .expect("restart runner");
+        self.runner_endpoint = runner.endpoint();
+        self.runner = Some(runner);
+    }
+
+    /// Removes everything this test's worker labelled, then stops it all.
+    pub async fn shutdown(mut self) {
+        self.crash_runner().await;
+        remove_labelled(&self.engine(), &self.worker()).await;
+        self.stack.shutdown().await;
+    }
+}
+
+pub async fn remove_labelled(engine: &Engine, worker: &str) {
+    for c in engine.labelled_containers(worker).await.unwrap_or_default() {
+        let _ = engine.remove(&c.id).await;
+    }
+    for (n, _) in engine.labelled_networks(worker).await.unwrap_or_default() {
+        let _ = engine.remove_network(&n).await;
+    }
+    for v in engine.cache_volumes(worker, "").await.unwrap_or_default() {
+        let _ = engine.remove_volume(&v).await;
+    }
+}
+
+pub fn spec(project: &str) -> SandboxSpec {
+    SandboxSpec {
+        agent: "bot".into(),
+        project: project.into(),
+        image: IMAGE.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn create(
+    client: &mut SandboxClient,
+    spec: SandboxSpec,
+) -> Result<Sandbox, tonic::Status> {
+    client
+        .create_sandbox(CreateSandboxRequest {
+            parent: String::new(),
+            spec: Some(spec),
+        })
+        .await
+        .map(|r| r.into_inner().sandbox.expect("sandbox"))
+}
+
+/// What an exec printed and how it ended.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: Option<ExecExit>,
+}
+
+impl Output {
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.exit.as_ref().map(|e| e.exit_code).unwrap_or(-1)
+    }
+}
+
+/// Runs argv in a sandbox, with optional stdin, and collects the output.
+pub async fn exec(
+    client: &mut SandboxClient,
+    sandbox: &str,
+    argv: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<Output, tonic::Status> {
+    let mut messages = vec![ExecRequest {
+        message: Some(exec_request::Message::Start(ExecStart {
+            sandbox: sandbox.into(),
+            command: argv.iter().map(|s| (*s).to_owned()).collect(),
+            stdin: stdin.is_some(),
+            ..Default::default()
+        })),
+    }];
+    if let Some(data) = stdin {
+        messages.push(ExecRequest {
+            message: Some(exec_request::Message::Stdin(data.to_vec())),
+        });
+        messages.push(ExecRequest {
+            message: Some(exec_request::Message::CloseStdin(true)),
+        });
+    }
+    // Keep the request stream open until the exit arrives, as a real
+    // client would.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for m in messages {
+        tx.send(m).await.expect("queue");
+    }
+    let mut stream = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut out = Output::default();
+    while let Some(msg) = stream.message().await? {
+        match msg.message {
+            Some(exec_response::Message::Stdout(b)) => out.stdout.extend(b),
+            Some(exec_response::Message::Stderr(b)) => out.stderr.extend(b),
+            Some(exec_response::Message::Exit(e)) => out.exit = Some(e),
+            None => {}
+        }
+    }
+    drop(tx);
+    Ok(out)
+}
+
+/// Waits until the sandbox reaches a terminal state (through WatchSandbox).
+pub async fn wait_ended(client: &mut SandboxClient, name: &str) -> Sandbox {
+    let mut stream = client
+        .watch_sandbox(WatchSandboxRequest { name: name.into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        last = msg.sandbox;
+    }
+    let last = last.expect("a state");
+    assert!(
+        last.state == SandboxState::Stopped as i32 || last.state == SandboxState::Failed as i32,
+        "sandbox did not end: {last:?}"
+    );
+    last
+}

@@ -1,0 +1,843 @@
+//! The runner against the real Docker Engine: hardening seen from inside a
+//! sandbox, limits, stop, crash and reconcile, refusals, exec and files.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use paddock_proto::authz::v1::*;
+use paddock_proto::identity::v1::*;
+use paddock_proto::sandbox::v1::*;
+use paddock_shared::time::proto_duration;
+use paddock_testkit::{Backend, backend_tests};
+use tonic::Code;
+
+async fn set_policy(env: &Env, org: &Org, policy: AgentPolicy, paths: &[&str]) {
+    env.policies(&org.owner)
+        .update_agent_policy(UpdateAgentPolicyRequest {
+            policy: Some(AgentPolicy {
+                name: format!("{}/agents/bot/policy", org.name),
+                ..policy
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+        })
+        .await
+        .expect("update policy");
+}
+
+async fn hardening_from_inside(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("hard")).await;
+    // A credential, listed in the agent's policy, mounted read-only.
+    env.stack
+        .identity(&org.owner)
+        .create_credential(CreateCredentialRequest {
+            parent: org.name.clone(),
+            credential_id: "deploy-key".into(),
+            credential: Some(Credential {
+                kind: CredentialKind::SshKey as i32,
+                ..Default::default()
+            }),
+            value: b"-----BEGIN TEST KEY-----\n".to_vec(),
+        })
+        .await
+        .expect("credential");
+    set_policy(
+        &env,
+        &org,
+        AgentPolicy {
+            credentials: vec!["deploy-key".into()],
+            ..Default::default()
+        },
+        &["credentials"],
+    )
+    .await;
+    let mut client = env.sandboxes(&org.owner);
+    let mut s = spec("web");
+    s.credentials = vec![CredentialMount {
+        credential: "deploy-key".into(),
+        path: "~/.ssh/id_ed25519".into(),
+    }];
+    let sandbox = create(&mut client, s).await.expect("create");
+    assert_eq!(sandbox.state, SandboxState::Running as i32);
+
+    let script = "grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; \
+        echo uid=$(id -u); \
+        touch /rootfile 2>/dev/null && echo root=writable || echo root=readonly; \
+        touch /tmp/x && echo tmp=writable; touch /workspace/x && echo ws=writable; \
+        ls /var/run/docker.sock /run/docker.sock 2>/dev/null && echo docker=present || echo docker=absent; \
+        echo nics=$(ls /sys/class/net | tr '\\n' ' '); \
+        cat ~/.ssh/id_ed25519; \
+        (echo x >> ~/.ssh/id_ed25519) 2>/dev/null && echo cred=writable || echo cred=readonly; \
+        echo token=${PADDOCK_TOKEN:+set}; echo sandbox=$PADDOCK_SANDBOX";
+    let out = exec(&mut client, &sandbox.name, &["sh", "-c", script], None)
+        .await
+        .expect("exec");
+    let text = out.out();
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(
+        !text.contains("uid=0\n") && text.contains("uid=65534"),
+        "{text}"
+    );
+    assert!(text.contains("root=readonly"), "{text}");
+    assert!(
+        text.contains("tmp=writable") && text.contains("ws=writable"),
+        "{text}"
+    );
+    assert!(text.contains("docker=absent"), "{text}");
+    assert!(
+        text.contains("nics=lo \n") || text.trim_end().contains("nics=lo"),
+        "{text}"
+    );
+    assert!(!text.contains("eth0"), "{text}");
+    assert!(text.contains("-----BEGIN TEST KEY-----"), "{text}");
+    assert!(text.contains("cred=readonly"), "{text}");
+    assert!(text.contains("token=set"), "{text}");
+    assert!(
+        text.contains(&format!("sandbox={}", sandbox.name)),
+        "{text}"
+    );
+
+    // The session token works while the sandbox runs and not after.
+    let token_out = exec(
+        &mut client,
+        &sandbox.name,
+        &["sh", "-c", "printf %s \"$PADDOCK_TOKEN\""],
+        None,
+    )
+    .await
+    .expect("token");
+    let token = token_out.out();
+    let who = env
+        .stack
+        .identity(&token)
+        .who_am_i(WhoAmIRequest {})
+        .await
+        .expect("whoami")
+        .into_inner();
+    assert_eq!(who.principal.expect("principal").id.is_empty(), false);
+    let stopped = client
+        .stop_sandbox(StopSandboxRequest {
+            name: sandbox.name.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    assert_eq!(stopped.end_reason, EndReason::StoppedByUser as i32);
+    let after = env.stack.identity(&token).who_am_i(WhoAmIRequest {}).await;
+    assert_eq!(after.map(|_| ()).unwrap_err().code(), Code::Unauthenticated);
+    env.shutdown().await;
+}
+
+async fn limits_are_enforced(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("lim")).await;
+    let mut client = env.sandboxes(&org.owner);
+
+    // 100 MB under a 32 MB limit: OOM-killed, reported as such.
+    let mut s = spec("web");
+    s.command = vec![
+        "dd".into(),
+        "if=/dev/zero".into(),
+        "of=/dev/null".into(),
+        "bs=100M".into(),
+        "count=1".into(),
+    ];
+    s.resources = Some(ResourceLimits {
+        memory_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let oom = create(&mut client, s).await.expect("create oom");
+    let ended = wait_ended(&mut client, &oom.name).await;
+    assert_eq!(ended.end_reason, EndReason::OomKilled as i32, "{ended:?}");
+
+    // A fork loop hits the pids limit; the runner is unaffected.
+    let mut s = spec("web");
+    s.resources = Some(ResourceLimits {
+        pids: 32,
+        cpus: 0.5,
+        ..Default::default()
+    });
+    let sb = create(&mut client, s).await.expect("create");
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &["sh", "-c", "n=0; for i in $(seq 1 100); do sleep 30 & n=$((n+1)); done 2>&1; echo started; ls /proc | grep -c '^[0-9]'"],
+        None,
+    )
+    .await
+    .expect("fork loop");
+    let text = format!("{}{}", out.out(), out.err());
+    assert!(
+        text.to_lowercase().contains("fork") || text.contains("Resource temporarily unavailable"),
+        "{text}"
+    );
+    let procs: i64 = out
+        .out()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(i64::MAX);
+    assert!(procs <= 32, "{procs} processes under a pids limit of 32");
+    client
+        .get_sandbox(GetSandboxRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("runner still answers");
+
+    // The CPU quota is configured and observed (the loop gets throttled).
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &[
+            "sh",
+            "-c",
+            "pkill sleep; timeout 2 sh -c 'while :; do :; done'; \
+            cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null; \
+            grep nr_throttled /sys/fs/cgroup/cpu/cpu.stat /sys/fs/cgroup/cpu.stat 2>/dev/null",
+        ],
+        None,
+    )
+    .await
+    .expect("cpu");
+    let text = out.out();
+    assert!(text.contains("50000"), "quota not set: {text}");
+    let throttled: i64 = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .last()
+        .unwrap_or(0);
+    assert!(
+        throttled > 0,
+        "a busy loop at 0.5 CPU was never throttled: {text}"
+    );
+    env.shutdown().await;
+}
+
+async fn stop_is_graceful_then_forced(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("stop")).await;
+    let mut client = env.sandboxes(&org.owner);
+
+    let cooperative = create(&mut client, spec("web")).await.expect("create");
+    let t = Instant::now();
+    let stopped = client
+        .stop_sandbox(StopSandboxRequest {
+            name: cooperative.name.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    let cooperative_took = t.elapsed();
+    assert_eq!(stopped.state, SandboxState::Stopped as i32);
+    assert!(
+        cooperative_took < Duration::from_millis(1500),
+        "cooperative stop took {cooperative_took:?}"
+    );
+
+    let mut s = spec("web");
+    s.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "trap '' TERM; while :; do sleep 1; done".into(),
+    ];
+    let stubborn = create(&mut client, s).await.expect("create");
+    let t = Instant::now();
+    let stopped = client
+        .stop_sandbox(StopSandboxRequest {
+            name: stubborn.name.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    let took = t.elapsed();
+    assert_eq!(stopped.state, SandboxState::Stopped as i32);
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(10),
+        "forced stop took {took:?}"
+    );
+    assert!(
+        env.engine()
+            .labelled_containers(&env.worker())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    env.shutdown().await;
+}
+
+async fn crash_and_reconcile(backend: Backend) {
+    let mut env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("crash")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let survivor = create(&mut client, spec("web")).await.expect("create");
+    let vanished = create(&mut client, spec("web")).await.expect("create");
+    let mut s = spec("web");
+    s.command = vec!["sh".into(), "-c".into(), "sleep 1; exit 7".into()];
+    let exits = create(&mut client, s).await.expect("create");
+
+    env.crash_runner().await;
+    let engine = env.engine();
+    // While the runner is away: one container disappears, one exits, and a
+    // labelled container with no record shows up.
+    let containers = engine
+        .labelled_containers(&env.worker())
+        .await
+        .expect("list");
+    let id_of = |name: &str| {
+        let id = name.rsplit('/').next().expect("id");
+        containers
+            .iter()
+            .find(|c| c.sandbox == id)
+            .expect("container")
+            .id
+            .clone()
+    };
+    engine.remove(&id_of(&vanished.name)).await.expect("remove");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let orphan = engine
+        .create_start(&paddock_sandbox_runner::docker::ContainerPlan {
+            name: format!("paddock-orphan-{}", env.worker()),
+            image: IMAGE.into(),
+            labels: std::collections::HashMap::from([
+                ("paddock.worker".to_owned(), env.worker()),
+                ("paddock.sandbox".to_owned(), "sbnotarecord".to_owned()),
+            ]),
+            cpus: 0.5,
+            memory_bytes: 64 << 20,
+            pids: 32,
+            network: "none".into(),
+            workspace: env.stack.dir.path().to_string_lossy().into_owned(),
+            user: "65534:65534".into(),
+            uid: 65534,
+            workdir: "/".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("orphan");
+
+    env.restart_runner().await;
+    let mut client = env.sandboxes(&org.owner);
+    let get = |name: String| {
+        let mut c = client.clone();
+        async move {
+            c.get_sandbox(GetSandboxRequest { name })
+                .await
+                .expect("get")
+                .into_inner()
+                .sandbox
+                .expect("sandbox")
+        }
+    };
+    let s = get(survivor.name.clone()).await;
+    assert_eq!(s.state, SandboxState::Running as i32, "{s:?}");
+    let v = get(vanished.name.clone()).await;
+    assert_eq!(
+        (v.state, v.end_reason),
+        (SandboxState::Failed as i32, EndReason::RunnerLost as i32),
+        "{v:?}"
+    );
+    let e = get(exits.name.clone()).await;
+    assert_eq!(
+        (e.state, e.exit_code),
+        (SandboxState::Stopped as i32, Some(7)),
+        "{e:?}"
+    );
+    assert!(
+        engine.state(&orphan).await.expect("inspect").is_none(),
+        "the orphan was not removed"
+    );
+
+    // Stopping the re-adopted sandbox still works, and nothing is left.
+    let stopped = client
+        .stop_sandbox(StopSandboxRequest {
+            name: survivor.name.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("stop")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    assert_eq!(stopped.state, SandboxState::Stopped as i32);
+    assert!(
+        engine
+            .labelled_containers(&env.worker())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        engine
+            .labelled_networks(&env.worker())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        engine
+            .cache_volumes(&env.worker(), "")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    env.shutdown().await;
+}
+
+async fn refusals(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("ref")).await;
+    let other = setup_org(&env.stack, &fresh_id("oth")).await;
+    let mut owner = env.sandboxes(&org.owner);
+
+    // Above a policy bound: refused, naming the bound.
+    set_policy(
+        &env,
+        &org,
+        AgentPolicy {
+            max: Some(ResourceLimits {
+                memory_bytes: 256 << 20,
+                ..Default::default()
+            }),
+            max_sandboxes: 1,
+            ..Default::default()
+        },
+        &["max.memory_bytes", "max_sandboxes"],
+    )
+    .await;
+    let mut big = spec("web");
+    big.resources = Some(ResourceLimits {
+        memory_bytes: 1 << 30,
+        ..Default::default()
+    });
+    let err = create(&mut owner, big).await.expect_err("above bound");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max.memory_bytes"),
+        "{}",
+        err.message()
+    );
+    let mut wide = spec("web");
+    wide.network_mode = NetworkMode::Open as i32;
+    assert_eq!(
+        create(&mut owner, wide)
+            .await
+            .expect_err("wider network")
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // The concurrency quota.
+    let first = create(&mut owner, spec("web")).await.expect("first");
+    let err = create(&mut owner, spec("web"))
+        .await
+        .expect_err("over quota");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_sandboxes"), "{}", err.message());
+
+    // Another organization's sandbox is NOT_FOUND for every RPC.
+    let mut stranger = env.sandboxes(&other.owner);
+    let name = first.name.clone();
+    assert_eq!(
+        stranger
+            .get_sandbox(GetSandboxRequest { name: name.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        stranger
+            .stop_sandbox(StopSandboxRequest {
+                name: name.clone(),
+                grace_period: None
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        stranger
+            .delete_sandbox(DeleteSandboxRequest { name: name.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        stranger
+            .watch_sandbox(WatchSandboxRequest { name: name.clone() })
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        stranger
+            .get_usage(GetUsageRequest { name: name.clone() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        exec(&mut stranger, &name, &["true"], None)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        stranger
+            .download_files(DownloadFilesRequest {
+                sandbox: name.clone(),
+                path: String::new()
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let uploaded = upload(&mut stranger, &name, "", tar_of(&[("a", b"x")])).await;
+    assert_eq!(uploaded.unwrap_err().code(), Code::NotFound);
+    let listed = stranger
+        .list_sandboxes(ListSandboxesRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.sandboxes.is_empty());
+
+    // A developer cannot exec in (or stop) another member's sandbox, and
+    // does not see it in a list of their own... but may read it.
+    let mut dev = env.sandboxes(&org.developer);
+    assert_eq!(
+        exec(&mut dev, &name, &["true"], None)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        dev.stop_sandbox(StopSandboxRequest {
+            name: name.clone(),
+            grace_period: None
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::PermissionDenied
+    );
+    dev.get_sandbox(GetSandboxRequest { name: name.clone() })
+        .await
+        .expect("sessions.read");
+
+    // Upload path traversal is refused before anything is written.
+    let err = upload(&mut owner, &name, "../etc", tar_of(&[("a", b"x")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+    h.set_cksum();
+    evil.append(&h, &b"x"[..]).expect("append");
+    let err = upload(&mut owner, &name, "", evil.into_inner().expect("tar"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let out = exec(
+        &mut owner,
+        &name,
+        &[
+            "sh",
+            "-c",
+            "ls /escape /workspace/../escape 2>&1; echo done",
+        ],
+        None,
+    )
+    .await
+    .expect("exec");
+    assert!(!out.out().contains("\n/escape\n"), "{}", out.out());
+    env.shutdown().await;
+}
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_path(name).expect("path");
+        h.set_cksum();
+        b.append(&h, *body).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+async fn upload(
+    client: &mut SandboxClient,
+    sandbox: &str,
+    path: &str,
+    archive: Vec<u8>,
+) -> Result<UploadFilesResponse, tonic::Status> {
+    let mut msgs = vec![UploadFilesRequest {
+        message: Some(upload_files_request::Message::Start(UploadStart {
+            sandbox: sandbox.into(),
+            path: path.into(),
+        })),
+    }];
+    for chunk in archive.chunks(16 * 1024) {
+        msgs.push(UploadFilesRequest {
+            message: Some(upload_files_request::Message::Chunk(chunk.to_vec())),
+        });
+    }
+    client
+        .upload_files(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn exec_streams_and_files(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("io")).await;
+    let mut client = env.sandboxes(&org.agent);
+    // The agent runs as itself (no agent named) and owns the sandbox.
+    let mut s = spec("web");
+    s.agent = String::new();
+    let sb = create(&mut client, s).await.expect("create as agent");
+
+    // stdin in, stdout and stderr apart, exit code out.
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &["sh", "-c", "cat; echo oops >&2; exit 3"],
+        Some(b"hello from stdin"),
+    )
+    .await
+    .expect("exec");
+    assert_eq!(out.out(), "hello from stdin");
+    assert_eq!(out.err(), "oops\n");
+    assert_eq!(out.code(), 3);
+
+    // 100 MB of output streams through.
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero bs=1048576 count=100 2>/dev/null",
+        ],
+        None,
+    )
+    .await
+    .expect("large");
+    assert_eq!(out.stdout.len(), 100 << 20);
+    assert_eq!(out.code(), 0);
+
+    // Files in and out of /workspace.
+    let put = upload(
+        &mut client,
+        &sb.name,
+        "src",
+        tar_of(&[("main.rs", b"fn main() {}"), ("lib/a.txt", b"abc")]),
+    )
+    .await
+    .expect("upload");
+    assert_eq!((put.files, put.bytes), (2, 15));
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &["cat", "/workspace/src/lib/a.txt"],
+        None,
+    )
+    .await
+    .expect("cat");
+    assert_eq!(out.out(), "abc");
+    let mut stream = client
+        .download_files(DownloadFilesRequest {
+            sandbox: sb.name.clone(),
+            path: "src/main.rs".into(),
+        })
+        .await
+        .expect("download")
+        .into_inner();
+    let mut archive = Vec::new();
+    while let Some(m) = stream.message().await.expect("chunk") {
+        archive.extend(m.chunk);
+    }
+    let mut tar = tar::Archive::new(archive.as_slice());
+    let mut found = String::new();
+    for entry in tar.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        std::io::Read::read_to_string(&mut entry, &mut found).expect("read");
+    }
+    assert_eq!(found, "fn main() {}");
+
+    // Usage is reported.
+    let usage = client
+        .get_usage(GetUsageRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+        .usage
+        .expect("usage");
+    assert!(usage.execs >= 4, "{usage:?}");
+
+    // The audit trail has the lifecycle, the exec with argv, and the
+    // workspace change (path, never contents).
+    client
+        .stop_sandbox(StopSandboxRequest {
+            name: sb.name.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("stop");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wanted = [
+        "sandbox.create",
+        "sandbox.start",
+        "sandbox.exec",
+        "file.modify",
+        "sandbox.stop",
+        "sandbox.end",
+    ];
+    loop {
+        let events = env
+            .stack
+            .audit(&org.owner)
+            .query_events(paddock_proto::audit::v1::QueryEventsRequest {
+                filter: Some(paddock_proto::audit::v1::EventFilter {
+                    resource: sb.name.clone(),
+                    ..Default::default()
+                }),
+                page_size: 500,
+                ..Default::default()
+            })
+            .await
+            .expect("query")
+            .into_inner()
+            .events;
+        let has = |a: &str| events.iter().any(|e| e.action == a);
+        if wanted.iter().all(|a| has(a)) {
+            let exec = events
+                .iter()
+                .find(|e| {
+                    e.action == "sandbox.exec"
+                        && e.details_json.contains("hello") == false
+                        && e.details_json.contains("cat")
+                })
+                .expect("exec event");
+            assert!(
+                exec.details_json.contains("\"exit_code\":3"),
+                "{}",
+                exec.details_json
+            );
+            let file = events
+                .iter()
+                .find(|e| e.action == "file.modify" && e.details_json.contains("a.txt"))
+                .expect("file event");
+            assert!(!file.details_json.contains("abc"), "{}", file.details_json);
+            assert!(
+                events.iter().all(|e| !e.details_json.contains("pdk_")),
+                "a token leaked into the audit trail"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing events; have {:?}",
+            events.iter().map(|e| &e.action).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.shutdown().await;
+}
+
+async fn ttl_expires(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("ttl")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let mut s = spec("web");
+    s.resources = Some(ResourceLimits {
+        ttl: Some(proto_duration(Duration::from_secs(1))),
+        ..Default::default()
+    });
+    let sb = create(&mut client, s).await.expect("create");
+    let ended = wait_ended(&mut client, &sb.name).await;
+    assert_eq!(ended.end_reason, EndReason::TtlExpired as i32, "{ended:?}");
+    env.shutdown().await;
+}
+
+backend_tests!(
+    hardening_from_inside,
+    limits_are_enforced,
+    stop_is_graceful_then_forced,
+    crash_and_reconcile,
+    refusals,
+    exec_streams_and_files,
+    ttl_expires,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_docker_the_runner_starts_and_says_why() {
+    let stack = paddock_testkit::Stack::start(Backend::Sqlite).await;
+    let mut config = runner_config(&stack, stack.dir.path().join("runner"), "wnodocker");
+    config.docker_host = format!("unix://{}/no-docker.sock", stack.dir.path().display());
+    let runner = paddock_sandbox_runner::start(&config, &stack.service_token)
+        .await
+        .expect("starts anyway");
+    let org = setup_org(&stack, &fresh_id("nod")).await;
+    let mut client =
+        paddock_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient::with_interceptor(
+            paddock_shared::auth::lazy_channel(&runner.endpoint()).expect("channel"),
+            paddock_testkit::bearer(&org.owner),
+        );
+    let err = create(&mut client, spec("web"))
+        .await
+        .expect_err("no docker");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("no-docker.sock"),
+        "{}",
+        err.message()
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        paddock_shared::auth::lazy_channel(&runner.endpoint()).expect("channel"),
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "paddock.sandbox.v1.SandboxService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    runner.shutdown().await;
+    stack.shutdown().await;
+}
