@@ -48,6 +48,9 @@ pub enum BenchCommand {
     /// storage.raw_batch_insert (baseline) vs audit.append vs
     /// audit.query_first_page, over at least --events stored events.
     Audit(crate::bench_audit::AuditBenchArgs),
+    /// docker.create_start / docker.exec / docker.stop (baselines) vs
+    /// sandbox.create, sandbox.exec and sandbox.stop on the Docker Engine.
+    Sandbox(crate::bench_sandbox::SandboxBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +83,7 @@ pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Authz(args) => authz(global, args).await,
         BenchCommand::Audit(args) => crate::bench_audit::run(global, args).await,
+        BenchCommand::Sandbox(args) => crate::bench_sandbox::run(global, args).await,
     }
 }
 

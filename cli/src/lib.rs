@@ -13,6 +13,7 @@ macro_rules! outln {
 mod audit;
 mod bench;
 mod bench_audit;
+mod bench_sandbox;
 mod commands;
 mod dev;
 mod error;

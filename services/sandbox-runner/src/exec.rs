@@ -260,7 +260,7 @@ async fn exit_code(docker: &bollard::Docker, exec_id: &str) -> i32 {
             Ok(info) if info.running != Some(true) => {
                 return info.exit_code.unwrap_or(-1) as i32;
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             Err(_) => return -1,
         }
     }
