@@ -193,6 +193,11 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
             last_used_flush: Duration::from_secs(10),
             // Events wait in identity's outbox while no audit is known.
             audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+            // As for paddock-identity; unset, the key lives in the data dir.
+            credential_key: std::env::var("PADDOCK_CREDENTIAL_KEY")
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .map(Secret::new),
         };
         Some(
             paddock_identity::start(&config, &token)

@@ -1,8 +1,10 @@
 //! The identity service: organizations, members (with invite codes), agents,
-//! projects and API keys, and `Authenticate`: who is calling.
+//! projects, API keys and sandbox session tokens, stored credentials
+//! (encrypted at rest), and `Authenticate`: who is calling.
 #![forbid(unsafe_code)]
 
 mod authn;
+pub mod credential_key;
 mod service;
 
 use std::net::SocketAddr;
@@ -19,12 +21,17 @@ use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
 
 use crate::authn::{LastUsed, LocalAuthenticator};
+use crate::credential_key::{CredentialKey, KeySource};
 use crate::service::Identity;
 
 /// Identity's schema migrations, in order.
 pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, paddock_shared::outbox::MIGRATION),
+    (
+        3,
+        include_str!("../migrations/0003_credentials_and_session_tokens.sql"),
+    ),
 ];
 
 /// Configuration of the identity service.
@@ -61,6 +68,15 @@ pub struct Config {
     /// outbox until it is configured.
     #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
     pub audit_endpoint: Option<String>,
+    /// The key sealing stored credentials: 32 bytes as base64 or hex. Unset:
+    /// `{data_dir}/credential-key`, generated on first start (mode 0600).
+    /// Replicas sharing a database must share this key.
+    #[arg(
+        long = "credential-key",
+        env = "PADDOCK_CREDENTIAL_KEY",
+        hide_env_values = true
+    )]
+    pub credential_key: Option<Secret<String>>,
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -92,6 +108,7 @@ pub async fn start_on(
     )
     .await?;
     authn::ensure_bootstrap_token(&db, &config.data_dir).await?;
+    let credential_key = load_credential_key(config, &db).await?;
 
     let last_used = Arc::new(LastUsed::default());
     let local = LocalAuthenticator {
@@ -129,6 +146,7 @@ pub async fn start_on(
         invalidations,
         audit_wake,
         closing: closing_rx,
+        credential_key,
     };
 
     let name = <IdentityServiceServer<Identity> as tonic::server::NamedService>::NAME;
@@ -142,4 +160,48 @@ pub async fn start_on(
     Ok(ServerHandle::spawn(listener, addr, admission, routes)
         .with_background(background)
         .with_closing(closing))
+}
+
+/// Loads the credential key and warns about stored credentials it cannot
+/// open (sealed under another key): they fail to reveal until identity runs
+/// with the key that sealed them.
+async fn load_credential_key(
+    config: &Config,
+    db: &Database,
+) -> Result<Arc<CredentialKey>, StartError> {
+    let (key, source) = CredentialKey::load(config.credential_key.as_ref(), &config.data_dir)?;
+    match &source {
+        KeySource::Configured => {
+            tracing::info!(
+                fingerprint = key.fingerprint(),
+                "credential key from configuration"
+            )
+        }
+        KeySource::File(path) | KeySource::Generated(path) => {
+            if matches!(source, KeySource::Generated(_)) {
+                tracing::info!(path = %path.display(), fingerprint = key.fingerprint(), "generated a credential key");
+            } else {
+                tracing::info!(path = %path.display(), fingerprint = key.fingerprint(), "credential key from file");
+            }
+            if db.backend == paddock_shared::db::Backend::Postgres {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the credential key is a local file while the database is shared: every identity replica needs the same key (set --credential-key / PADDOCK_CREDENTIAL_KEY)"
+                );
+            }
+        }
+    }
+    let (others,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM credentials WHERE key_fingerprint <> $1")
+            .bind(key.fingerprint())
+            .fetch_one(&db.pool)
+            .await?;
+    if others > 0 {
+        tracing::warn!(
+            count = others,
+            fingerprint = key.fingerprint(),
+            "stored credentials were sealed with a different credential key and cannot be revealed; start identity with the key that sealed them"
+        );
+    }
+    Ok(Arc::new(key))
 }

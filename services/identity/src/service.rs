@@ -3,6 +3,9 @@
 //! validate input, keep resources inside the caller's organization
 //! (anything else is NOT_FOUND), check ownership and escalation, then work.
 
+mod credentials;
+mod session_tokens;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +60,8 @@ pub struct Identity {
     pub audit_wake: Option<Arc<tokio::sync::Notify>>,
     /// Turns true when the server shuts down; ends the watch streams.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Seals and opens stored credentials.
+    pub credential_key: Arc<crate::credential_key::CredentialKey>,
 }
 
 type OrgRow = (String, String, i64, i64, i64);
@@ -75,9 +80,10 @@ type KeyRow = (
     i64,
     Option<i64>,
     Option<i64>,
+    Option<String>,
 );
 
-const KEY_COLUMNS: &str = "id, org_id, owner_id, display_name, role, scope, expire_time, created_by, create_time, last_used_time, revoke_time";
+const KEY_COLUMNS: &str = "id, org_id, owner_id, display_name, role, scope, expire_time, created_by, create_time, last_used_time, revoke_time, sandbox";
 
 fn organization((id, display_name, max_secs, allow_never, create): OrgRow) -> Organization {
     Organization {
@@ -127,8 +133,20 @@ fn project(
 
 /// A key row with its owner's resource name resolved by the caller.
 fn api_key(row: KeyRow, owner: String) -> ApiKey {
-    let (id, org, _, display_name, role, scope, expire, created_by, create, last_used, revoked) =
-        row;
+    let (
+        id,
+        org,
+        _,
+        display_name,
+        role,
+        scope,
+        expire,
+        created_by,
+        create,
+        last_used,
+        revoked,
+        sandbox,
+    ) = row;
     ApiKey {
         name: child_name(&org, "apiKeys", &id),
         display_name,
@@ -140,7 +158,7 @@ fn api_key(row: KeyRow, owner: String) -> ApiKey {
         create_time: Some(timestamp(create)),
         last_used_time: opt_timestamp(last_used),
         revoke_time: opt_timestamp(revoked),
-        sandbox: String::new(),
+        sandbox: sandbox.unwrap_or_default(),
     }
 }
 
@@ -353,10 +371,15 @@ impl Identity {
     ) -> Result<()> {
         outbox::record(&mut tx, &event).await?;
         tx.commit().await?;
+        self.wake_audit();
+        Ok(())
+    }
+
+    /// Wakes the forwarder after a commit that recorded events.
+    fn wake_audit(&self) {
         if let Some(wake) = &self.audit_wake {
             wake.notify_one();
         }
-        Ok(())
     }
 
     /// Owners must keep at least one owner.
@@ -401,13 +424,14 @@ impl Identity {
             scope,
             expire,
             created_by,
+            sandbox,
         } = key;
         let (id, secret) = token::mint(TokenKind::ApiKey);
         let now = now_micros();
         let scope = scope.join(",");
         sqlx::query(
-            "INSERT INTO api_keys (id, org_id, owner_id, display_name, secret_hash, role, scope, expire_time, created_by, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO api_keys (id, org_id, owner_id, display_name, secret_hash, role, scope, expire_time, created_by, create_time, sandbox) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&id)
         .bind(org)
@@ -419,6 +443,7 @@ impl Identity {
         .bind(expire)
         .bind(created_by)
         .bind(now)
+        .bind(sandbox)
         .execute(&mut *tx)
         .await?;
         let row = (
@@ -433,6 +458,7 @@ impl Identity {
             now,
             None,
             None,
+            sandbox.map(str::to_owned),
         );
         Ok((row, secret))
     }
@@ -447,6 +473,8 @@ struct NewKey<'a> {
     scope: &'a [String],
     expire: Option<i64>,
     created_by: &'a str,
+    /// The sandbox of a session token.
+    sandbox: Option<&'a str>,
 }
 
 fn caller<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -497,6 +525,7 @@ impl IdentityService for Identity {
                 scope: &[],
                 expire,
                 created_by: "platform",
+                sandbox: None,
             },
         )
         .await?;
@@ -638,7 +667,14 @@ impl IdentityService for Identity {
         let org = parent_org(&caller, &request.get_ref().name)?.to_owned();
         let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
         // Children first, so the delete does not depend on cascade support.
-        for table in ["api_keys", "invites", "projects", "agents", "members"] {
+        for table in [
+            "api_keys",
+            "invites",
+            "credentials",
+            "projects",
+            "agents",
+            "members",
+        ] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE org_id = $1"
             )))
@@ -814,6 +850,7 @@ impl IdentityService for Identity {
                 scope: &[],
                 expire,
                 created_by: &name,
+                sandbox: None,
             },
         )
         .await?;
@@ -1359,6 +1396,7 @@ impl IdentityService for Identity {
                 scope: &spec.scope,
                 expire,
                 created_by: &caller.name,
+                sandbox: None,
             },
         )
         .await?;
@@ -1519,54 +1557,71 @@ impl IdentityService for Identity {
 
     async fn create_credential(
         &self,
-        _request: Request<paddock_proto::identity::v1::CreateCredentialRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::CreateCredentialResponse>, Status> {
-        Err(Status::unimplemented("create_credential is not built yet"))
+        request: Request<CreateCredentialRequest>,
+    ) -> Result<Response<CreateCredentialResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            credentials::create(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn list_credentials(
         &self,
-        _request: Request<paddock_proto::identity::v1::ListCredentialsRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::ListCredentialsResponse>, Status> {
-        Err(Status::unimplemented("list_credentials is not built yet"))
+        request: Request<ListCredentialsRequest>,
+    ) -> Result<Response<ListCredentialsResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            credentials::list(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn get_credential(
         &self,
-        _request: Request<paddock_proto::identity::v1::GetCredentialRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::GetCredentialResponse>, Status> {
-        Err(Status::unimplemented("get_credential is not built yet"))
+        request: Request<GetCredentialRequest>,
+    ) -> Result<Response<GetCredentialResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            credentials::get(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn delete_credential(
         &self,
-        _request: Request<paddock_proto::identity::v1::DeleteCredentialRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::DeleteCredentialResponse>, Status> {
-        Err(Status::unimplemented("delete_credential is not built yet"))
+        request: Request<DeleteCredentialRequest>,
+    ) -> Result<Response<DeleteCredentialResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            credentials::delete(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn reveal_credential(
         &self,
-        _request: Request<paddock_proto::identity::v1::RevealCredentialRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::RevealCredentialResponse>, Status> {
-        Err(Status::unimplemented("reveal_credential is not built yet"))
+        request: Request<RevealCredentialRequest>,
+    ) -> Result<Response<RevealCredentialResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            credentials::reveal(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn create_session_token(
         &self,
-        _request: Request<paddock_proto::identity::v1::CreateSessionTokenRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::CreateSessionTokenResponse>, Status> {
-        Err(Status::unimplemented(
-            "create_session_token is not built yet",
+        request: Request<CreateSessionTokenRequest>,
+    ) -> Result<Response<CreateSessionTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            session_tokens::create(self, &caller, request.into_inner()).await?,
         ))
     }
 
     async fn revoke_session_token(
         &self,
-        _request: Request<paddock_proto::identity::v1::RevokeSessionTokenRequest>,
-    ) -> Result<Response<paddock_proto::identity::v1::RevokeSessionTokenResponse>, Status> {
-        Err(Status::unimplemented(
-            "revoke_session_token is not built yet",
+        request: Request<RevokeSessionTokenRequest>,
+    ) -> Result<Response<RevokeSessionTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            session_tokens::revoke(self, &caller, request.into_inner()).await?,
         ))
     }
 }

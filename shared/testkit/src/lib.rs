@@ -215,6 +215,8 @@ impl Stack {
             authz_endpoint: authz.endpoint(),
             last_used_flush,
             audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
+            // Generated under the test's own data dir.
+            credential_key: None,
         };
         let identity =
             paddock_identity::start_on(identity_listener, &identity_config, &service_token)

@@ -1,0 +1,289 @@
+//! Stored credentials: SSH keys, git config, API tokens and other files an
+//! agent's sandbox mounts read-only. Values are sealed with the credential
+//! key before they reach the database and leave identity only through
+//! `RevealCredential`, which services call and which is audited like a
+//! change. No response, log line, error or audit detail carries a value.
+
+use paddock_proto::identity::v1::*;
+use paddock_shared::error::{Error, Result};
+use paddock_shared::names::{self, child_name, parse_child, validate_id, validate_text};
+use paddock_shared::outbox;
+use paddock_shared::time::{now_micros, timestamp};
+use serde_json::json;
+
+use super::{Identity, audited, caller_org, next_page, own_child, page, parent_org};
+use crate::credential_key::{OpenError, Sealed};
+
+/// Largest value a credential may hold.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+const COLLECTION: &str = "credentials";
+const MAX_DESCRIPTION: usize = 2000;
+
+/// org_id, credential_id, kind, description, size_bytes, created_by,
+/// create_time: everything but the sealed value.
+type CredentialRow = (String, String, String, String, i64, String, i64);
+const COLUMNS: &str =
+    "org_id, credential_id, kind, description, size_bytes, created_by, create_time";
+
+fn credential((org, id, kind, description, size, created_by, create): CredentialRow) -> Credential {
+    Credential {
+        name: child_name(&org, COLLECTION, &id),
+        kind: CredentialKind::from_str_name(&kind).unwrap_or(CredentialKind::Unspecified) as i32,
+        description,
+        size_bytes: size,
+        created_by,
+        create_time: Some(timestamp(create)),
+    }
+}
+
+fn kind_name(kind: CredentialKind) -> &'static str {
+    match kind {
+        CredentialKind::SshKey => "ssh-key",
+        CredentialKind::GitConfig => "git-config",
+        CredentialKind::ApiToken => "api-token",
+        CredentialKind::File | CredentialKind::Unspecified => "file",
+    }
+}
+
+/// A unique violation on insert is this credential's name being taken.
+fn exists_or(err: sqlx::Error, name: &str) -> Error {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::AlreadyExists(format!("{name} already exists"))
+        }
+        _ => Error::from(err),
+    }
+}
+
+pub(super) async fn create(
+    identity: &Identity,
+    caller: &Principal,
+    req: CreateCredentialRequest,
+) -> Result<CreateCredentialResponse> {
+    let org = parent_org(caller, &req.parent)?.to_owned();
+    validate_id("credential", &req.credential_id)?;
+    let spec = req.credential.unwrap_or_default();
+    let kind = match CredentialKind::try_from(spec.kind) {
+        // Unspecified: the value is just a file.
+        Ok(CredentialKind::Unspecified) => CredentialKind::File,
+        Ok(kind) => kind,
+        Err(_) => {
+            return Err(Error::invalid(format!(
+                "unknown credential kind {}: use SSH_KEY, GIT_CONFIG, API_TOKEN or FILE",
+                spec.kind
+            )));
+        }
+    };
+    validate_text("description", &spec.description, MAX_DESCRIPTION)?;
+    // Sizes only: the value itself never goes into a message.
+    if req.value.is_empty() {
+        return Err(Error::invalid("value is required (at most 64 KiB)"));
+    }
+    if req.value.len() > MAX_VALUE_BYTES {
+        return Err(Error::invalid(format!(
+            "value is {} bytes; a credential holds at most {MAX_VALUE_BYTES} bytes (64 KiB)",
+            req.value.len()
+        )));
+    }
+    let name = child_name(&org, COLLECTION, &req.credential_id);
+    let sealed = identity
+        .credential_key
+        .seal(&org, &req.credential_id, &req.value);
+    let size = req.value.len() as i64;
+    let row: CredentialRow = (
+        org,
+        req.credential_id,
+        kind.as_str_name().to_owned(),
+        spec.description,
+        size,
+        caller.name.clone(),
+        now_micros(),
+    );
+    let mut tx = identity.db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO credentials (org_id, credential_id, kind, description, size_bytes, key_fingerprint, sealed_value, created_by, create_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&row.0)
+    .bind(&row.1)
+    .bind(&row.2)
+    .bind(&row.3)
+    .bind(row.4)
+    .bind(&sealed.key_fingerprint)
+    .bind(paddock_shared::hex::encode(&sealed.bytes))
+    .bind(&row.5)
+    .bind(row.6)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| exists_or(e, &name))?;
+    let details = json!({"kind": kind_name(kind), "size_bytes": size});
+    identity
+        .commit_audited(
+            tx,
+            audited(Some(caller), "credential.create", &name, details),
+        )
+        .await?;
+    Ok(CreateCredentialResponse {
+        credential: Some(credential(row)),
+    })
+}
+
+pub(super) async fn list(
+    identity: &Identity,
+    caller: &Principal,
+    req: ListCredentialsRequest,
+) -> Result<ListCredentialsResponse> {
+    let org = parent_org(caller, &req.parent)?;
+    let page = page(req.page_size, &req.page_token)?;
+    let mut rows: Vec<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND credential_id > $2 ORDER BY credential_id LIMIT $3"
+    )))
+    .bind(org)
+    .bind(&page.after)
+    .bind(page.size + 1)
+    .fetch_all(&identity.db.pool)
+    .await?;
+    let next_page_token = next_page(&mut rows, &page, |r| r.1.clone());
+    Ok(ListCredentialsResponse {
+        credentials: rows.into_iter().map(credential).collect(),
+        next_page_token,
+    })
+}
+
+pub(super) async fn get(
+    identity: &Identity,
+    caller: &Principal,
+    req: GetCredentialRequest,
+) -> Result<GetCredentialResponse> {
+    let id = own_child(caller, &req.name, COLLECTION)?;
+    let row: Option<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND credential_id = $2"
+    )))
+    .bind(caller_org(caller)?)
+    .bind(id)
+    .fetch_optional(&identity.db.pool)
+    .await?;
+    let row = row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    Ok(GetCredentialResponse {
+        credential: Some(credential(row)),
+    })
+}
+
+pub(super) async fn delete(
+    identity: &Identity,
+    caller: &Principal,
+    req: DeleteCredentialRequest,
+) -> Result<DeleteCredentialResponse> {
+    let id = own_child(caller, &req.name, COLLECTION)?;
+    let mut tx = identity.db.pool.begin().await?;
+    let done = sqlx::query("DELETE FROM credentials WHERE org_id = $1 AND credential_id = $2")
+        .bind(caller_org(caller)?)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::not_found(names::truncate(&req.name)));
+    }
+    identity
+        .commit_audited(
+            tx,
+            audited(Some(caller), "credential.delete", &req.name, json!({})),
+        )
+        .await?;
+    Ok(DeleteCredentialResponse {})
+}
+
+/// For services only (the admission layer admits nobody else). The caller
+/// has checked `credentials.use` and the agent's policy; identity checks
+/// that the sandbox is in the credential's organization, records the reveal
+/// in the same transaction as the read, and returns the value only once the
+/// record is committed.
+pub(super) async fn reveal(
+    identity: &Identity,
+    caller: &Principal,
+    req: RevealCredentialRequest,
+) -> Result<RevealCredentialResponse> {
+    let (org, id) = parse_child(&req.name, COLLECTION)?;
+    if req.sandbox.is_empty() {
+        return Err(Error::invalid(
+            "sandbox is required: the sandbox the value is revealed for (organizations/{organization}/sandboxes/{sandbox})",
+        ));
+    }
+    let (sandbox_org, _) = parse_child(&req.sandbox, "sandboxes")?;
+    if sandbox_org != org {
+        return Err(Error::invalid(
+            "the sandbox and the credential are in different organizations",
+        ));
+    }
+    type RevealRow = (
+        String,
+        String,
+        String,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+        String,
+    );
+    let event = audited(
+        Some(caller),
+        "credential.reveal",
+        &req.name,
+        json!({"sandbox": req.sandbox}),
+    );
+    let mut tx = identity.db.pool.begin().await?;
+    // The record is written first: SQLite then takes the write lock up
+    // front instead of failing a read-to-write upgrade when reveals race.
+    // Any failure below rolls it back with the read.
+    outbox::record(&mut tx, &event).await?;
+    let row: Option<RevealRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, key_fingerprint, sealed_value FROM credentials WHERE org_id = $1 AND credential_id = $2"
+    )))
+    .bind(org)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (o, i, kind, description, size, created_by, create, fingerprint, sealed_hex) =
+        row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    let sealed = Sealed {
+        key_fingerprint: fingerprint,
+        bytes: paddock_shared::hex::decode(&sealed_hex).unwrap_or_default(),
+    };
+    let value = identity
+        .credential_key
+        .open(org, id, &sealed)
+        .map_err(|e| match e {
+            OpenError::WrongKey => {
+                tracing::error!(
+                    credential = %req.name,
+                    sealed_with = %sealed.key_fingerprint,
+                    current = identity.credential_key.fingerprint(),
+                    "credential sealed with another credential key"
+                );
+                Error::FailedPrecondition(format!(
+                    "{} was sealed with a different credential key than the one identity runs with; \
+                     start identity with the original key (--credential-key / PADDOCK_CREDENTIAL_KEY or DATA_DIR/credential-key)",
+                    req.name
+                ))
+            }
+            OpenError::Corrupt => Error::Internal(format!(
+                "stored credential {} does not open: its ciphertext was altered or moved from another row",
+                req.name
+            )),
+        })?;
+    tx.commit().await?;
+    identity.wake_audit();
+    Ok(RevealCredentialResponse {
+        credential: Some(credential((
+            o,
+            i,
+            kind,
+            description,
+            size,
+            created_by,
+            create,
+        ))),
+        value,
+    })
+}
