@@ -76,7 +76,63 @@ async fn mutations_and_refusals_are_audited(backend: Backend) {
         .await
         .expect_err("revoked");
 
-    let all = events(&stack, &acme.owner, 12).await;
+    // Credentials and session tokens: their values and secrets must not
+    // reach the trail either.
+    let service = stack.service_token.expose().clone();
+    let credential_value =
+        b"-----BEGIN OPENSSH PRIVATE KEY----- audit-redaction-canary-7f3a".to_vec();
+    let credential = stack
+        .identity(&acme.owner)
+        .create_credential(CreateCredentialRequest {
+            parent: String::new(),
+            credential_id: "deploy-key".into(),
+            credential: Some(Credential {
+                kind: CredentialKind::SshKey as i32,
+                ..Default::default()
+            }),
+            value: credential_value.clone(),
+        })
+        .await
+        .expect("credential")
+        .into_inner()
+        .credential
+        .expect("credential");
+    let revealed = stack
+        .identity(&service)
+        .reveal_credential(RevealCredentialRequest {
+            name: credential.name.clone(),
+            sandbox: "organizations/acme/sandboxes/sb1".into(),
+        })
+        .await
+        .expect("reveal")
+        .into_inner();
+    assert_eq!(revealed.value, credential_value);
+    let session = stack
+        .identity(&service)
+        .create_session_token(CreateSessionTokenRequest {
+            agent: "organizations/acme/agents/bot".into(),
+            sandbox: "organizations/acme/sandboxes/sb1".into(),
+            ttl: None,
+        })
+        .await
+        .expect("session token")
+        .into_inner();
+    stack
+        .identity(&service)
+        .revoke_session_token(RevokeSessionTokenRequest {
+            sandbox: "organizations/acme/sandboxes/sb1".into(),
+        })
+        .await
+        .expect("revoke session tokens");
+    stack
+        .identity(&acme.owner)
+        .delete_credential(DeleteCredentialRequest {
+            name: credential.name.clone(),
+        })
+        .await
+        .expect("delete credential");
+
+    let all = events(&stack, &acme.owner, 17).await;
     let got = actions(&all);
     for want in [
         "organization.create",
@@ -88,9 +144,46 @@ async fn mutations_and_refusals_are_audited(backend: Backend) {
         "authz.deny",
         "apikey.revoke",
         "auth.fail",
+        "credential.create",
+        "credential.reveal",
+        "credential.delete",
+        "session_token.create",
+        "session_token.revoke",
     ] {
         assert!(got.contains(&want), "{want} missing from {got:?}");
     }
+    let reveal = all
+        .iter()
+        .find(|e| e.action == "credential.reveal")
+        .expect("reveal");
+    assert_eq!(reveal.resource, credential.name);
+    assert_eq!(reveal.organization, "organizations/acme");
+    assert_eq!(
+        reveal.actor.as_ref().map(|a| a.kind.as_str()),
+        Some("PRINCIPAL_KIND_SERVICE")
+    );
+    assert!(
+        reveal
+            .details_json
+            .contains("organizations/acme/sandboxes/sb1"),
+        "{}",
+        reveal.details_json
+    );
+    let minted = all
+        .iter()
+        .find(|e| e.action == "session_token.create")
+        .expect("session_token.create");
+    assert!(
+        minted
+            .details_json
+            .contains("organizations/acme/agents/bot")
+    );
+    assert!(minted.details_json.contains("sandboxes/sb1"));
+    let revoked = all
+        .iter()
+        .find(|e| e.action == "session_token.revoke")
+        .expect("session_token.revoke");
+    assert_eq!(revoked.resource, "organizations/acme/sandboxes/sb1");
     let deny = all.iter().find(|e| e.action == "authz.deny").expect("deny");
     assert_eq!(deny.resource, "organizations/acme/projects/web");
     assert_eq!(deny.outcome(), Outcome::Denied);
@@ -136,6 +229,7 @@ async fn mutations_and_refusals_are_audited(backend: Backend) {
         &acme.developer,
         &acme.agent,
         &key.secret,
+        &session.secret,
     ] {
         assert!(
             !text.contains(secret.as_str()),
@@ -143,6 +237,19 @@ async fn mutations_and_refusals_are_audited(backend: Backend) {
         );
         assert!(!text.contains(&secret[16..48]));
     }
+    // Nor any credential value, whole or in part, raw or hex.
+    assert!(
+        !text.contains("audit-redaction-canary"),
+        "a credential value is in the audit trail"
+    );
+    assert!(
+        !text.contains("BEGIN OPENSSH"),
+        "a credential value is in the audit trail"
+    );
+    assert!(
+        !text.contains(&paddock_shared::hex::encode(&credential_value[..24])),
+        "a credential value is in the audit trail as hex"
+    );
     let code = stack
         .identity(&acme.owner)
         .create_invite(CreateInviteRequest {

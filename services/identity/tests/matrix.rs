@@ -126,6 +126,41 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "NNND",
     ),
     (
+        "/paddock.identity.v1.IdentityService/CreateCredential",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/ListCredentials",
+        "OOOO",
+        "NNNN",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/GetCredential",
+        "OOOO",
+        "NNNN",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/DeleteCredential",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/RevealCredential",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/CreateSessionToken",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/RevokeSessionToken",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/Authenticate",
         "DDDD",
         "DDDD",
@@ -446,6 +481,68 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 .await,
             )
         }
+        "CreateCredential" => code(
+            c.create_credential(CreateCredentialRequest {
+                parent: org,
+                credential_id: fresh_id("cred"),
+                credential: None,
+                value: b"matrix value".to_vec(),
+            })
+            .await,
+        ),
+        "ListCredentials" => code(
+            c.list_credentials(ListCredentialsRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "GetCredential" => code(
+            c.get_credential(GetCredentialRequest {
+                name: format!("{org}/credentials/deploy-key"),
+            })
+            .await,
+        ),
+        "DeleteCredential" => {
+            let id = fresh_id("cred");
+            owner
+                .clone()
+                .create_credential(CreateCredentialRequest {
+                    parent: org.clone(),
+                    credential_id: id.clone(),
+                    credential: None,
+                    value: b"to delete".to_vec(),
+                })
+                .await
+                .expect("credential");
+            code(
+                c.delete_credential(DeleteCredentialRequest {
+                    name: format!("{org}/credentials/{id}"),
+                })
+                .await,
+            )
+        }
+        "RevealCredential" => code(
+            c.reveal_credential(RevealCredentialRequest {
+                name: format!("{org}/credentials/deploy-key"),
+                sandbox: format!("{org}/sandboxes/sb1"),
+            })
+            .await,
+        ),
+        "CreateSessionToken" => code(
+            c.create_session_token(CreateSessionTokenRequest {
+                agent: format!("{org}/agents/bot"),
+                sandbox: format!("{org}/sandboxes/sb1"),
+                ttl: None,
+            })
+            .await,
+        ),
+        "RevokeSessionToken" => code(
+            c.revoke_session_token(RevokeSessionTokenRequest {
+                sandbox: format!("{org}/sandboxes/sb1"),
+            })
+            .await,
+        ),
         "Authenticate" => code(
             c.authenticate(AuthenticateRequest {
                 token: token.to_owned(),
@@ -525,6 +622,18 @@ async fn permission_matrix(backend: Backend) {
     let stack = Stack::start(backend).await;
     let acme = setup_org(&stack, "acme").await;
     let globex = setup_org(&stack, "globex").await;
+    for org in [&acme, &globex] {
+        stack
+            .identity(&org.owner)
+            .create_credential(CreateCredentialRequest {
+                parent: org.name.clone(),
+                credential_id: "deploy-key".into(),
+                credential: None,
+                value: b"matrix deploy key".to_vec(),
+            })
+            .await
+            .expect("credential");
+    }
     let mut failures = Vec::new();
     for (path, own_row, other_row) in MATRIX {
         let method = path.rsplit('/').next().expect("method");
