@@ -44,7 +44,7 @@ impl Ctx {
         }
     }
 
-    fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.global.output == Format::Json
     }
 
@@ -63,7 +63,7 @@ impl Ctx {
             .map_err(|s| CliError::new(Code::Unauthenticated, s.message()))
     }
 
-    fn identity(&mut self) -> Result<IdentityClient, CliError> {
+    pub(crate) fn identity(&mut self) -> Result<IdentityClient, CliError> {
         if let Some(c) = &self.identity {
             return Ok(c.clone());
         }
@@ -87,7 +87,7 @@ impl Ctx {
     }
 
     /// Maps a failed identity call.
-    fn id_err(&self) -> impl Fn(Status) -> CliError + '_ {
+    pub(crate) fn id_err(&self) -> impl Fn(Status) -> CliError + '_ {
         move |s| CliError::rpc(s, "identity", &self.global.identity_endpoint)
     }
 
@@ -130,13 +130,17 @@ impl Ctx {
             })
     }
 
-    async fn parent(&mut self) -> Result<String, CliError> {
+    pub(crate) async fn parent(&mut self) -> Result<String, CliError> {
         Ok(names::org_name(&self.org().await?))
     }
 
     /// A full resource name: passed through, or expanded with the caller's
     /// organization (which costs one `WhoAmI`).
-    async fn expand(&mut self, collection: &str, input: &str) -> Result<String, CliError> {
+    pub(crate) async fn expand(
+        &mut self,
+        collection: &str,
+        input: &str,
+    ) -> Result<String, CliError> {
         if names::is_full(input) {
             return names::check_full(collection, input).map(str::to_owned);
         }
@@ -147,11 +151,11 @@ impl Ctx {
     }
 }
 
-fn missing(what: &str) -> CliError {
+pub(crate) fn missing(what: &str) -> CliError {
     CliError::new(Code::Internal, format!("identity returned no {what}"))
 }
 
-fn print_deleted(ctx: &Ctx, name: &str) {
+pub(crate) fn print_deleted(ctx: &Ctx, name: &str) {
     if ctx.json() {
         print_json(&json!({ "deleted": name }));
     } else {

@@ -15,6 +15,7 @@ mod bench;
 mod bench_audit;
 mod bench_sandbox;
 mod commands;
+mod credential;
 mod dev;
 mod error;
 mod names;
@@ -101,6 +102,9 @@ pub enum Command {
     /// API keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
+    /// Stored credentials (encrypted at rest; values are never shown).
+    #[command(subcommand)]
+    Credential(credential::CredentialCommand),
     /// Show who the token belongs to.
     Whoami,
     /// Check whether the caller holds PERMISSION (exit 0 allowed, 1 denied).
@@ -179,6 +183,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Agent(c) => commands::agent(&mut ctx(), c).await,
         Command::Project(c) => commands::project(&mut ctx(), c).await,
         Command::Key(c) => commands::key(&mut ctx(), c).await,
+        Command::Credential(c) => credential::run(&mut ctx(), c).await,
         Command::Whoami => commands::whoami(&mut ctx()).await,
         Command::Can(a) => commands::can(&mut ctx(), a).await,
         Command::Audit(c) => audit::run(&global, c).await,

@@ -9,6 +9,7 @@ pub const MEMBERS: &str = "members";
 pub const AGENTS: &str = "agents";
 pub const PROJECTS: &str = "projects";
 pub const API_KEYS: &str = "apiKeys";
+pub const CREDENTIALS: &str = "credentials";
 
 /// `organizations/{org}`.
 pub fn org_name(org: &str) -> String {
@@ -95,6 +96,7 @@ fn singular(collection: &str) -> &str {
         AGENTS => "agent",
         PROJECTS => "project",
         API_KEYS => "API key",
+        CREDENTIALS => "credential",
         other => other,
     }
 }

@@ -138,6 +138,7 @@ pub fn api_key_json(k: &ApiKey) -> Value {
         "create_time": ts_json(k.create_time.as_ref()),
         "last_used_time": ts_json(k.last_used_time.as_ref()),
         "revoke_time": ts_json(k.revoke_time.as_ref()),
+        "sandbox": k.sandbox,
         "state": key_state(k, now_seconds()),
     })
 }

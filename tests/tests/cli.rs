@@ -316,6 +316,87 @@ fn restart_keeps_state(backend: Backend) {
     .failure("ALREADY_EXISTS");
 }
 
+fn credential_commands(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    let bob = join(&dev, &owner, "bob@acme.test", "developer");
+    // `paddock dev` made a private credential key on first start.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::fs::metadata(dev.data_dir().join("credential-key")).expect("key file");
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+    let value = "-----BEGIN OPENSSH PRIVATE KEY----- cli-e2e-canary";
+    let file = dev.data_dir().join("deploy-key.txt");
+    std::fs::write(&file, value).expect("write value file");
+    let file = file.to_string_lossy().into_owned();
+
+    let out = dev.paddock(
+        Some(&owner),
+        &[
+            "credential",
+            "create",
+            "deploy-key",
+            "--file",
+            &file,
+            "--kind",
+            "ssh-key",
+            "--description",
+            "CI deploy key",
+        ],
+    );
+    assert!(!out.stdout.contains("cli-e2e-canary"), "{out:#?}");
+    let created = out.json();
+    assert_eq!(
+        created["name"], "organizations/acme/credentials/deploy-key",
+        "{created:#}"
+    );
+    assert_eq!(created["kind"], "ssh-key", "{created:#}");
+    assert_eq!(created["size_bytes"], value.len(), "{created:#}");
+    let again = dev.paddock(
+        Some(&owner),
+        &["credential", "create", "deploy-key", "--file", &file],
+    );
+    assert!(!again.failure("ALREADY_EXISTS").contains("cli-e2e-canary"));
+    // A developer may use credentials, not manage them.
+    dev.paddock(
+        Some(&bob),
+        &["credential", "create", "mine", "--file", &file],
+    )
+    .failure("PERMISSION_DENIED");
+    let listed = dev.paddock(Some(&bob), &["credential", "list"]);
+    assert!(!listed.stdout.contains("cli-e2e-canary"), "{listed:#?}");
+    let listed = listed.json();
+    assert_eq!(
+        listed["credentials"][0]["name"], "organizations/acme/credentials/deploy-key",
+        "{listed:#}"
+    );
+    let got = dev
+        .paddock(Some(&bob), &["credential", "get", "deploy-key"])
+        .json();
+    assert_eq!(got["description"], "CI deploy key", "{got:#}");
+    dev.paddock(
+        Some(&owner),
+        &[
+            "credential",
+            "create",
+            "empty",
+            "--file",
+            "/nonexistent/file",
+        ],
+    )
+    .failure("INVALID_ARGUMENT");
+    let deleted = dev
+        .paddock(Some(&owner), &["credential", "delete", "deploy-key"])
+        .json();
+    assert_eq!(
+        deleted["deleted"], "organizations/acme/credentials/deploy-key",
+        "{deleted:#}"
+    );
+    dev.paddock(Some(&owner), &["credential", "get", "deploy-key"])
+        .failure("NOT_FOUND");
+}
+
 /// Appends events to `org` as a service would (the service token of the
 /// dev stack); returns their ids.
 fn append_events(dev: &Dev, org: &str, actions: &[&str]) -> Vec<String> {
@@ -638,4 +719,5 @@ e2e_tests!(
     revoked_and_bad_tokens,
     other_organizations_are_not_found,
     restart_keeps_state,
+    credential_commands,
 );
