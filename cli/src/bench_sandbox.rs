@@ -115,7 +115,7 @@ fn ensure_image(tag: &str) -> Result<(), CliError> {
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C '{}' -c . | docker import -q - {tag} >/dev/null",
+            "tar -C '{}' -c . | docker import - {tag} >/dev/null",
             root.display()
         ))
         .status()

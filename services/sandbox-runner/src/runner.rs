@@ -478,7 +478,11 @@ impl Runner {
             .create_session_token(CreateSessionTokenRequest {
                 agent: record.agent_name(),
                 sandbox: name.clone(),
-                ttl: Some(proto_duration(resolved.ttl + Duration::from_secs(60))),
+                // The token outlives the sandbox a little (it is revoked at the
+                // stop anyway), within identity's 24 h cap.
+                ttl: Some(proto_duration(
+                    (resolved.ttl + Duration::from_secs(60)).min(Duration::from_secs(86_400)),
+                )),
             })
             .await
             .map_err(|s| Error::from_status(dependency_status("identity", s)))?

@@ -119,7 +119,7 @@ async fn hardening_from_inside(backend: Backend) {
         .await
         .expect("whoami")
         .into_inner();
-    assert_eq!(who.principal.expect("principal").id.is_empty(), false);
+    assert!(!who.principal.expect("principal").id.is_empty());
     let stopped = client
         .stop_sandbox(StopSandboxRequest {
             name: sandbox.name.clone(),
@@ -212,8 +212,8 @@ async fn limits_are_enforced(backend: Backend) {
     assert!(text.contains("50000"), "quota not set: {text}");
     let throttled: i64 = text
         .lines()
-        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
-        .last()
+        .filter_map(|l| l.split_whitespace().next_back()?.parse().ok())
+        .next_back()
         .unwrap_or(0);
     assert!(
         throttled > 0,
@@ -745,7 +745,7 @@ async fn exec_streams_and_files(backend: Backend) {
                 .iter()
                 .find(|e| {
                     e.action == "sandbox.exec"
-                        && e.details_json.contains("hello") == false
+                        && !e.details_json.contains("hello")
                         && e.details_json.contains("cat")
                 })
                 .expect("exec event");

@@ -63,7 +63,7 @@ pub async fn test_image() {
             let status = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "tar -C '{}' -c . | docker import -q - {IMAGE} >/dev/null",
+                    "tar -C '{}' -c . | docker import - {IMAGE} >/dev/null",
                     root.path().display()
                 ))
                 .status()
