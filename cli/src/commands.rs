@@ -58,7 +58,11 @@ impl Ctx {
         }
     }
 
-    fn bearer(&self) -> Result<BearerAuth, CliError> {
+    pub(crate) fn global(&self) -> &Global {
+        &self.global
+    }
+
+    pub(crate) fn bearer(&self) -> Result<BearerAuth, CliError> {
         BearerAuth::new(&self.token()?)
             .map_err(|s| CliError::new(Code::Unauthenticated, s.message()))
     }

@@ -12,6 +12,8 @@ pub enum CliError {
     Failed { code: Code, message: String },
     /// Nothing more to print; exit 1 (e.g. `paddock can` when denied).
     Silent,
+    /// Nothing to print; exit with a command's own code (`paddock run`).
+    Exit(u8),
 }
 
 impl CliError {
@@ -51,6 +53,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::Failed { .. } | CliError::Silent => 1,
+            CliError::Exit(code) => *code,
         }
     }
 
@@ -59,7 +62,7 @@ impl CliError {
         match self {
             CliError::Usage(m) => Some(format!("{}: {m}", code_name(Code::InvalidArgument))),
             CliError::Failed { code, message } => Some(format!("{}: {message}", code_name(*code))),
-            CliError::Silent => None,
+            CliError::Silent | CliError::Exit(_) => None,
         }
     }
 }

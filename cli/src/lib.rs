@@ -20,6 +20,7 @@ mod dev;
 mod error;
 mod names;
 mod output;
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,14 @@ pub struct Global {
         default_value = "http://127.0.0.1:7102"
     )]
     pub authz_endpoint: String,
+    /// The sandbox runner.
+    #[arg(
+        long,
+        global = true,
+        env = "PADDOCK_SANDBOX_ENDPOINT",
+        default_value = "http://127.0.0.1:7103"
+    )]
+    pub sandbox_endpoint: String,
     /// The audit service.
     #[arg(
         long,
@@ -109,6 +118,12 @@ pub enum Command {
     Whoami,
     /// Check whether the caller holds PERMISSION (exit 0 allowed, 1 denied).
     Can(commands::CanArgs),
+    /// Run a command as an agent in a new sandbox, streaming its output;
+    /// exits with the command's code.
+    Run(sandbox::RunArgs),
+    /// Sandboxes: list, get, stop, delete, exec, cp, watch, usage.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
     /// The audit trail: query, tail, verify, export (needs audit.read).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -187,6 +202,8 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Whoami => commands::whoami(&mut ctx()).await,
         Command::Can(a) => commands::can(&mut ctx(), a).await,
         Command::Audit(c) => audit::run(&global, c).await,
+        Command::Run(a) => sandbox::run(&mut ctx(), a).await,
+        Command::Sandbox(c) => sandbox::sandbox(&mut ctx(), c).await,
     }
 }
 
