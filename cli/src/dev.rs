@@ -217,6 +217,10 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
             let config = paddock_authz::Config {
                 listen,
                 identity_endpoint: identity_endpoint.clone(),
+                data_dir: opts.data_dir.clone(),
+                database_url: opts.database_url.clone(),
+                // Events wait in authz's outbox while no audit is known.
+                audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
             };
             match paddock_authz::start_on(listener, &config, &token).await {
                 Ok(h) => Some(h),

@@ -1,16 +1,26 @@
 //! The authz service: `Check`, `BatchCheck`, `ListPermissions` and
-//! `ListRoles` over the built-in roles and permission groups. Decisions are
-//! computed from the principal's role, key role and scope against bitsets
-//! compiled once, so they cost the same for any organization size.
+//! `ListRoles` over the built-in roles and permission groups, and the
+//! `PolicyService`: per-agent policies and organization security settings.
+//! Decisions are computed from the principal's role, key role and scope
+//! against bitsets compiled once, so they cost the same for any
+//! organization size. Policies and settings live in authz's own database;
+//! every change and every refusal of authz's admission goes to the audit
+//! service through the transactional outbox.
 #![forbid(unsafe_code)]
 
 mod decide;
+pub mod json;
+pub mod policy;
+mod service;
+mod store;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use paddock_proto::authz::v1::authz_service_server::{AuthzService, AuthzServiceServer};
+use paddock_proto::authz::v1::policy_service_server::PolicyServiceServer;
 use paddock_proto::authz::v1::{
     BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse, ListPermissionsRequest,
     ListPermissionsResponse, ListRolesRequest, ListRolesResponse, PermissionGroup, Role,
@@ -19,10 +29,14 @@ use paddock_proto::identity::v1::{Principal, PrincipalKind};
 use paddock_shared::auth::{
     self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity,
 };
+use paddock_shared::db::{Database, Migration};
+use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use tonic::{Request, Response, Status};
+
+use crate::service::Policies;
 
 pub use decide::evaluate;
 
@@ -43,7 +57,28 @@ pub struct Config {
         default_value = "http://127.0.0.1:7101"
     )]
     pub identity_endpoint: String,
+    /// Data directory: the SQLite database.
+    #[arg(
+        long = "data-dir",
+        env = "PADDOCK_DATA_DIR",
+        default_value = "paddock-data"
+    )]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (schema `paddock_authz`); SQLite under the data dir
+    /// when unset. `paddock-authz` falls back to `DATABASE_URL`.
+    #[arg(long = "database-url", env = "PADDOCK_AUTHZ_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The audit service the outbox delivers to. Unset: events wait in the
+    /// outbox until it is configured.
+    #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
+    pub audit_endpoint: Option<String>,
 }
+
+/// Authz's schema migrations, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../migrations/0001_policies.sql")),
+    (2, paddock_shared::outbox::MIGRATION),
+];
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -64,20 +99,46 @@ pub async fn start_on(
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
     let addr = listener.local_addr()?;
+    let db = Database::connect(
+        "authz",
+        &config.data_dir,
+        config.database_url.as_deref(),
+        MIGRATIONS,
+    )
+    .await?;
     let identity = RemoteIdentity::new(auth::identity_client(
         &config.identity_endpoint,
         BearerAuth::new(service_token)?,
     )?);
     let authn = CachedAuthenticator::new(identity);
     let watch = authn.inner().watch(authn.cache());
-    let admission = Admission::new(Arc::new(authn), Arc::new(LocalAuthorizer));
-    let name = <AuthzServiceServer<Authz> as tonic::server::NamedService>::NAME;
-    let (_health, routes) = server::health_and_reflection(&[name]).await;
-    let routes = routes.add_service(
-        AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
-    );
+    let forwarder = match &config.audit_endpoint {
+        Some(endpoint) => Some(Forwarder::new(
+            db.pool.clone(),
+            endpoint,
+            BearerAuth::new(service_token)?,
+        )?),
+        None => None,
+    };
+    let audit_wake = forwarder.as_ref().map(Forwarder::waker);
+    let sink = RefusalOutbox::new(db.pool.clone(), audit_wake.clone());
+    let admission = Admission::new(Arc::new(authn), Arc::new(LocalAuthorizer))
+        .with_audit("authz", Arc::new(sink));
+    let authz_name = <AuthzServiceServer<Authz> as tonic::server::NamedService>::NAME;
+    let policy_name = <PolicyServiceServer<Policies> as tonic::server::NamedService>::NAME;
+    let (_health, routes) = server::health_and_reflection(&[authz_name, policy_name]).await;
+    let routes = routes
+        .add_service(
+            AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            PolicyServiceServer::new(Policies { db, audit_wake })
+                .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+        );
+    let mut background = vec![watch];
+    background.extend(forwarder.map(Forwarder::spawn));
     tracing::info!(%addr, "authz listening");
-    Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background([watch]))
+    Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background(background))
 }
 
 /// Answers checks in process, for the authz server's own admission.

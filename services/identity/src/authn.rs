@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use paddock_proto::identity::v1::{Principal, PrincipalKind};
-use paddock_shared::auth::Authenticator;
+use paddock_shared::auth::{self, Authenticator};
 use paddock_shared::db::Database;
 use paddock_shared::names;
 use paddock_shared::secret::Secret;
@@ -108,17 +108,19 @@ impl LocalAuthenticator {
         else {
             return Err(unauthenticated("invalid API key"));
         };
+        // The refusing service files the failure in the key's organization.
+        let refuse = |msg: &str| auth::with_key_organization(unauthenticated(msg), &org);
         if !parsed.matches(&hash) {
-            return Err(unauthenticated("invalid API key"));
+            return Err(refuse("invalid API key"));
         }
         if revoked.is_some() {
-            return Err(unauthenticated("API key has been revoked"));
+            return Err(refuse("API key has been revoked"));
         }
         if expire.is_some_and(|t| t <= now_micros()) {
-            return Err(unauthenticated("API key has expired"));
+            return Err(refuse("API key has expired"));
         }
         let (Some(display), Some(role)) = (display, role) else {
-            return Err(unauthenticated("the key's owner no longer exists"));
+            return Err(refuse("the key's owner no longer exists"));
         };
         self.last_used.touch(parsed.id);
         let (kind, name) = if owner_id.starts_with('a') {
@@ -231,51 +233,4 @@ pub async fn ensure_bootstrap_token(
     paddock_shared::server::write_secret_file(&path, secret.expose())?;
     tracing::info!(path = %path.display(), "wrote a new platform bootstrap token");
     Ok(())
-}
-
-/// Records the admission layer's refusals in identity's outbox. A failed
-/// authentication whose key id names a stored key is filed under that key's
-/// organization; one that names no organization has no chain to go to and
-/// is only logged.
-pub struct RefusalOutbox {
-    pub db: Database,
-    pub wake: Option<Arc<tokio::sync::Notify>>,
-}
-
-impl paddock_shared::auth::RefusalSink for RefusalOutbox {
-    fn record(&self, mut event: paddock_proto::audit::v1::AuditEvent) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let key_id = event
-                .actor
-                .as_ref()
-                .map(|a| a.key_id.clone())
-                .unwrap_or_default();
-            if event.organization.is_empty() && !key_id.is_empty() {
-                let org: Option<(String,)> =
-                    sqlx::query_as("SELECT org_id FROM api_keys WHERE id = $1")
-                        .bind(&key_id)
-                        .fetch_optional(&self.db.pool)
-                        .await
-                        .unwrap_or(None);
-                if let Some((org,)) = org {
-                    event.organization = names::org_name(&org);
-                    event.resource = names::child_name(&org, "apiKeys", &key_id);
-                }
-            }
-            if event.organization.is_empty() {
-                tracing::info!(action = %event.action, key = %key_id, "refusal outside any organization");
-                return;
-            }
-            match paddock_shared::outbox::record_now(&self.db.pool, &event).await {
-                Ok(()) => {
-                    if let Some(wake) = &self.wake {
-                        wake.notify_one();
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, action = %event.action, "could not record a refusal in the audit outbox")
-                }
-            }
-        })
-    }
 }

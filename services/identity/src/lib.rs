@@ -15,7 +15,7 @@ use std::time::Duration;
 use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
 use paddock_shared::db::{Database, Migration};
-use paddock_shared::outbox::Forwarder;
+use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
@@ -130,10 +130,7 @@ pub async fn start_on(
         None => None,
     };
     let audit_wake = forwarder.as_ref().map(Forwarder::waker);
-    let sink = authn::RefusalOutbox {
-        db: db.clone(),
-        wake: audit_wake.clone(),
-    };
+    let sink = RefusalOutbox::new(db.pool.clone(), audit_wake.clone());
     let admission =
         Admission::new(authn.clone(), Arc::new(authz)).with_audit("identity", Arc::new(sink));
     let (invalidations, _) = tokio::sync::broadcast::channel(1024);

@@ -371,6 +371,31 @@ impl Authorizer for RemoteAuthz {
     }
 }
 
+/// Metadata identity puts on an UNAUTHENTICATED answer for a token that
+/// names a stored key: the key's organization id. The service whose
+/// admission refused the call files its `auth.fail` event in that
+/// organization's chain, then strips it: only services ever see it.
+pub const KEY_ORGANIZATION: &str = "paddock-key-organization";
+
+/// Marks an authentication failure with the organization of the key the
+/// token named (see [`KEY_ORGANIZATION`]).
+pub fn with_key_organization(mut status: Status, org: &str) -> Status {
+    if let Ok(v) = MetadataValue::try_from(org) {
+        status.metadata_mut().insert(KEY_ORGANIZATION, v);
+    }
+    status
+}
+
+/// Removes the key's organization from an authentication failure, and
+/// returns it if it is a well-formed organization id.
+pub fn take_key_organization(status: &mut Status) -> Option<String> {
+    let value = status.metadata_mut().remove(KEY_ORGANIZATION)?;
+    let org = value.to_str().ok()?;
+    crate::names::parse_org(&crate::names::org_name(org))
+        .ok()
+        .map(str::to_owned)
+}
+
 /// Why the layer refused a call.
 #[derive(Debug)]
 pub enum Refusal {
@@ -708,7 +733,14 @@ where
                     tracing::debug!(code = ?status.code(), message = status.message(), "refused");
                     Ok(status.into_http())
                 }
-                Err(Refusal::Unauthenticated { status, key_id }) => {
+                Err(Refusal::Unauthenticated { mut status, key_id }) => {
+                    // Identity names the organization of a stored key; the
+                    // caller must not learn it.
+                    let org = take_key_organization(&mut status);
+                    let resource = match (&org, &key_id) {
+                        (Some(org), Some(key)) => crate::names::child_name(org, "apiKeys", key),
+                        _ => String::new(),
+                    };
                     let principal = key_id.map(|key_id| Principal {
                         key_id,
                         ..Default::default()
@@ -716,7 +748,7 @@ where
                     let details =
                         serde_json::json!({"method": req.uri().path(), "reason": status.message()});
                     admission
-                        .audit_refusal(principal.as_ref(), "auth.fail", "", &status, details)
+                        .audit_refusal(principal.as_ref(), "auth.fail", &resource, &status, details)
                         .await;
                     Ok(status.into_http())
                 }

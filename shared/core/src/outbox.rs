@@ -87,6 +87,44 @@ pub async fn record_now(pool: &AnyPool, event: &AuditEvent) -> Result<(), sqlx::
     record(&mut conn, event).await
 }
 
+/// Records the admission layer's refusals (failed authentication, denials)
+/// in a service's outbox, each on its own. A refusal that names no
+/// organization (a token naming no stored key) has no chain to go to and is
+/// only logged.
+pub struct RefusalOutbox {
+    pool: AnyPool,
+    wake: Option<Arc<Notify>>,
+}
+
+impl RefusalOutbox {
+    /// Records into `pool`'s outbox and wakes the forwarder (if any).
+    pub fn new(pool: AnyPool, wake: Option<Arc<Notify>>) -> Self {
+        Self { pool, wake }
+    }
+}
+
+impl crate::auth::RefusalSink for RefusalOutbox {
+    fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if event.organization.is_empty() {
+                let key = event.actor.as_ref().map_or("", |a| a.key_id.as_str());
+                tracing::info!(action = %event.action, key, source = %event.source_service, "refusal outside any organization");
+                return;
+            }
+            match record_now(&self.pool, &event).await {
+                Ok(()) => {
+                    if let Some(wake) = &self.wake {
+                        wake.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, action = %event.action, "could not record a refusal in the audit outbox")
+                }
+            }
+        })
+    }
+}
+
 /// Delivers the outbox to the audit service.
 pub struct Forwarder {
     pool: AnyPool,

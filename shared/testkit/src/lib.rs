@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
+use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
 use paddock_proto::identity::v1::{CreateOrganizationRequest, CreateOrganizationResponse};
 use paddock_shared::auth::{self, AuthzClient, BearerAuth, IdentityClient};
 use paddock_shared::secret::Secret;
@@ -17,6 +18,9 @@ use rand::Rng;
 use sqlx::Executor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A client of authz's PolicyService.
+pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, BearerAuth>>;
 
 /// A client of the audit service.
 pub type AuditClient = AuditServiceClient<InterceptedService<Channel, BearerAuth>>;
@@ -172,8 +176,8 @@ impl Stack {
         Self::start_inner(backend, last_used_flush, true).await
     }
 
-    /// Starts with identity's audit outbox not delivering (its events wait
-    /// in the outbox), so the audit trail holds only what the test appends:
+    /// Starts with identity's and authz's audit outboxes not delivering
+    /// (their events wait in the outbox), so the audit trail holds only what the test appends:
     /// for the audit service's own tests, which count sequences.
     pub async fn start_quiet_audit(backend: Backend) -> Stack {
         Self::start_inner(backend, Duration::from_millis(200), false).await
@@ -204,6 +208,9 @@ impl Stack {
         let authz_config = paddock_authz::Config {
             listen: loopback,
             identity_endpoint: format!("http://{identity_addr}"),
+            data_dir: dir.path().to_owned(),
+            database_url: database_url.clone(),
+            audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
         };
         let authz = paddock_authz::start(&authz_config, &service_token)
             .await
@@ -263,6 +270,14 @@ impl Stack {
 
     pub fn authz(&self, token: &str) -> AuthzClient {
         auth::authz_client(&self.authz_endpoint, bearer(token)).expect("authz client")
+    }
+
+    /// A client of authz's PolicyService.
+    pub fn policy(&self, token: &str) -> PolicyClient {
+        PolicyServiceClient::with_interceptor(
+            auth::lazy_channel(&self.authz_endpoint).expect("authz channel"),
+            bearer(token),
+        )
     }
 
     pub fn audit(&self, token: &str) -> AuditClient {
