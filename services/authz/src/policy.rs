@@ -806,13 +806,14 @@ pub fn default_settings(org: &str) -> SecuritySettings {
     })
 }
 
-/// An agent's policy when none was stored: the organization's bounds, the
-/// built-in defaults, network `none`, no tool, no credential.
+/// An agent's policy when none was stored: every amount zero (bounds are
+/// the organization's, defaults the built-in ones), network `none`, no
+/// tool, no credential.
 pub fn default_policy(org: &str, agent: &str) -> AgentPolicy {
     AgentPolicy {
         name: policy_name(org, agent),
         max: Some(ResourceLimits::default()),
-        defaults: Some(builtin_defaults()),
+        defaults: Some(ResourceLimits::default()),
         network_mode: NetworkMode::None as i32,
         ..Default::default()
     }
