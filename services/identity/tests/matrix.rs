@@ -184,6 +184,31 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ),
     ("/paddock.authz.v1.AuthzService/ListRoles", "OOOO", "OOOO"),
     (
+        "/paddock.authz.v1.PolicyService/GetAgentPolicy",
+        "OOOD",
+        "NNND",
+    ),
+    (
+        "/paddock.authz.v1.PolicyService/UpdateAgentPolicy",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.authz.v1.PolicyService/GetSecuritySettings",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.authz.v1.PolicyService/UpdateSecuritySettings",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.authz.v1.PolicyService/GetEffectivePolicy",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.audit.v1.AuditService/AppendEvents",
         "DDDD",
         "DDDD",
@@ -230,6 +255,7 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
     let org = target.name.clone();
     let mut c = stack.identity(token);
     let mut a = stack.authz(token);
+    let mut pol = stack.policy(token);
     let mut au = stack.audit(token);
     let owner = stack.identity(&target.owner);
     match method {
@@ -575,6 +601,50 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 .await,
         ),
         "ListRoles" => code(a.list_roles(ListRolesRequest {}).await),
+        "GetAgentPolicy" => code(
+            pol.get_agent_policy(GetAgentPolicyRequest {
+                name: format!("{org}/agents/bot/policy"),
+            })
+            .await,
+        ),
+        "UpdateAgentPolicy" => code(
+            pol.update_agent_policy(UpdateAgentPolicyRequest {
+                policy: Some(AgentPolicy {
+                    name: format!("{org}/agents/bot/policy"),
+                    max_sandboxes: 2,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["max_sandboxes".into()],
+                }),
+            })
+            .await,
+        ),
+        "GetSecuritySettings" => code(
+            pol.get_security_settings(GetSecuritySettingsRequest {
+                name: format!("{org}/securitySettings"),
+            })
+            .await,
+        ),
+        "UpdateSecuritySettings" => code(
+            pol.update_security_settings(UpdateSecuritySettingsRequest {
+                settings: Some(SecuritySettings {
+                    name: format!("{org}/securitySettings"),
+                    max_sandboxes: 10,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["max_sandboxes".into()],
+                }),
+            })
+            .await,
+        ),
+        "GetEffectivePolicy" => code(
+            pol.get_effective_policy(GetEffectivePolicyRequest {
+                agent: format!("{org}/agents/bot"),
+            })
+            .await,
+        ),
         "AppendEvents" => code(
             au.append_events(AppendEventsRequest {
                 events: vec![AuditEvent {
