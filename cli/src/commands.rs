@@ -95,7 +95,7 @@ impl Ctx {
         move |s| CliError::rpc(s, "identity", &self.global.identity_endpoint)
     }
 
-    fn authz_err(&self) -> impl Fn(Status) -> CliError + '_ {
+    pub(crate) fn authz_err(&self) -> impl Fn(Status) -> CliError + '_ {
         move |s| CliError::rpc(s, "authz", &self.global.authz_endpoint)
     }
 

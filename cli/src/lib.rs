@@ -21,6 +21,7 @@ mod error;
 mod names;
 mod output;
 mod sandbox;
+mod policy;
 
 use std::process::ExitCode;
 
@@ -124,6 +125,14 @@ pub enum Command {
     /// Sandboxes: list, get, stop, delete, exec, cp, watch, usage.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Per-agent policies: resource bounds and defaults, network, tools,
+    /// credentials (agents.read / agents.manage).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// The organization's security settings, which bound every agent
+    /// policy (security.read / security.manage).
+    #[command(subcommand)]
+    Security(policy::SecurityCommand),
     /// The audit trail: query, tail, verify, export (needs audit.read).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -204,6 +213,8 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Audit(c) => audit::run(&global, c).await,
         Command::Run(a) => sandbox::run(&mut ctx(), a).await,
         Command::Sandbox(c) => sandbox::sandbox(&mut ctx(), c).await,
+        Command::Policy(c) => policy::policy(&mut ctx(), c).await,
+        Command::Security(c) => policy::security(&mut ctx(), c).await,
     }
 }
 
