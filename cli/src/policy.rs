@@ -579,7 +579,7 @@ pub fn policy_fields(p: &AgentPolicy) -> Vec<(&'static str, String)> {
     let mut fields = vec![("name", p.name.clone())];
     let builtin_defaults = builtin::builtin_defaults();
     for (prefix, limits) in [("max", &p.max), ("default", &p.defaults)] {
-        let limits = limits.clone().unwrap_or_default();
+        let limits = (*limits).unwrap_or_default();
         for a in builtin::Amount::ALL {
             let cell = match (amount(a, &limits), prefix) {
                 (Some(v), _) => v,
@@ -656,7 +656,7 @@ pub fn policy_fields(p: &AgentPolicy) -> Vec<(&'static str, String)> {
 
 pub fn settings_fields(s: &SecuritySettings) -> Vec<(&'static str, String)> {
     let mut fields = vec![("name", s.name.clone())];
-    let max = s.max.clone().unwrap_or_default();
+    let max = s.max.unwrap_or_default();
     for a in builtin::Amount::ALL {
         fields.push((label("max", a), amount(a, &max).unwrap_or_default()));
     }

@@ -574,8 +574,8 @@ pub fn merge_policy(
     leaves: &BTreeSet<&str>,
 ) -> AgentPolicy {
     let mut out = current.clone();
-    let input_max = input.max.clone().unwrap_or_default();
-    let input_defaults = input.defaults.clone().unwrap_or_default();
+    let input_max = input.max.unwrap_or_default();
+    let input_defaults = input.defaults.unwrap_or_default();
     let mut max = out.max.take().unwrap_or_default();
     let mut defaults = out.defaults.take().unwrap_or_default();
     for leaf in leaves {
@@ -606,7 +606,7 @@ pub fn merge_settings(
     leaves: &BTreeSet<&str>,
 ) -> SecuritySettings {
     let mut out = current.clone();
-    let input_max = input.max.clone().unwrap_or_default();
+    let input_max = input.max.unwrap_or_default();
     let input_hardening = input.hardening.clone().unwrap_or_default();
     let mut max = out.max.take().unwrap_or_default();
     let mut hardening = out.hardening.take().unwrap_or_default();
@@ -651,8 +651,8 @@ pub fn merge_settings(
 /// full names). Defaults above the policy's own bounds are refused; bounds
 /// of the organization are [`check_within`]'s job.
 pub fn validate_policy(org: &str, p: &AgentPolicy) -> Result<AgentPolicy> {
-    let max = validate_limits("max", &p.max.clone().unwrap_or_default())?;
-    let defaults = validate_limits("defaults", &p.defaults.clone().unwrap_or_default())?;
+    let max = validate_limits("max", &p.max.unwrap_or_default())?;
+    let defaults = validate_limits("defaults", &p.defaults.unwrap_or_default())?;
     for a in Amount::ALL {
         let (m, d) = (a.get(&max), a.get(&defaults));
         if m != 0 && d > m {
@@ -722,7 +722,7 @@ pub fn validate_policy(org: &str, p: &AgentPolicy) -> Result<AgentPolicy> {
 /// Checks whole security settings and returns them normalized
 /// (capabilities upper case without `CAP_`).
 pub fn validate_settings(s: &SecuritySettings) -> Result<SecuritySettings> {
-    let max = validate_limits("max", &s.max.clone().unwrap_or_default())?;
+    let max = validate_limits("max", &s.max.unwrap_or_default())?;
     for (field, v) in [
         ("max_sandboxes", s.max_sandboxes),
         ("max_sandboxes_per_agent", s.max_sandboxes_per_agent),
@@ -774,7 +774,7 @@ pub fn validate_settings(s: &SecuritySettings) -> Result<SecuritySettings> {
 pub fn fill_settings(s: &SecuritySettings) -> SecuritySettings {
     let mut out = s.clone();
     let builtin = builtin_bounds();
-    let mut max = s.max.clone().unwrap_or_default();
+    let mut max = s.max.unwrap_or_default();
     for a in Amount::ALL {
         if a.get(&max) <= 0 {
             a.set(&mut max, a.get(&builtin));
@@ -830,9 +830,9 @@ fn exceeds(what: &str, value: &str, bound: &str, setting: &str) -> Error {
 /// are not re-checked, so tightening the settings never locks an agent's
 /// policy; the effective policy clamps them anyway.
 pub fn check_within(p: &AgentPolicy, s: &SecuritySettings, touched: &BTreeSet<&str>) -> Result<()> {
-    let bound = s.max.clone().unwrap_or_default();
-    let max = p.max.clone().unwrap_or_default();
-    let defaults = p.defaults.clone().unwrap_or_default();
+    let bound = s.max.unwrap_or_default();
+    let max = p.max.unwrap_or_default();
+    let defaults = p.defaults.unwrap_or_default();
     for a in Amount::ALL {
         let b = a.get(&bound);
         let setting = format!("max.{}", a.field());
@@ -871,9 +871,9 @@ pub fn check_within(p: &AgentPolicy, s: &SecuritySettings, touched: &BTreeSet<&s
 /// above the bound; concurrent sandboxes likewise; a network mode wider
 /// than the organization allows narrowed to its widest. `s` must be filled.
 pub fn effective(p: &AgentPolicy, s: &SecuritySettings) -> AgentPolicy {
-    let bound = s.max.clone().unwrap_or_default();
-    let own_max = p.max.clone().unwrap_or_default();
-    let own_defaults = p.defaults.clone().unwrap_or_default();
+    let bound = s.max.unwrap_or_default();
+    let own_max = p.max.unwrap_or_default();
+    let own_defaults = p.defaults.unwrap_or_default();
     let builtin = builtin_defaults();
     let mut max = ResourceLimits::default();
     let mut defaults = ResourceLimits::default();

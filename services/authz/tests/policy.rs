@@ -184,7 +184,7 @@ async fn policies_have_defaults_and_update_by_mask(backend: Backend) {
     )
     .await
     .expect("mask");
-    let max = masked.max.clone().expect("max");
+    let max = masked.max.expect("max");
     assert_eq!((max.memory_bytes, max.cpus), (GIB, 2.0));
     assert_eq!(masked.network_mode(), NetworkMode::Allowlist);
     assert_eq!(masked.tool_rules.len(), 1);
@@ -585,11 +585,14 @@ async fn roles_decide_who_reads_and_changes(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// Sets one field of a policy.
+type SetField = fn(&mut AgentPolicy);
+
 async fn concurrent_updates_of_different_fields_all_land(backend: Backend) {
     let stack = Stack::start(backend).await;
     let acme = setup_org(&stack, "acme").await;
     let mut tasks = Vec::new();
-    let fields: [(&str, fn(&mut AgentPolicy)); 8] = [
+    let fields: [(&str, SetField); 8] = [
         ("max.cpus", |p| p.max.get_or_insert_default().cpus = 3.0),
         ("max.memory_bytes", |p| {
             p.max.get_or_insert_default().memory_bytes = 3 * GIB

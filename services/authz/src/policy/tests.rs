@@ -155,7 +155,7 @@ fn a_mask_merges_only_what_it_names() {
         &input,
         &leaves(&["max.memory_bytes"], POLICY_LEAVES),
     );
-    let max = merged.max.clone().unwrap();
+    let max = merged.max.unwrap();
     assert_eq!((max.memory_bytes, max.pids), (gib(1), 100));
     assert_eq!(merged.network_mode, NetworkMode::Allowlist as i32);
     assert_eq!(merged.credentials.len(), 1);
@@ -317,7 +317,7 @@ fn settings_are_validated_and_filled() {
         filled.max_sandboxes_per_agent, 3,
         "the built-in 5 is capped at 3"
     );
-    assert_eq!(filled.max.clone().unwrap(), builtin_bounds());
+    assert_eq!(filled.max.unwrap(), builtin_bounds());
     assert_eq!(filled.max_network_mode, NetworkMode::Open as i32);
 
     let bad = |s: SecuritySettings| message(validate_settings(&s));
@@ -423,8 +423,8 @@ fn the_effective_policy_is_clamped_and_complete() {
     let s = settings(gib(2), 3, NetworkMode::Allowlist);
     // Nothing stored: the org's bounds and the built-in defaults.
     let e = effective(&default_policy("acme", "bot"), &s);
-    let max = e.max.clone().unwrap();
-    let defaults = e.defaults.clone().unwrap();
+    let max = e.max.unwrap();
+    let defaults = e.defaults.unwrap();
     for a in Amount::ALL {
         assert!(a.get(&max) > 0, "max.{} is filled", a.field());
         assert!(a.get(&defaults) > 0, "defaults.{} is filled", a.field());
@@ -453,8 +453,8 @@ fn the_effective_policy_is_clamped_and_complete() {
         ..Default::default()
     };
     let e = effective(&p, &s);
-    let max = e.max.clone().unwrap();
-    let defaults = e.defaults.clone().unwrap();
+    let max = e.max.unwrap();
+    let defaults = e.defaults.unwrap();
     assert_eq!(max.memory_bytes, gib(2));
     assert_eq!(max.pids, 64, "the policy's own tighter bound stays");
     assert_eq!(defaults.memory_bytes, gib(2), "defaults never above max");
