@@ -20,8 +20,8 @@ mod dev;
 mod error;
 mod names;
 mod output;
-mod sandbox;
 mod policy;
+mod sandbox;
 
 use std::process::ExitCode;
 
