@@ -10,6 +10,8 @@ use paddock_proto::identity::v1::*;
 use paddock_testkit::{Backend, Stack, backend_tests};
 use tonic::Code;
 
+const SANDBOX_SERVICE: &str = "/paddock.sandbox.v1.SandboxService/";
+
 const ROLES: [&str; 4] = ["owner", "admin", "developer", "agent"];
 
 /// (method, own org, other org); one letter per role in ROLES order:
@@ -234,7 +236,10 @@ fn expected(letter: u8) -> Code {
 
 #[test]
 fn every_rpc_has_a_row() {
-    for (path, _) in paddock_proto::ACCESS {
+    // The sandbox runner's RPCs need a Docker Engine; their rows live in
+    // services/sandbox-runner/tests/matrix.rs, which checks them the same way.
+    let here = |path: &&str| !path.starts_with(SANDBOX_SERVICE);
+    for (path, _) in paddock_proto::ACCESS.iter().filter(|(p, _)| here(p)) {
         assert!(
             MATRIX.iter().any(|(p, _, _)| p == path),
             "{path} has no row in the permission matrix"
@@ -242,7 +247,10 @@ fn every_rpc_has_a_row() {
     }
     assert_eq!(
         MATRIX.len(),
-        paddock_proto::ACCESS.len(),
+        paddock_proto::ACCESS
+            .iter()
+            .filter(|(p, _)| here(p))
+            .count(),
         "the matrix names an RPC that does not exist"
     );
 }

@@ -391,7 +391,8 @@ impl Runner {
     fn agent_of(&self, caller: &Principal, org: &str, spec: &SandboxSpec) -> Result<String> {
         if spec.agent.is_empty() {
             if caller.kind == PrincipalKind::Agent as i32 {
-                return Ok(caller.id.clone());
+                let (_, agent) = parse_child(&caller.name, "agents")?;
+                return Ok(agent.to_owned());
             }
             return Err(Error::invalid(
                 "spec.agent is required when the caller is not an agent",
@@ -603,8 +604,21 @@ impl Runner {
             }
         };
         self.report_changes(&record, &mut scanner).await;
-        let state = engine.state(&container).await?;
+        let mut state = engine.state(&container).await?;
         let current = self.reload(&id).await?;
+        // Docker learns of an OOM kill from a separate event that can land
+        // just after the exit: look again before calling a 137 a plain exit.
+        if current.end_reason == EndReason::Unspecified {
+            for _ in 0..20 {
+                match state {
+                    Some(s) if s.exit_code == 137 && !s.oom_killed => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        state = engine.state(&container).await?;
+                    }
+                    _ => break,
+                }
+            }
+        }
         let (reason, exit_code, message) = match (exit?, state) {
             (_, Some(s)) if s.oom_killed => (
                 EndReason::OomKilled,

@@ -62,7 +62,7 @@ impl Sandboxes {
         let record = store::get(&self.runner.db.pool, org, id)
             .await?
             .ok_or_else(not_found)?;
-        let owner = record.owner_for(&principal.id).to_owned();
+        let owner = record.owner_for(principal).to_owned();
         let permission = match intent {
             Intent::Read if owner == principal.id => return Ok(record),
             Intent::Read => "sessions.read",
@@ -129,7 +129,11 @@ impl SandboxService for Sandboxes {
         } else {
             Some(req.agent.clone())
         };
-        // Without sessions.read the caller sees its own sandboxes only.
+        // Without sessions.read the caller sees its own sandboxes only: the
+        // ones it created and, for an agent, the ones running as it.
+        let own_agent = parse_child(&caller.name, "agents")
+            .map(|(_, a)| a.to_owned())
+            .unwrap_or_default();
         let sees_all = self
             .admission
             .allows(&caller, "sessions.read", &caller.organization, "")
@@ -149,7 +153,7 @@ impl SandboxService for Sandboxes {
             &store::ListFilter {
                 org: &org,
                 agent: agent.as_deref(),
-                own: (!sees_all).then_some(caller.id.as_str()),
+                own: (!sees_all).then_some((caller.id.as_str(), own_agent.as_str())),
                 show_ended: req.show_ended,
                 after,
                 limit: limit + 1,

@@ -1,6 +1,7 @@
 //! The runner's records: sandboxes (with their resolved spec, state and
 //! usage) and worker hosts. Times are unix microseconds.
 
+use paddock_proto::identity::v1::Principal;
 use paddock_proto::sandbox::v1::{EndReason, Sandbox, SandboxSpec, SandboxState};
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::child_name;
@@ -94,10 +95,10 @@ impl Record {
     }
 
     /// The principal id that makes this sandbox `caller`'s own: the
-    /// calling agent it runs as, else its creator.
-    pub fn owner_for(&self, caller_id: &str) -> &str {
-        if caller_id == self.agent {
-            &self.agent
+    /// calling agent's when it runs as that agent, else its creator's.
+    pub fn owner_for<'a>(&'a self, caller: &'a Principal) -> &'a str {
+        if caller.name == self.agent_name() {
+            &caller.id
         } else {
             &self.created_by
         }
@@ -166,8 +167,9 @@ pub async fn get_by_id(pool: &AnyPool, id: &str) -> Result<Option<Record>> {
 pub struct ListFilter<'a> {
     pub org: &'a str,
     pub agent: Option<&'a str>,
-    /// Only sandboxes created by, or running as, this principal.
-    pub own: Option<&'a str>,
+    /// Only sandboxes created by this principal id, or running as this
+    /// agent id.
+    pub own: Option<(&'a str, &'a str)>,
     pub show_ended: bool,
     /// Keyset cursor: (create_time, id) of the last row of the previous page.
     pub after: Option<(i64, String)>,
@@ -183,13 +185,13 @@ pub async fn list(pool: &AnyPool, f: &ListFilter<'_>) -> Result<Vec<Record>> {
         n
     };
     let agent_p = f.agent.map(|_| next());
-    let own_p = f.own.map(|_| next());
+    let own_p = f.own.map(|_| (next(), next()));
     let after_p = f.after.as_ref().map(|_| (next(), next()));
     if let Some(p) = agent_p {
         sql.push_str(&format!(" AND agent_id = ${p}"));
     }
-    if let Some(p) = own_p {
-        sql.push_str(&format!(" AND (created_by = ${p} OR agent_id = ${p})"));
+    if let Some((p, a)) = own_p {
+        sql.push_str(&format!(" AND (created_by = ${p} OR agent_id = ${a})"));
     }
     if !f.show_ended {
         sql.push_str(&format!(" AND state IN {LIVE}"));
@@ -207,8 +209,8 @@ pub async fn list(pool: &AnyPool, f: &ListFilter<'_>) -> Result<Vec<Record>> {
     if let Some(a) = f.agent {
         q = q.bind(a);
     }
-    if let Some(o) = f.own {
-        q = q.bind(o);
+    if let Some((p, a)) = f.own {
+        q = q.bind(p).bind(a);
     }
     if let Some((t, i)) = &f.after {
         q = q.bind(*t).bind(i.clone());

@@ -55,6 +55,11 @@ pub async fn test_image() {
             for dir in ["etc", "tmp", "workspace", "home"] {
                 std::fs::create_dir_all(root.path().join(dir)).expect("dir");
             }
+            // As in real images: Docker copies the image's /tmp mode onto
+            // the tmpfs mounted there.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(root.path().join("tmp"), std::fs::Permissions::from_mode(0o1777))
+                .expect("chmod /tmp");
             std::fs::write(
                 root.path().join("etc/passwd"),
                 "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home/sandbox:/bin/sh\n",
@@ -79,6 +84,7 @@ pub struct Env {
     pub runner: Option<ServerHandle>,
     pub runner_endpoint: String,
     pub config: paddock_sandbox_runner::Config,
+    _cleanup: Cleanup,
 }
 
 pub fn runner_config(
@@ -111,6 +117,7 @@ impl Env {
             .await
             .expect("start runner");
         Env {
+            _cleanup: Cleanup(worker.clone()),
             runner_endpoint: runner.endpoint(),
             runner: Some(runner),
             stack,
@@ -163,6 +170,25 @@ impl Env {
         self.crash_runner().await;
         remove_labelled(&self.engine(), &self.worker()).await;
         self.stack.shutdown().await;
+    }
+}
+
+/// A test that panics never reaches [`Env::shutdown`]: remove what its
+/// worker labelled anyway (synchronously, through the docker CLI).
+pub struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let label = format!("label=paddock.worker={}", self.0);
+        let script = format!(
+            "docker ps -aq --filter {label} | xargs -r docker rm -f >/dev/null 2>&1; \
+             docker network ls -q --filter {label} | xargs -r docker network rm >/dev/null 2>&1; \
+             docker volume ls -q --filter {label} | xargs -r docker volume rm -f >/dev/null 2>&1; true"
+        );
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .status();
     }
 }
 
