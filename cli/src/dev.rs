@@ -20,7 +20,8 @@ pub struct DevArgs {
     /// Where the databases, the service token and the bootstrap token live.
     #[arg(long, default_value = "paddock-data")]
     pub data_dir: PathBuf,
-    /// Services not to run here (identity, authz, audit), comma separated;
+    /// Services not to run here (identity, authz, audit, sandbox-runner),
+    /// comma separated;
     /// the others reach them at --identity-endpoint / --authz-endpoint.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
@@ -33,6 +34,16 @@ pub struct DevArgs {
     /// Address of the audit service (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7104")]
     pub audit_listen: SocketAddr,
+    /// Address of the sandbox runner (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7103")]
+    pub sandbox_listen: SocketAddr,
+    /// The Docker Engine the sandbox runner drives.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
 }
 
 /// A service `paddock dev` can run.
@@ -41,16 +52,23 @@ pub enum Service {
     Identity,
     Authz,
     Audit,
+    SandboxRunner,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Identity, Service::Authz, Service::Audit];
+    pub const ALL: [Service; 4] = [
+        Service::Identity,
+        Service::Authz,
+        Service::Audit,
+        Service::SandboxRunner,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Service::Identity => "identity",
             Service::Authz => "authz",
             Service::Audit => "audit",
+            Service::SandboxRunner => "sandbox-runner",
         }
     }
 }
@@ -298,7 +316,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         authz_listen: args.authz_listen,
         audit_listen: args.audit_listen,
         database_url: database_url_from_env(),
-        skip,
+        skip: skip.clone(),
         identity_endpoint: global.identity_endpoint.clone(),
         authz_endpoint: global.authz_endpoint.clone(),
         audit_endpoint: global.audit_endpoint.clone(),
@@ -310,10 +328,39 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     } else {
         global.audit_endpoint.clone()
     };
+    let mut runner = None;
+    if !skip.contains(&Service::SandboxRunner) {
+        let config = paddock_sandbox_runner::Config {
+            listen: args.sandbox_listen,
+            data_dir: args.data_dir.clone(),
+            database_url: database_url_from_env(),
+            identity_endpoint: stack.identity_endpoint.clone(),
+            authz_endpoint: stack.authz_endpoint.clone(),
+            audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+            docker_host: args.docker_host.clone(),
+            worker_id: None,
+            stop_grace: Duration::from_secs(3),
+            usage_interval: Duration::from_secs(5),
+            scan_interval: Duration::from_secs(2),
+        };
+        let token = service_token(&args.data_dir)?;
+        match paddock_sandbox_runner::start(&config, &token).await {
+            Ok(h) => runner = Some(h),
+            Err(e) => {
+                stack.shutdown().await;
+                return Err(start_error("sandbox-runner", e.as_ref()));
+            }
+        }
+    }
+    let sandbox_endpoint = runner.as_ref().map_or_else(
+        || global.sandbox_endpoint.clone(),
+        |h| client_endpoint(h.addr),
+    );
     let endpoints = serde_json::json!({
         "identity": stack.identity_endpoint,
         "authz": stack.authz_endpoint,
         "audit": audit_endpoint,
+        "sandbox": sandbox_endpoint,
     });
     if let Err(e) = write_secret_file(
         &args.data_dir.join("endpoints.json"),
@@ -333,6 +380,12 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     }
     if stack.audit.is_some() {
         outln!("audit listening on {}", stack.audit_endpoint);
+    }
+    if runner.is_some() {
+        outln!(
+            "sandbox-runner listening on {sandbox_endpoint} (Docker at {})",
+            args.docker_host
+        );
     }
     if stack.identity.is_some() {
         outln!(
@@ -355,7 +408,14 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             stack.audit = None;
             Err(CliError::new(Code::Internal, format!("audit stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
         }
+        res = wait_for(&mut runner) => {
+            runner = None;
+            Err(CliError::new(Code::Internal, format!("sandbox-runner stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
+        }
     };
+    if let Some(r) = runner {
+        r.shutdown().await;
+    }
     stack.shutdown().await;
     outcome
 }

@@ -165,6 +165,8 @@ fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child
             "127.0.0.1:0",
             "--audit-listen",
             "127.0.0.1:0",
+            "--sandbox-listen",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .env_remove("DATABASE_URL")
@@ -201,6 +203,7 @@ pub struct Dev {
     pub identity_endpoint: String,
     pub authz_endpoint: String,
     pub audit_endpoint: String,
+    pub sandbox_endpoint: String,
     // Dropped last: the child is gone before its data dir is removed.
     dir: TempDir,
 }
@@ -234,6 +237,7 @@ impl Dev {
             identity_endpoint: String::new(),
             authz_endpoint: String::new(),
             audit_endpoint: String::new(),
+            sandbox_endpoint: String::new(),
             dir,
         };
         dev.wait_until_serving();
@@ -293,6 +297,18 @@ impl Dev {
             .as_str()
             .expect("audit endpoint")
             .to_owned();
+        self.sandbox_endpoint = endpoints["sandbox"]
+            .as_str()
+            .expect("sandbox endpoint")
+            .to_owned();
+    }
+
+    /// The sandbox runner's worker id (labels on everything it creates).
+    pub fn worker_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("worker-id"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
     }
 
     /// Polls for `endpoints.json` (complete JSON) until the deadline or until
@@ -378,6 +394,7 @@ impl Dev {
             .env("PADDOCK_IDENTITY_ENDPOINT", &self.identity_endpoint)
             .env("PADDOCK_AUTHZ_ENDPOINT", &self.authz_endpoint)
             .env("PADDOCK_AUDIT_ENDPOINT", &self.audit_endpoint)
+            .env("PADDOCK_SANDBOX_ENDPOINT", &self.sandbox_endpoint)
             .env_remove("PADDOCK_TOKEN")
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
@@ -416,6 +433,10 @@ impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Containers, networks and volumes its runner labelled.
+        if let Some(worker) = self.worker_id() {
+            paddock_testkit::image::remove_worker_resources(&worker);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "---- paddock dev ({:?}) log ----\n{}",

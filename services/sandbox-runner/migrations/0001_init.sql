@@ -11,6 +11,7 @@ CREATE TABLE sandboxes (
     worker_id TEXT NOT NULL,
     container_id TEXT NOT NULL DEFAULT '',
     workspace TEXT NOT NULL,
+    uid BIGINT NOT NULL DEFAULT 65534,
     create_time BIGINT NOT NULL,
     start_time BIGINT,
     end_time BIGINT,

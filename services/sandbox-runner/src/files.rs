@@ -64,11 +64,25 @@ pub struct Checked {
 /// Checks a tar archive that will be extracted at `dest` (an absolute path
 /// under /workspace).
 pub fn check_archive(archive: impl std::io::Read, dest: &str) -> Result<Checked> {
+    rewrite_archive(archive, dest, 65534, std::io::sink())
+}
+
+/// Checks every entry of `archive` and writes it again to `out` as the
+/// sandbox user would have made it: owned by `uid`, no setuid, setgid or
+/// sticky bits, names normalized. Nothing is written for a refused archive
+/// that the caller would keep: `out` is a spool the caller discards.
+pub fn rewrite_archive(
+    archive: impl std::io::Read,
+    dest: &str,
+    uid: u32,
+    out: impl std::io::Write,
+) -> Result<Checked> {
     let mut checked = Checked::default();
     let mut tar = tar::Archive::new(archive);
+    let mut builder = tar::Builder::new(out);
     let entries = tar.entries().map_err(bad_archive)?;
     for entry in entries {
-        let entry = entry.map_err(bad_archive)?;
+        let mut entry = entry.map_err(bad_archive)?;
         let name = entry.path().map_err(bad_archive)?.into_owned();
         let shown = name.to_string_lossy().into_owned();
         let rel = relative(&name).ok_or_else(|| {
@@ -78,17 +92,40 @@ pub fn check_archive(archive: impl std::io::Read, dest: &str) -> Result<Checked>
             ))
         })?;
         let kind = entry.header().entry_type();
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let mtime = entry.header().mtime().unwrap_or(0);
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(u64::from(uid));
+        header.set_gid(u64::from(uid));
+        header.set_mtime(mtime);
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 checked.files += 1;
                 checked.bytes += entry.size() as i64;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(mode);
+                header.set_size(entry.size());
+                builder
+                    .append_data(&mut header, &rel, &mut entry)
+                    .map_err(bad_archive)?;
             }
-            tar::EntryType::Directory => {}
+            tar::EntryType::Directory => {
+                if rel.as_os_str().is_empty() {
+                    continue;
+                }
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(mode | 0o700);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, &rel, std::io::empty())
+                    .map_err(bad_archive)?;
+            }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name()
                     .map_err(bad_archive)?
-                    .ok_or_else(|| Error::invalid(format!("link {shown:?} has no target")))?;
+                    .ok_or_else(|| Error::invalid(format!("link {shown:?} has no target")))?
+                    .into_owned();
                 let parent = Path::new(dest).join(&rel);
                 let parent = parent.parent().unwrap_or(Path::new(WORKSPACE));
                 if !link_stays_inside(parent, &target) {
@@ -98,18 +135,31 @@ pub fn check_archive(archive: impl std::io::Read, dest: &str) -> Result<Checked>
                         truncate(&target.to_string_lossy())
                     )));
                 }
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, &rel, &target)
+                    .map_err(bad_archive)?;
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name()
                     .map_err(bad_archive)?
-                    .ok_or_else(|| Error::invalid(format!("link {shown:?} has no target")))?;
-                if relative(&target).is_none() {
-                    return Err(Error::invalid(format!(
+                    .ok_or_else(|| Error::invalid(format!("link {shown:?} has no target")))?
+                    .into_owned();
+                let target = relative(&target).ok_or_else(|| {
+                    Error::invalid(format!(
                         "archive entry {:?} hard-links outside the archive",
                         truncate(&shown)
-                    )));
-                }
+                    ))
+                })?;
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_mode(mode);
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, &rel, &target)
+                    .map_err(bad_archive)?;
             }
             // PAX and GNU long-name records are consumed by the reader.
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
@@ -121,6 +171,7 @@ pub fn check_archive(archive: impl std::io::Read, dest: &str) -> Result<Checked>
             }
         }
     }
+    builder.finish().map_err(bad_archive)?;
     Ok(checked)
 }
 
@@ -259,6 +310,38 @@ mod tests {
         // A link to ".." from the top escapes.
         let a = archive(|b| link(b, "up", ".."));
         assert!(check_archive(a.as_slice(), "/workspace").is_err());
+    }
+
+    #[test]
+    fn uploads_are_rewritten_as_the_sandbox_user() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o4755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_path("./bin/tool").expect("path");
+        h.set_cksum();
+        b.append(&h, &b"ok"[..]).expect("append");
+        let input = b.into_inner().expect("tar");
+        let mut out = Vec::new();
+        rewrite_archive(input.as_slice(), "/workspace", 65534, &mut out).expect("rewrite");
+        let mut archive = tar::Archive::new(out.as_slice());
+        let entry = archive
+            .entries()
+            .expect("entries")
+            .next()
+            .expect("one")
+            .expect("entry");
+        let header = entry.header();
+        assert_eq!(header.uid().expect("uid"), 65534);
+        assert_eq!(header.gid().expect("gid"), 65534);
+        assert_eq!(
+            header.mode().expect("mode"),
+            0o755,
+            "setuid must be stripped"
+        );
+        assert_eq!(entry.path().expect("path").to_string_lossy(), "bin/tool");
     }
 
     #[test]

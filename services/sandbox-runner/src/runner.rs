@@ -267,6 +267,7 @@ impl Runner {
                 .workspace(&org, &id)
                 .to_string_lossy()
                 .into_owned(),
+            uid,
             create_time: now,
             start_time: None,
             end_time: None,

@@ -342,22 +342,45 @@ impl SandboxService for Sandboxes {
             .map_err(|e| Error::Internal(e.to_string()))?;
         drop(file);
         let path = spool.path().to_path_buf();
+        let checked_spool =
+            tempfile::NamedTempFile::new().map_err(|e| Error::Internal(e.to_string()))?;
+        let checked_path = checked_spool.path().to_path_buf();
         let dest_for_check = dest.clone();
+        let uid = record.uid;
         let checked = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&path).map_err(|e| Error::Internal(e.to_string()))?;
-            files::check_archive(std::io::BufReader::new(f), &dest_for_check)
+            let input = std::fs::File::open(&path).map_err(|e| Error::Internal(e.to_string()))?;
+            let output =
+                std::fs::File::create(&checked_path).map_err(|e| Error::Internal(e.to_string()))?;
+            files::rewrite_archive(
+                std::io::BufReader::new(input),
+                &dest_for_check,
+                uid,
+                std::io::BufWriter::new(output),
+            )
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        drop(spool);
 
         let engine = self.runner.engine()?;
         // The destination directory must exist; make it as the sandbox user.
         if dest != files::WORKSPACE {
             mkdir_in(&engine, &record, &dest).await?;
         }
-        let body = tokio::fs::read(spool.path())
+        let file = tokio::fs::File::open(checked_spool.path())
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
+        let body = futures_util::stream::unfold(file, |mut file| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((bytes::Bytes::from(buf), file))
+                }
+            }
+        });
         engine
             .docker()
             .upload_to_container(
@@ -367,10 +390,11 @@ impl SandboxService for Sandboxes {
                     no_overwrite_dir_non_dir: Some("true".into()),
                     ..Default::default()
                 }),
-                bollard::body_full(body.into()),
+                bollard::body_stream(body),
             )
             .await
             .map_err(|e| Error::FailedPrecondition(format!("cannot write into {dest}: {e}")))?;
+        drop(checked_spool);
         let mut event = outbox::event(
             "sandbox-runner",
             Some(&caller),

@@ -24,6 +24,8 @@ pub struct Record {
     pub worker: String,
     pub container_id: String,
     pub workspace: String,
+    /// The user id the sandbox runs as.
+    pub uid: u32,
     pub create_time: i64,
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
@@ -37,7 +39,7 @@ type Row = sqlx::any::AnyRow;
 
 const COLUMNS: &str = "id, org_id, agent_id, created_by, spec, state, end_reason, exit_code, \
     message, worker_id, container_id, workspace, create_time, start_time, end_time, expire_time, \
-    cpu_seconds, memory_peak, execs";
+    cpu_seconds, memory_peak, execs, uid";
 
 /// Live states: the container exists or is about to.
 pub const LIVE: &str = "(1, 2, 3, 4)";
@@ -73,6 +75,7 @@ impl Record {
             cpu_seconds: r.try_get(16)?,
             memory_peak: r.try_get(17)?,
             execs: r.try_get(18)?,
+            uid: u32::try_from(r.try_get::<i64, _>(19)?).unwrap_or(65534),
         })
     }
 
@@ -125,7 +128,8 @@ impl Record {
 pub async fn insert(conn: &mut AnyConnection, r: &Record) -> Result<()> {
     sqlx::query(
         "INSERT INTO sandboxes (id, org_id, agent_id, created_by, spec, state, worker_id, \
-         workspace, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         workspace, create_time, expire_time, uid) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&r.id)
     .bind(&r.org)
@@ -137,6 +141,7 @@ pub async fn insert(conn: &mut AnyConnection, r: &Record) -> Result<()> {
     .bind(&r.workspace)
     .bind(r.create_time)
     .bind(r.expire_time)
+    .bind(i64::from(r.uid))
     .execute(conn)
     .await?;
     Ok(())

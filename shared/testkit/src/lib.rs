@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fixtures;
+pub mod image;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -15,67 +15,22 @@ use paddock_sandbox_runner::docker::Engine;
 use paddock_shared::auth::{self, BearerAuth};
 use paddock_shared::server::ServerHandle;
 use paddock_testkit::{Backend, Stack, bearer};
-use tokio::sync::OnceCell;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use paddock_testkit::fixtures::*;
 
-pub const IMAGE: &str = "paddock-test-busybox:1";
+pub const IMAGE: &str = paddock_testkit::image::IMAGE;
 pub const DOCKER: &str = "unix:///var/run/docker.sock";
 
 pub type SandboxClient = SandboxServiceClient<InterceptedService<Channel, BearerAuth>>;
 pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, BearerAuth>>;
 
-static IMAGE_READY: OnceCell<()> = OnceCell::const_new();
-
-/// Builds the test image once per test binary: a root filesystem holding
-/// only busybox and its applet links.
+/// Builds the test image once per test binary.
 pub async fn test_image() {
-    IMAGE_READY
-        .get_or_init(|| async {
-            let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .expect("busybox not found: install Debian's busybox-static (scripts/test does)");
-            let root = tempfile::tempdir().expect("rootfs dir");
-            let bin = root.path().join("bin");
-            std::fs::create_dir_all(&bin).expect("bin");
-            std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
-            let list = std::process::Command::new(busybox)
-                .arg("--list")
-                .output()
-                .expect("busybox --list");
-            for applet in String::from_utf8_lossy(&list.stdout).lines() {
-                let applet = applet.trim();
-                if !applet.is_empty() && applet != "busybox" {
-                    let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-                }
-            }
-            for dir in ["etc", "tmp", "workspace", "home"] {
-                std::fs::create_dir_all(root.path().join(dir)).expect("dir");
-            }
-            // As in real images: Docker copies the image's /tmp mode onto
-            // the tmpfs mounted there.
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(root.path().join("tmp"), std::fs::Permissions::from_mode(0o1777))
-                .expect("chmod /tmp");
-            std::fs::write(
-                root.path().join("etc/passwd"),
-                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home/sandbox:/bin/sh\n",
-            )
-            .expect("passwd");
-            let status = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "tar -C '{}' -c . | docker import - {IMAGE} >/dev/null",
-                    root.path().display()
-                ))
-                .status()
-                .expect("docker import");
-            assert!(status.success(), "docker import of the test image failed");
-        })
-        .await;
+    tokio::task::spawn_blocking(paddock_testkit::image::busybox_image)
+        .await
+        .expect("build the test image");
 }
 
 /// The stack plus a runner.
@@ -177,18 +132,11 @@ impl Env {
 /// worker labelled anyway (synchronously, through the docker CLI).
 pub struct Cleanup(String);
 
+/// A test that panics never reaches [`Env::shutdown`]: remove what its
+/// worker labelled anyway.
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let label = format!("label=paddock.worker={}", self.0);
-        let script = format!(
-            "docker ps -aq --filter {label} | xargs -r docker rm -f >/dev/null 2>&1; \
-             docker network ls -q --filter {label} | xargs -r docker network rm >/dev/null 2>&1; \
-             docker volume ls -q --filter {label} | xargs -r docker volume rm -f >/dev/null 2>&1; true"
-        );
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .status();
+        paddock_testkit::image::remove_worker_resources(&self.0);
     }
 }
 

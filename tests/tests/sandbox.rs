@@ -1,0 +1,287 @@
+//! `paddock run` and `paddock sandbox` through the real binaries against
+//! `paddock dev` and the real Docker Engine, and a kill -9 of the control
+//! plane with sandboxes running.
+
+use std::time::Duration;
+
+use paddock_e2e::{Backend, Dev, e2e_tests};
+
+const IMAGE: &str = paddock_testkit::image::IMAGE;
+
+/// An organization with agent `bot` and project `web`; returns the owner key.
+fn setup(dev: &Dev) -> String {
+    paddock_testkit::image::busybox_image();
+    let out = dev
+        .paddock(
+            Some(&dev.bootstrap_token()),
+            &["org", "create", "acme", "--owner", "alice@acme.test"],
+        )
+        .json();
+    let owner = out["secret"].as_str().expect("secret").to_owned();
+    dev.paddock(Some(&owner), &["agent", "create", "bot"])
+        .json();
+    dev.paddock(Some(&owner), &["project", "create", "web"])
+        .json();
+    owner
+}
+
+fn run_streams_and_exits_with_the_command_code(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = setup(&dev);
+    let out = dev.paddock(
+        Some(&owner),
+        &[
+            "run",
+            "--agent",
+            "bot",
+            "--project",
+            "web",
+            "--image",
+            IMAGE,
+            "--memory",
+            "64m",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert_eq!(out.stdout, "hello\n", "{out:#?}");
+    assert_eq!(out.stderr, "oops\n", "{out:#?}");
+    // The sandbox was stopped and deleted afterwards.
+    let list = dev
+        .paddock(Some(&owner), &["sandbox", "list", "--all"])
+        .json();
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list:#}");
+
+    // A refusal names the bound.
+    let out = dev.paddock(
+        Some(&owner),
+        &[
+            "run",
+            "--agent",
+            "bot",
+            "--project",
+            "web",
+            "--image",
+            IMAGE,
+            "--memory",
+            "64g",
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        out.failure("INVALID_ARGUMENT").contains("max.memory_bytes"),
+        "{out:#?}"
+    );
+}
+
+fn detached_sandbox_exec_cp_stop(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = setup(&dev);
+    let sb = dev
+        .paddock(
+            Some(&owner),
+            &[
+                "run",
+                "--agent",
+                "bot",
+                "--project",
+                "web",
+                "--image",
+                IMAGE,
+                "--detach",
+                "--",
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while :; do sleep 1; done",
+            ],
+        )
+        .json();
+    assert_eq!(sb["state"], "running", "{sb:#}");
+    let id = sb["id"].as_str().expect("id").to_owned();
+
+    let list = dev.paddock(Some(&owner), &["sandbox", "list"]).json();
+    assert!(
+        list.as_array()
+            .expect("array")
+            .iter()
+            .any(|s| s["id"] == id.as_str()),
+        "{list:#}"
+    );
+
+    let out = dev.paddock(
+        Some(&owner),
+        &["sandbox", "exec", &id, "--", "sh", "-c", "id -u; exit 4"],
+    );
+    assert_eq!((out.code, out.stdout.as_str()), (4, "65534\n"), "{out:#?}");
+
+    // cp in, change inside, cp out.
+    let local = tempfile_dir();
+    std::fs::create_dir_all(local.join("src")).expect("mkdir");
+    std::fs::write(local.join("src/a.txt"), "from the host").expect("write");
+    dev.paddock(
+        Some(&owner),
+        &[
+            "sandbox",
+            "cp",
+            local.join("src").to_str().expect("utf8"),
+            &format!("{id}:"),
+        ],
+    )
+    .json();
+    let out = dev.paddock(
+        Some(&owner),
+        &[
+            "sandbox",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "cat /workspace/src/a.txt; echo changed > /workspace/src/b.txt",
+        ],
+    );
+    assert_eq!(out.stdout, "from the host", "{out:#?}");
+    let back = local.join("back");
+    let out = dev.paddock(
+        Some(&owner),
+        &[
+            "sandbox",
+            "cp",
+            &format!("{id}:src"),
+            back.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_eq!(
+        std::fs::read_to_string(back.join("src/b.txt")).expect("b.txt"),
+        "changed\n"
+    );
+    // Traversal is refused.
+    let out = dev.paddock(
+        Some(&owner),
+        &[
+            "sandbox",
+            "cp",
+            local.join("src").to_str().expect("utf8"),
+            &format!("{id}:../etc"),
+        ],
+    );
+    assert!(
+        out.failure("INVALID_ARGUMENT")
+            .contains("outside /workspace"),
+        "{out:#?}"
+    );
+
+    let stopped = dev.paddock(Some(&owner), &["sandbox", "stop", &id]).json();
+    assert_eq!(
+        (stopped["state"].as_str(), stopped["end_reason"].as_str()),
+        (Some("stopped"), Some("stopped_by_user")),
+        "{stopped:#}"
+    );
+    let usage = dev.paddock(Some(&owner), &["sandbox", "usage", &id]).json();
+    assert!(usage["execs"].as_i64().unwrap_or(0) >= 2, "{usage:#}");
+    dev.paddock(Some(&owner), &["sandbox", "delete", &id])
+        .json();
+    let out = dev.paddock(Some(&owner), &["sandbox", "get", &id]);
+    out.failure("NOT_FOUND");
+    let _ = std::fs::remove_dir_all(&local);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "paddock-e2e-cp-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// kill -9 of `paddock dev` (runner included) with sandboxes running; after
+/// the restart, state and Docker agree, stopping works, nothing is left.
+fn crash_with_sandboxes_running(backend: Backend) {
+    let mut dev = Dev::start(backend);
+    let owner = setup(&dev);
+    let detached = |cmd: &str| {
+        dev.paddock(
+            Some(&owner),
+            &[
+                "run",
+                "--agent",
+                "bot",
+                "--project",
+                "web",
+                "--image",
+                IMAGE,
+                "--detach",
+                "--",
+                "sh",
+                "-c",
+                cmd,
+            ],
+        )
+        .json()["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let running = detached("trap 'exit 0' TERM; while :; do sleep 1; done");
+    let exits = detached("sleep 2; exit 5");
+    let worker = dev.worker_id().expect("worker id");
+
+    dev.crash();
+    std::thread::sleep(Duration::from_secs(3));
+    dev.restart();
+
+    let get = |id: &str| dev.paddock(Some(&owner), &["sandbox", "get", id]).json();
+    let r = get(&running);
+    assert_eq!(r["state"], "running", "{r:#}");
+    let e = get(&exits);
+    assert_eq!(
+        (e["state"].as_str(), e["exit_code"].as_i64()),
+        (Some("stopped"), Some(5)),
+        "{e:#}"
+    );
+
+    let stopped = dev
+        .paddock(Some(&owner), &["sandbox", "stop", &running])
+        .json();
+    assert_eq!(stopped["state"], "stopped", "{stopped:#}");
+    let left = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=paddock.worker={worker}"),
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left behind"
+    );
+    let nets = std::process::Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=paddock.worker={worker}"),
+        ])
+        .output()
+        .expect("docker network ls");
+    assert!(
+        String::from_utf8_lossy(&nets.stdout).trim().is_empty(),
+        "networks left behind"
+    );
+}
+
+e2e_tests!(
+    run_streams_and_exits_with_the_command_code,
+    detached_sandbox_exec_cp_stop,
+    crash_with_sandboxes_running,
+);
