@@ -393,6 +393,7 @@ impl Engine {
     pub async fn create_network(
         &self,
         name: &str,
+        bridge: &str,
         labels: HashMap<String, String>,
     ) -> Result<(), Error> {
         self.docker
@@ -400,10 +401,16 @@ impl Engine {
                 name: name.to_owned(),
                 driver: Some("bridge".into()),
                 labels: Some(labels),
-                options: Some(HashMap::from([(
-                    "com.docker.network.bridge.enable_icc".to_owned(),
-                    "false".to_owned(),
-                )])),
+                options: Some(HashMap::from([
+                    (
+                        "com.docker.network.bridge.enable_icc".to_owned(),
+                        "false".to_owned(),
+                    ),
+                    (
+                        "com.docker.network.bridge.name".to_owned(),
+                        bridge.to_owned(),
+                    ),
+                ])),
                 ..Default::default()
             })
             .await

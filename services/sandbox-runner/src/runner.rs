@@ -506,7 +506,12 @@ impl Runner {
         ]);
         let network = if resolved.network == NetworkMode::Open {
             let net = network_name(&record.id);
-            engine.create_network(&net, labels.clone()).await?;
+            let bridge = crate::egress::bridge_name(&record.id);
+            engine.create_network(&net, &bridge, labels.clone()).await?;
+            if let Err(e) = crate::egress::install(&bridge).await {
+                let _ = engine.remove_network(&net).await;
+                return Err(e);
+            }
             net
         } else {
             "none".to_owned()
@@ -816,8 +821,11 @@ impl Runner {
             {
                 tracing::warn!(sandbox = record.id, error = %e, "cannot remove the container");
             }
-            if let Err(e) = engine.remove_network(&network_name(&record.id)).await {
-                tracing::warn!(sandbox = record.id, error = %e, "cannot remove the network");
+            if NetworkMode::try_from(record.spec.network_mode) == Ok(NetworkMode::Open) {
+                if let Err(e) = engine.remove_network(&network_name(&record.id)).await {
+                    tracing::warn!(sandbox = record.id, error = %e, "cannot remove the network");
+                }
+                crate::egress::remove(&crate::egress::bridge_name(&record.id)).await;
             }
         }
         let revoked = self
@@ -919,8 +927,10 @@ impl Runner {
         for (network, sandbox) in engine.labelled_networks(&self.worker).await? {
             if !live_ids.contains(&sandbox) {
                 engine.remove_network(&network).await?;
+                crate::egress::remove(&crate::egress::bridge_name(&sandbox)).await;
             }
         }
+        crate::egress::purge_stale().await;
         Ok(())
     }
 }

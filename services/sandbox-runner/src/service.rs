@@ -242,12 +242,22 @@ impl SandboxService for Sandboxes {
         let record = self
             .authorized(&caller, &request.get_ref().name, Intent::Read)
             .await?;
-        let first = record.to_proto();
         let mut closing = self.closing.clone();
         let rx = if record.is_live() {
             self.runner.subscribe(&record.id)
         } else {
             None
+        };
+        // Subscribed after the read: the current state is the receiver's
+        // (it may have ended in between); a live record nobody supervises
+        // (its end is being recorded) is read again.
+        let first = match (&rx, record.is_live()) {
+            (Some(rx), _) => rx.borrow().clone(),
+            (None, true) => store::get(&self.runner.db.pool, &record.org, &record.id)
+                .await?
+                .map(|r| r.to_proto())
+                .unwrap_or_else(|| record.to_proto()),
+            (None, false) => record.to_proto(),
         };
         let stream = async_stream(first, rx, async move {
             let _ = closing.wait_for(|c| *c).await;

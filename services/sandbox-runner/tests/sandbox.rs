@@ -806,6 +806,7 @@ backend_tests!(
     refusals,
     exec_streams_and_files,
     ttl_expires,
+    open_network_never_reaches_the_host,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,4 +849,118 @@ async fn without_docker_the_runner_starts_and_says_why() {
     );
     runner.shutdown().await;
     stack.shutdown().await;
+}
+
+/// An `open` sandbox reaches beyond its bridge, but never the host (nor
+/// metadata or private addresses). The same probe from an unguarded
+/// container on Docker's default bridge does reach the host, so the test
+/// would notice a missing guard.
+async fn open_network_never_reaches_the_host(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("net")).await;
+    set_policy(
+        &env,
+        &org,
+        AgentPolicy {
+            network_mode: NetworkMode::Open as i32,
+            ..Default::default()
+        },
+        &["network_mode"],
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = s.write_all(b"host\n").await;
+        }
+    });
+    let probe = format!(
+        "gw=$(ip route | awk '/default/ {{print $3}}'); echo gw=$gw; \
+         (nc -w 2 $gw {port} </dev/null | grep -q host) && echo host=reached || echo host=blocked;"
+    );
+
+    let mut client = env.sandboxes(&org.owner);
+    let mut s = spec("web");
+    s.network_mode = NetworkMode::Open as i32;
+    let sb = create(&mut client, s).await.expect("open sandbox");
+    let out = exec(&mut client, &sb.name, &["sh", "-c", &probe], None)
+        .await
+        .expect("probe");
+    let text = out.out();
+    assert!(
+        text.contains("gw=1"),
+        "no default route in an open sandbox: {text}"
+    );
+    assert!(text.contains("host=blocked"), "{text}");
+    // Metadata and private addresses are dropped on the way out (nothing
+    // listens on them here, so the rules themselves are checked).
+    let id = sb.name.rsplit('/').next().expect("id").to_owned();
+    let bridge = format!("pdk{}", &id[2..14]);
+    let rules = std::process::Command::new("iptables")
+        .args(["-S", "DOCKER-USER"])
+        .output()
+        .expect("iptables");
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    for cidr in [
+        "169.254.0.0/16",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+    ] {
+        assert!(
+            rules.contains(&format!("-d {cidr} -i {bridge} -j DROP")),
+            "{cidr} not dropped:\n{rules}"
+        );
+    }
+
+    // Control: a plain container on the default bridge reaches the host.
+    let control = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--label",
+            &format!("paddock.worker={}", env.worker()),
+            IMAGE,
+            "sh",
+            "-c",
+            &probe,
+        ])
+        .output()
+        .expect("docker run");
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    assert!(
+        control.contains("host=reached"),
+        "the probe cannot tell: {control}"
+    );
+
+    // Stopping removes the network and the guard.
+    client
+        .stop_sandbox(StopSandboxRequest {
+            name: sb.name.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("stop");
+    assert!(
+        env.engine()
+            .labelled_networks(&env.worker())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let id = sb.name.rsplit('/').next().expect("id");
+    let rules = std::process::Command::new("iptables")
+        .args(["-S", "DOCKER-USER"])
+        .output()
+        .expect("iptables");
+    let bridge = format!("pdk{}", &id[2..14]);
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains(&bridge),
+        "guard rules left behind"
+    );
+    env.shutdown().await;
 }
