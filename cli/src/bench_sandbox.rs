@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use clap::Args;
 use futures_util::StreamExt;
+use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
+use paddock_proto::authz::v1::{
+    AgentPolicy, SecuritySettings, UpdateAgentPolicyRequest, UpdateSecuritySettingsRequest,
+};
 use paddock_proto::identity::v1::{
     CreateAgentRequest, CreateOrganizationRequest, CreateProjectRequest,
 };
@@ -252,6 +256,41 @@ async fn measure_all(
         })
         .await
         .map_err(|s| internal("create project", s.message()))?;
+    // Room for every sandbox the bench keeps running at once.
+    let room = i32::try_from(args.iterations)
+        .unwrap_or(i32::MAX)
+        .saturating_add(5);
+    let mut policies = PolicyServiceClient::with_interceptor(
+        lazy_channel(&stack.authz_endpoint).map_err(|s| internal("authz", s.message()))?,
+        bearer()?,
+    );
+    policies
+        .update_security_settings(UpdateSecuritySettingsRequest {
+            settings: Some(SecuritySettings {
+                name: format!("{parent}/securitySettings"),
+                max_sandboxes: room,
+                max_sandboxes_per_agent: room,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["max_sandboxes".into(), "max_sandboxes_per_agent".into()],
+            }),
+        })
+        .await
+        .map_err(|s| internal("security settings", s.message()))?;
+    policies
+        .update_agent_policy(UpdateAgentPolicyRequest {
+            policy: Some(AgentPolicy {
+                name: format!("{parent}/agents/bench/policy"),
+                max_sandboxes: room,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["max_sandboxes".into()],
+            }),
+        })
+        .await
+        .map_err(|s| internal("agent policy", s.message()))?;
     let mut sandboxes = SandboxServiceClient::with_interceptor(
         lazy_channel(runner_endpoint).map_err(|s| internal("runner", s.message()))?,
         bearer()?,
