@@ -78,6 +78,20 @@ impl Sandboxes {
     }
 }
 
+impl Sandboxes {
+    /// A running sandbox the caller may manage.
+    async fn running(&self, principal: &Principal, name: &str) -> Result<Record> {
+        let record = self.authorized(principal, name, Intent::Manage).await?;
+        if record.state != SandboxState::Running || record.container_id.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "sandbox {} is not running",
+                record.name()
+            )));
+        }
+        Ok(record)
+    }
+}
+
 fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     caller(req).cloned()
 }
@@ -283,16 +297,7 @@ impl SandboxService for Sandboxes {
             }
         };
         exec::validate(&start)?;
-        let record = self
-            .authorized(&caller, &start.sandbox, Intent::Manage)
-            .await?;
-        if record.state != SandboxState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox {} is not running",
-                record.name()
-            ))
-            .into());
-        }
+        let record = self.running(&caller, &start.sandbox).await?;
         let stream = exec::run(self.runner.clone(), caller, record, start, input).await?;
         Ok(Response::new(stream))
     }
@@ -313,16 +318,7 @@ impl SandboxService for Sandboxes {
             }
         };
         let dest = files::confine(&start.path)?;
-        let record = self
-            .authorized(&caller, &start.sandbox, Intent::Manage)
-            .await?;
-        if record.container_id.is_empty() || !record.is_live() {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox {} is not running",
-                record.name()
-            ))
-            .into());
-        }
+        let record = self.running(&caller, &start.sandbox).await?;
         // Spool to a private temp file, check every entry, then hand the
         // archive to Docker.
         let spool = tempfile::NamedTempFile::new().map_err(|e| Error::Internal(e.to_string()))?;
@@ -432,16 +428,7 @@ impl SandboxService for Sandboxes {
         let caller = principal(&request)?;
         let req = request.into_inner();
         let path = files::confine(&req.path)?;
-        let record = self
-            .authorized(&caller, &req.sandbox, Intent::Manage)
-            .await?;
-        if record.container_id.is_empty() || !record.is_live() {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox {} is not running",
-                record.name()
-            ))
-            .into());
-        }
+        let record = self.running(&caller, &req.sandbox).await?;
         let engine = self.runner.engine()?;
         let mut stream = engine.docker().download_from_container(
             &record.container_id,

@@ -213,3 +213,44 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
 }
+
+/// The whole `main` of a service binary: flags from the library's `Config`
+/// (plus `--service-token-file`), `DATABASE_URL` as the fallback storage,
+/// the shared service token, then serve until SIGINT/SIGTERM and drain.
+/// The calling crate depends on `clap` and `tokio`.
+#[macro_export]
+macro_rules! service_main {
+    ($lib:ident, $bin:literal, $about:literal) => {
+        #[derive(clap::Parser)]
+        #[command(name = $bin, about = $about)]
+        struct Cli {
+            #[command(flatten)]
+            config: $lib::Config,
+            /// File holding the service token shared by the services (mode
+            /// 0600); default {data-dir}/service-token.
+            #[arg(long, env = "PADDOCK_SERVICE_TOKEN_FILE")]
+            service_token_file: Option<std::path::PathBuf>,
+        }
+
+        #[tokio::main]
+        async fn main() -> Result<(), $lib::StartError> {
+            $crate::telemetry::init();
+            let mut cli = <Cli as clap::Parser>::parse();
+            if cli.config.database_url.is_none() {
+                cli.config.database_url =
+                    std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+            }
+            let token_file = cli
+                .service_token_file
+                .unwrap_or_else(|| cli.config.data_dir.join("service-token"));
+            let token = $crate::server::load_or_create_token(
+                &token_file,
+                $crate::token::TokenKind::Service,
+            )?;
+            let server = $lib::start(&cli.config, &token).await?;
+            $crate::server::shutdown_signal().await;
+            server.shutdown().await;
+            Ok(())
+        }
+    };
+}
