@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_settings.sql")),
     (3, include_str!("../migrations/0003_fewer_indexes.sql")),
+    (4, include_str!("../migrations/0004_actor_names.sql")),
 ];
 
 pub use retention::RetentionRun;

@@ -127,7 +127,8 @@ async fn append_in(
     conn: &mut AnyConnection,
     backend: Backend,
     batches: Vec<Vec<Pending>>,
-) -> Result<Vec<usize>> {
+    known_names: &HashSet<String>,
+) -> Result<(Vec<usize>, Vec<String>)> {
     let mut counts = vec![0; batches.len()];
     let mut by_org: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
     let mut seen = HashSet::new();
@@ -206,6 +207,37 @@ async fn append_in(
         }
         orgs.push(org);
     }
+    // Names not known to be recorded yet (`actor_names`).
+    let mut names = HashSet::new();
+    for (org, e) in &chained {
+        if let Some(a) = &e.actor
+            && !a.display_name.is_empty()
+        {
+            let key = actor_name_key(&orgs[*org], &a.display_name, &a.principal_id);
+            if !known_names.contains(&key) {
+                names.insert(key);
+            }
+        }
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    for chunk in names.chunks(LOOKUP_CHUNK) {
+        let mut text =
+            String::from("INSERT INTO actor_names (org_id, actor_name, actor_id) VALUES ");
+        for i in 0..chunk.len() {
+            text.push_str(if i == 0 { "(" } else { ", (" });
+            push_placeholders(&mut text, backend, i * 3 + 1, 3);
+            text.push(')');
+        }
+        text.push_str(" ON CONFLICT DO NOTHING");
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for key in chunk {
+            let mut parts = key.split('\0');
+            for _ in 0..3 {
+                q = q.bind(parts.next().unwrap_or_default());
+            }
+        }
+        q.execute(&mut *conn).await?;
+    }
     // Many rows per statement, moved (not copied) into the arguments;
     // full chunks share one SQL text, so one prepared statement.
     let mut events = chained.into_iter().peekable();
@@ -235,7 +267,20 @@ async fn append_in(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(counts)
+    Ok((counts, names))
+}
+
+/// The key of a (organization, display name, principal id) triple in
+/// `actor_names` and in an appender's cache of it. Ids, names and
+/// organization ids hold no NUL (validated text).
+fn actor_name_key(org: &str, name: &str, id: &str) -> String {
+    let mut key = String::with_capacity(org.len() + name.len() + id.len() + 2);
+    key.push_str(org);
+    key.push('\0');
+    key.push_str(name);
+    key.push('\0');
+    key.push_str(id);
+    key
 }
 
 /// `n` parameters numbered from `first`: `$first, $first+1, ...` on
@@ -286,7 +331,14 @@ fn insert_sql(backend: Backend, rows: usize) -> String {
 pub struct Appender {
     conn: sqlx::pool::PoolConnection<sqlx::Any>,
     backend: Backend,
+    /// Keys of `actor_names` rows committed (by any appender), so the
+    /// next groups skip them.
+    known_names: HashSet<String>,
 }
+
+/// Most `actor_names` keys an appender remembers; past it the cache starts
+/// over (the rows are upserted, so forgetting only costs a lookup).
+const KNOWN_NAMES: usize = 100_000;
 
 impl Appender {
     /// Stores the events of several requests (`batches`) not stored yet,
@@ -300,8 +352,12 @@ impl Appender {
     /// appenders never chain onto the same head.
     pub async fn append(&mut self, batches: Vec<Vec<Pending>>) -> Result<Vec<usize>> {
         let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
-        let counts = append_in(&mut tx, self.backend, batches).await?;
+        let (counts, names) = append_in(&mut tx, self.backend, batches, &self.known_names).await?;
         tx.commit().await?;
+        if self.known_names.len() + names.len() > KNOWN_NAMES {
+            self.known_names.clear();
+        }
+        self.known_names.extend(names);
         Ok(counts)
     }
 }
@@ -362,6 +418,7 @@ impl Store {
         Ok(Appender {
             conn,
             backend: self.db.backend,
+            known_names: HashSet::new(),
         })
     }
 
@@ -408,10 +465,15 @@ impl Store {
             // of events.
             // The time range applies inside, where the actor indexes cover
             // it; outside it would tempt the planner into the time index.
+            // A display name is looked up through the principal ids that
+            // carried it (`actor_names`), so both go through the actor id
+            // index.
             let p = sql.param(Param::Text(filter.actor.clone()));
             sql.text.push_str(&format!(
                 " AND sequence IN (SELECT sequence FROM events WHERE org_id = {org_p} AND actor_id = {p}{time_range} \
-                 UNION ALL SELECT sequence FROM events WHERE org_id = {org_p} AND actor_name = {p}{time_range})"
+                 UNION ALL SELECT sequence FROM events WHERE org_id = {org_p} AND actor_id IN \
+                 (SELECT actor_id FROM actor_names WHERE org_id = {org_p} AND actor_name = {p} AND actor_id <> {p}) \
+                 AND actor_name = {p}{time_range})"
             ));
         }
         if !filter.action_prefix.is_empty() {
@@ -555,6 +617,7 @@ impl Store {
                 org: org.to_owned(),
                 event: change,
             }]],
+            &HashSet::new(),
         )
         .await?;
         tx.commit().await?;

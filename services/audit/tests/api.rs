@@ -514,6 +514,36 @@ async fn filters_select_events(backend: Backend) {
         exported.push(msg.event.expect("event").id);
     }
     assert_eq!(exported, vec![b.id.clone(), c.id.clone()]);
+
+    // A display name carried by several principals, a principal renamed,
+    // and a principal id that is someone's display name.
+    let with_actor = |id: &str, name: &str| {
+        let mut e = event("acme", "test.event");
+        let actor = e.actor.as_mut().expect("actor");
+        actor.principal_id = id.into();
+        actor.display_name = name.into();
+        e
+    };
+    let d = with_actor("m3", "bob@acme.test");
+    let renamed = with_actor("m2", "robert@acme.test");
+    let g = with_actor("bob@acme.test", "carol@acme.test");
+    append(&stack, vec![d.clone(), renamed.clone(), g.clone()]).await;
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "bob@acme.test".into())).await),
+        vec![g.id.clone(), d.id.clone(), a.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "m2".into())).await),
+        vec![renamed.id.clone(), a.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "robert@acme.test".into())).await),
+        vec![renamed.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "carol@acme.test".into())).await),
+        vec![g.id.clone()]
+    );
     stack.shutdown().await;
 }
 
