@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::audit::v1::{
-    AuditEvent, EventFilter, ExportEventsRequest, Outcome, QueryEventsRequest, TailEventsRequest,
-    VerifyChainRequest,
+    AuditEvent, AuditSettings, EventFilter, ExportEventsRequest, GetAuditSettingsRequest, Outcome,
+    QueryEventsRequest, TailEventsRequest, UpdateAuditSettingsRequest, VerifyChainRequest,
 };
 use paddock_shared::auth::{self, BearerAuth};
 use paddock_shared::secret::Secret;
@@ -57,6 +57,22 @@ pub enum AuditCommand {
     Export {
         #[command(flatten)]
         filter: FilterArgs,
+    },
+    /// Your organization's audit settings (retention).
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    /// Show the settings (needs audit.read).
+    Get,
+    /// Change the settings (needs security.manage); the change is itself
+    /// an audit event.
+    Set {
+        /// Delete events older than this many days (0: keep forever).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=36_500))]
+        retention_days: i32,
     },
 }
 
@@ -361,6 +377,15 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
                 .await
                 .map_err(rpc_err(global))?
                 .into_inner();
+            let from_checkpoint = if v.checkpoint_sequence > 0 {
+                format!(
+                    " from the retention checkpoint at sequence {} ({})",
+                    v.checkpoint_sequence,
+                    output::ts_cell(v.checkpoint_time.as_ref())
+                )
+            } else {
+                String::new()
+            };
             if json_out {
                 print_json(&json!({
                     "intact": v.intact,
@@ -369,9 +394,11 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
                     "broken_event_id": v.broken_event_id,
                     "problem": v.problem,
                     "checkpoint_sequence": v.checkpoint_sequence,
+                    "checkpoint_hash": v.checkpoint_hash,
+                    "checkpoint_time": v.checkpoint_time.as_ref().map(output::rfc3339),
                 }));
             } else if v.intact {
-                outln!("chain intact: {} events", v.verified);
+                outln!("chain intact: {} events{from_checkpoint}", v.verified);
             } else {
                 let event = if v.broken_event_id.is_empty() {
                     String::new()
@@ -408,6 +435,64 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             }
             Ok(())
         }
+        AuditCommand::Settings(SettingsCommand::Get) => {
+            let settings = c
+                .get_audit_settings(GetAuditSettingsRequest {
+                    name: String::new(),
+                })
+                .await
+                .map_err(rpc_err(global))?
+                .into_inner()
+                .settings
+                .unwrap_or_default();
+            print_settings(&settings, json_out);
+            Ok(())
+        }
+        AuditCommand::Settings(SettingsCommand::Set { retention_days }) => {
+            let settings = c
+                .update_audit_settings(UpdateAuditSettingsRequest {
+                    settings: Some(AuditSettings {
+                        retention_days,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["retention_days".into()],
+                    }),
+                })
+                .await
+                .map_err(rpc_err(global))?
+                .into_inner()
+                .settings
+                .unwrap_or_default();
+            print_settings(&settings, json_out);
+            Ok(())
+        }
+    }
+}
+
+fn print_settings(s: &AuditSettings, json_out: bool) {
+    if json_out {
+        print_json(&json!({
+            "name": s.name,
+            "retention_days": s.retention_days,
+            "update_time": s.update_time.as_ref().map(output::rfc3339),
+            "updated_by": s.updated_by,
+        }));
+        return;
+    }
+    let retention = if s.retention_days == 0 {
+        "forever".to_owned()
+    } else {
+        format!("{} days", s.retention_days)
+    };
+    outln!("name:       {}", s.name);
+    outln!("retention:  {retention}");
+    if s.update_time.is_some() {
+        outln!(
+            "updated:    {} by {}",
+            output::ts_cell(s.update_time.as_ref()),
+            s.updated_by
+        );
     }
 }
 

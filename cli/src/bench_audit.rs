@@ -1,9 +1,10 @@
 //! `paddock bench audit`: starts identity, authz and audit in process on
 //! port 0 with a fresh data dir, then measures, with the same events:
 //!
-//! - `storage.raw_batch_insert` (the baseline): the rows audit would store,
-//!   as plain batched, durable multi-row INSERTs into a table of the same
-//!   shape and indexes in the same database;
+//! - `storage.raw_batch_insert` (the baseline): the rows audit would store
+//!   (hashed, unchained), as plain batched, durable INSERTs of as many rows
+//!   per statement as audit's, one transaction per batch, into a table of
+//!   the same shape and indexes as audit's `events` in the same database;
 //! - `audit.append`: AppendEvents end to end (chained, durable before the
 //!   ack), in batches, one writer per organization;
 //! - `audit.query_first_page`: QueryEvents with an actor + last-24 h filter,
@@ -246,6 +247,48 @@ fn events_sample(latencies: Vec<u32>, elapsed: Duration, events: usize) -> Sampl
     sample
 }
 
+/// Creates `bench_raw_events` with the shape and indexes audit's `events`
+/// table has now in this database (read from the database itself, so the
+/// baseline follows audit's schema).
+async fn create_baseline_table(db: &Database) -> Result<(), CliError> {
+    let statements: Vec<String> = match db.backend {
+        paddock_shared::db::Backend::Postgres => {
+            vec!["CREATE TABLE bench_raw_events (LIKE events INCLUDING ALL)".into()]
+        }
+        paddock_shared::db::Backend::Sqlite => {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT type, sql FROM sqlite_master WHERE tbl_name = 'events' AND sql IS NOT NULL ORDER BY type DESC",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .map_err(|e| internal("read audit's schema", e))?;
+            rows.into_iter()
+                .map(|(kind, sql)| {
+                    if kind == "table" {
+                        sql.replacen("CREATE TABLE events", "CREATE TABLE bench_raw_events", 1)
+                    } else {
+                        sql.replacen("CREATE INDEX events_", "CREATE INDEX bench_raw_events_", 1)
+                            .replacen(" ON events ", " ON bench_raw_events ", 1)
+                    }
+                })
+                .collect()
+        }
+    };
+    if !statements
+        .first()
+        .is_some_and(|s| s.contains("bench_raw_events"))
+    {
+        return Err(internal("read audit's schema", "no events table"));
+    }
+    for sql in statements {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&db.pool)
+            .await
+            .map_err(|e| internal("create the baseline table", e))?;
+    }
+    Ok(())
+}
+
 const RAW_COLUMNS: &str = "id, org_id, sequence, time, actor_id, actor_kind, actor_name, actor_key_id, action, resource, outcome, error_code, source_service, trace_id, details_json, previous_hash, hash";
 
 async fn raw_inserts(
@@ -254,21 +297,7 @@ async fn raw_inserts(
     per_writer: usize,
     batch_size: usize,
 ) -> Result<Sample, CliError> {
-    let schema = [
-        "CREATE TABLE bench_raw_events (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, sequence BIGINT NOT NULL, time BIGINT NOT NULL, actor_id TEXT NOT NULL, actor_kind TEXT NOT NULL, actor_name TEXT NOT NULL, actor_key_id TEXT NOT NULL, action TEXT NOT NULL, resource TEXT NOT NULL, outcome BIGINT NOT NULL, error_code TEXT NOT NULL, source_service TEXT NOT NULL, trace_id TEXT NOT NULL, details_json TEXT NOT NULL, previous_hash TEXT NOT NULL, hash TEXT NOT NULL, UNIQUE (org_id, sequence))",
-        "CREATE INDEX bench_raw_time ON bench_raw_events (org_id, time)",
-        "CREATE INDEX bench_raw_actor_id ON bench_raw_events (org_id, actor_id, time)",
-        "CREATE INDEX bench_raw_actor_name ON bench_raw_events (org_id, actor_name, time)",
-        "CREATE INDEX bench_raw_action ON bench_raw_events (org_id, action)",
-        "CREATE INDEX bench_raw_resource ON bench_raw_events (org_id, resource)",
-        "CREATE INDEX bench_raw_trace ON bench_raw_events (org_id, trace_id)",
-    ];
-    for sql in schema {
-        sqlx::query(sql)
-            .execute(&db.pool)
-            .await
-            .map_err(|e| internal("create the baseline table", e))?;
-    }
+    create_baseline_table(db).await?;
     let started = Instant::now();
     // One writer at a time, as the database allows and as audit's group
     // commit does; SQLite's busy-waiting would otherwise dominate.
@@ -280,10 +309,10 @@ async fn raw_inserts(
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
             if backend == paddock_shared::db::Backend::Sqlite {
-                // Durable before the commit returns, as audit's appends are.
-                sqlx::query("PRAGMA synchronous=FULL")
-                    .execute(&mut *conn)
-                    .await?;
+                // The connection settings audit's appends run with:
+                // durable before the commit returns (synchronous=FULL),
+                // the same page cache and WAL checkpoint size.
+                sqlx::Executor::execute(&mut *conn, paddock_audit::SQLITE_APPEND_PRAGMAS).await?;
             }
             let mut latencies = Vec::new();
             let mut sequence = 0i64;
@@ -294,13 +323,12 @@ async fn raw_inserts(
                 let t0 = Instant::now();
                 let _writing = write_lock.lock().await;
                 let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
-                for chunk in events.chunks(50) {
+                for chunk in events.chunks(paddock_audit::INSERT_ROWS) {
+                    // Placeholders as audit writes them (`?` on SQLite).
                     let mut sql = format!("INSERT INTO bench_raw_events ({RAW_COLUMNS}) VALUES ");
                     for i in 0..chunk.len() {
-                        let b = i * 17;
-                        let params: Vec<String> = (1..=17).map(|k| format!("${}", b + k)).collect();
                         sql.push_str(if i == 0 { "(" } else { ", (" });
-                        sql.push_str(&params.join(", "));
+                        paddock_audit::push_placeholders(&mut sql, backend, i * 17 + 1, 17);
                         sql.push(')');
                     }
                     let mut q = sqlx::query(AssertSqlSafe(sql));

@@ -259,6 +259,7 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
             database_url: opts.database_url.clone(),
             identity_endpoint: identity_endpoint.clone(),
             authz_endpoint: authz_endpoint.clone(),
+            retention_interval: Duration::from_secs(3600),
         };
         match paddock_audit::start_on(listener, &config, &token).await {
             Ok(h) => Some(h),

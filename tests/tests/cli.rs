@@ -620,6 +620,37 @@ fn audit_commands(backend: Backend) {
     dev.paddock(Some(&dev_key), &["audit", "query"])
         .failure("PERMISSION_DENIED");
 
+    // Retention settings: keep forever by default; the owner changes them,
+    // and the change is an event of the trail; a developer may not.
+    let got = dev
+        .paddock(Some(&owner), &["audit", "settings", "get"])
+        .json();
+    assert_eq!(got["retention_days"], 0, "{got:#}");
+    assert_eq!(got["name"], "organizations/acme/auditSettings", "{got:#}");
+    let set = dev
+        .paddock(
+            Some(&owner),
+            &["audit", "settings", "set", "--retention-days", "30"],
+        )
+        .json();
+    assert_eq!(set["retention_days"], 30, "{set:#}");
+    let got = dev
+        .paddock(Some(&owner), &["audit", "settings", "get"])
+        .json();
+    assert_eq!(got["retention_days"], 30, "{got:#}");
+    let changes = dev
+        .paddock(
+            Some(&owner),
+            &["audit", "query", "--action", "auditsettings.update"],
+        )
+        .json();
+    assert_eq!(changes.as_array().map(Vec::len), Some(1), "{changes:#}");
+    dev.paddock(
+        Some(&dev_key),
+        &["audit", "settings", "set", "--retention-days", "1"],
+    )
+    .failure("PERMISSION_DENIED");
+
     // Tamper with the stored trail (SQLite: the file is right there):
     // verify exits 1 naming the broken link.
     if backend == Backend::Sqlite {

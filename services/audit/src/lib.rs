@@ -1,15 +1,18 @@
 //! The audit service: `AppendEvents` from Paddock services into one hash
 //! chain per organization, and `QueryEvents`, `TailEvents`, `VerifyChain`
 //! and `ExportEvents` for callers holding `audit.read`, inside their own
-//! organization only.
+//! organization only; `GetAuditSettings` / `UpdateAuditSettings` and the
+//! retention job that enforces them.
 #![forbid(unsafe_code)]
 
+mod retention;
 mod service;
 mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use paddock_proto::audit::v1::audit_service_server::AuditServiceServer;
 use paddock_shared::auth::{
@@ -22,7 +25,17 @@ use paddock_shared::server::{self, ServerHandle};
 use crate::service::Audit;
 
 /// Audit's schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[Migration] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_settings.sql")),
+    (3, include_str!("../migrations/0003_fewer_indexes.sql")),
+    (4, include_str!("../migrations/0004_actor_names.sql")),
+];
+
+pub use retention::RetentionRun;
+/// Events per multi-row INSERT statement of an append.
+pub use store::INSERT_CHUNK as INSERT_ROWS;
+pub use store::{SQLITE_APPEND_PRAGMAS, push_placeholders};
 
 /// Configuration of the audit service.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +71,15 @@ pub struct Config {
         default_value = "http://127.0.0.1:7102"
     )]
     pub authz_endpoint: String,
+    /// How often the retention job deletes events older than each
+    /// organization's retention period (it also runs at start).
+    #[arg(
+        long = "retention-interval",
+        env = "PADDOCK_AUDIT_RETENTION_INTERVAL",
+        default_value = "1h",
+        value_parser = paddock_shared::time::parse_duration
+    )]
+    pub retention_interval: Duration,
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,6 +120,10 @@ pub async fn start_on(
     )?);
     let admission = Admission::new(Arc::new(authn), Arc::new(authz));
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let retention = retention::spawn(
+        store::Store { db: db.clone() },
+        config.retention_interval.max(Duration::from_millis(10)),
+    );
     let audit = Audit::new(db, closing_rx);
 
     let name = <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME;
@@ -107,6 +133,17 @@ pub async fn start_on(
     );
     tracing::info!(%addr, "audit listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes)
-        .with_background([watch])
+        .with_background([watch, retention])
         .with_closing(closing))
+}
+
+/// One retention pass over `db` (the audit database) as of `now` (unix
+/// microseconds), at most `batch` deletions per transaction: what the
+/// background job runs every `retention_interval`, for tests and tools.
+pub async fn enforce_retention(
+    db: &Database,
+    now: i64,
+    batch: i64,
+) -> Result<Vec<RetentionRun>, paddock_shared::error::Error> {
+    retention::enforce(&store::Store { db: db.clone() }, now, batch).await
 }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::store::{Filter, Order, Pending, Store};
+use crate::store::{Appender, Filter, Order, Pending, Settings, Store};
 
 const MAX_APPEND: usize = 1000;
 const DEFAULT_PAGE: i64 = 50;
@@ -76,6 +76,7 @@ async fn group_commit(
     mut jobs: mpsc::Receiver<AppendJob>,
     appended: watch::Sender<u64>,
 ) {
+    let mut appender: Option<Appender> = None;
     while let Some(first) = jobs.recv().await {
         let mut total = first.events.len();
         let mut group = vec![first];
@@ -90,7 +91,22 @@ async fn group_commit(
         }
         let (batches, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|j| (j.events, j.done)).unzip();
-        match store.append(batches).await {
+        let result = match appender.as_mut() {
+            Some(a) => a.append(batches).await,
+            None => match store.appender().await {
+                Ok(mut a) => {
+                    let result = a.append(batches).await;
+                    appender = Some(a);
+                    result
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if result.is_err() {
+            // The connection may be broken: the next group takes another.
+            appender = None;
+        }
+        match result {
             Ok(counts) => {
                 if counts.iter().any(|n| *n > 0) {
                     appended.send_modify(|n| *n = n.wrapping_add(1));
@@ -496,33 +512,146 @@ impl AuditService for Audit {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn get_audit_settings(
+        &self,
+        request: Request<GetAuditSettingsRequest>,
+    ) -> Result<Response<GetAuditSettingsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let org = settings_org(&caller, &req.name)?;
+        let settings = self.store.settings(org).await?;
+        Ok(Response::new(GetAuditSettingsResponse {
+            settings: Some(settings_message(org, settings)),
+        }))
+    }
+
+    async fn update_audit_settings(
+        &self,
+        request: Request<UpdateAuditSettingsRequest>,
+    ) -> Result<Response<UpdateAuditSettingsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let wanted = req
+            .settings
+            .ok_or_else(|| Error::invalid("settings is required"))?;
+        let org = settings_org(&caller, &wanted.name)?;
+        for path in req.update_mask.map(|m| m.paths).unwrap_or_default() {
+            if path != "retention_days" {
+                return Err(Error::invalid(format!(
+                    "update_mask: unknown field {:?} (settable: retention_days)",
+                    names::truncate(&path)
+                ))
+                .into());
+            }
+        }
+        if !(0..=MAX_RETENTION_DAYS).contains(&wanted.retention_days) {
+            return Err(Error::invalid(format!(
+                "retention_days must be 0 (keep forever) to {MAX_RETENTION_DAYS}"
+            ))
+            .into());
+        }
+        let name = settings_name(org);
+        let mut change = paddock_shared::outbox::event(
+            "audit",
+            Some(&caller),
+            "auditsettings.update",
+            &name,
+            Outcome::Success,
+        );
+        change.organization = names::org_name(org);
+        validate_event(0, &mut change)?;
+        let settings = self
+            .store
+            .update_settings(
+                org,
+                i64::from(wanted.retention_days),
+                &caller.id,
+                now_micros(),
+                change,
+            )
+            .await?;
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(Response::new(UpdateAuditSettingsResponse {
+            settings: Some(settings_message(org, settings)),
+        }))
+    }
+}
+
+/// The longest retention period accepted (100 years).
+const MAX_RETENTION_DAYS: i32 = 36_500;
+
+fn settings_name(org: &str) -> String {
+    format!("{}/auditSettings", names::org_name(org))
+}
+
+/// The organization of `name` (`organizations/{o}/auditSettings`,
+/// `organizations/{o}`, or empty for the caller's), which must be the
+/// caller's.
+fn settings_org<'a>(caller: &'a Principal, name: &str) -> Result<&'a str> {
+    parent_org(caller, name.strip_suffix("/auditSettings").unwrap_or(name))
+}
+
+fn settings_message(org: &str, s: Settings) -> AuditSettings {
+    AuditSettings {
+        name: settings_name(org),
+        retention_days: i32::try_from(s.retention_days).unwrap_or(i32::MAX),
+        update_time: s.update_time.map(timestamp),
+        updated_by: s.updated_by,
+    }
 }
 
 impl Audit {
+    /// Verifies `org`'s chain from `from` to `to` (0: start / end). A break
+    /// found while retention moved the checkpoint may be events that
+    /// retention deleted during the walk: that walk is repeated.
+    async fn verify(&self, org: &str, from: i64, to: i64) -> Result<VerifyChainResponse> {
+        let mut attempts = 0;
+        loop {
+            let response = self.verify_once(org, from, to).await?;
+            attempts += 1;
+            if response.intact || attempts == 3 {
+                return Ok(response);
+            }
+            let now = self.store.checkpoint(org).await?.map_or(0, |c| c.sequence);
+            if now == response.checkpoint_sequence {
+                return Ok(response);
+            }
+        }
+    }
+
     /// Walks `org`'s chain from `from` to `to` (0: start / end) in batches,
     /// recomputing each hash and checking every link.
-    async fn verify(&self, org: &str, from: i64, to: i64) -> Result<VerifyChainResponse> {
+    async fn verify_once(&self, org: &str, from: i64, to: i64) -> Result<VerifyChainResponse> {
         let checkpoint = self.store.checkpoint(org).await?;
         let (start, start_hash) = checkpoint
-            .clone()
-            .map_or((0, GENESIS_HASH.to_owned()), |(s, h)| (s, h));
+            .as_ref()
+            .map_or((0, GENESIS_HASH.to_owned()), |c| {
+                (c.sequence, c.hash.clone())
+            });
         let (head_sequence, head_hash) = self.store.head(org).await?;
         // The sequence before the first one verified, and the hash the
         // first one must link to.
         let before = from.saturating_sub(1).max(start);
         let mut expected_previous = if before == start {
-            Some(start_hash)
+            Some(start_hash.clone())
         } else {
             // A range that starts mid-chain links to the stored event
             // before it (if that is gone, the walk reports the gap there).
             self.store.hash_at(org, before).await?
         };
-        let last = if to == 0 { i64::MAX } else { to };
+        // Up to the head read above: events appended during the walk are
+        // for the next verification.
+        let last = if to == 0 { head_sequence } else { to };
         let mut response = VerifyChainResponse {
             intact: true,
-            checkpoint_sequence: checkpoint.map_or(0, |c| c.0),
             ..Default::default()
         };
+        if let Some(c) = checkpoint {
+            response.checkpoint_sequence = c.sequence;
+            response.checkpoint_hash = c.hash;
+            response.checkpoint_time = Some(timestamp(c.time));
+        }
         let broken = |response: &mut VerifyChainResponse, sequence, id: &str, problem: String| {
             response.intact = false;
             response.broken_sequence = sequence;
@@ -539,12 +668,17 @@ impl Audit {
             let full = events.len() as i64 == BATCH;
             for event in events {
                 if event.sequence != expected_sequence {
+                    let after_checkpoint = if expected_sequence == start + 1 && start > 0 {
+                        format!(" (right after the retention checkpoint at {start})")
+                    } else {
+                        String::new()
+                    };
                     broken(
                         &mut response,
                         event.sequence,
                         &event.id,
                         format!(
-                            "sequence gap: events {expected_sequence} to {} are missing",
+                            "sequence gap: events {expected_sequence} to {} are missing{after_checkpoint}",
                             event.sequence - 1
                         ),
                     );
@@ -600,12 +734,28 @@ impl Audit {
                     "",
                     format!("head mismatch: the chain head is at {head_sequence}"),
                 );
-            } else if reached > start && expected_previous.as_deref() != Some(head_hash.as_str()) {
+            } else if expected_previous.as_deref() != Some(head_hash.as_str()) {
                 broken(
                     &mut response,
                     reached,
                     "",
                     "head hash mismatch: the last event is not the recorded head".into(),
+                );
+            }
+        }
+        if to == 0 && response.intact {
+            // Events beyond the head (a head moved back): the last event is
+            // read before the head, as appends move both in one commit.
+            let last_stored = self.store.last_sequence(org).await?;
+            let (head_now, _) = self.store.head(org).await?;
+            if last_stored > head_now {
+                broken(
+                    &mut response,
+                    last_stored,
+                    "",
+                    format!(
+                        "head mismatch: events are stored beyond the chain's head at {head_now}"
+                    ),
                 );
             }
         }

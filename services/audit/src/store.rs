@@ -10,14 +10,22 @@ use paddock_shared::db::{Backend, Database};
 use paddock_shared::error::Result;
 use paddock_shared::names::org_name;
 use paddock_shared::time::{timestamp, timestamp_micros};
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Executor, Row};
 
 const COLUMNS: &str = "id, org_id, sequence, time, actor_id, actor_kind, actor_name, actor_key_id, action, resource, outcome, error_code, source_service, trace_id, details_json, previous_hash, hash";
 const COLUMN_COUNT: usize = 17;
-/// Rows per multi-row INSERT (17 parameters each, far below both backends'
-/// limits).
-const INSERT_CHUNK: usize = 50;
+/// Rows per multi-row INSERT: 17 parameters each, 8,500 in all, below
+/// SQLite's limit (32,766) and PostgreSQL's (65,535).
+pub const INSERT_CHUNK: usize = 500;
+/// Settings of the SQLite connection that appends. A group's index pages
+/// stay in memory until its commit instead of spilling (the default cache
+/// is 2 MiB), and the WAL is copied back into the database every 80 MiB
+/// instead of every 4 MiB, so index pages that many commits rewrite are
+/// copied once, and the WAL file is cut back to 64 MiB afterwards. Commits
+/// stay durable: `synchronous=FULL` fsyncs the WAL at each one.
+pub const SQLITE_APPEND_PRAGMAS: &str = "PRAGMA synchronous=FULL; PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=20000; PRAGMA journal_size_limit=67108864";
 /// Ids per duplicate lookup.
 const LOOKUP_CHUNK: usize = 500;
 
@@ -114,146 +122,315 @@ pub struct Pending {
     pub event: AuditEvent,
 }
 
-#[derive(Clone)]
-pub struct Store {
-    pub db: Database,
+/// The body of [`Store::append`], inside the caller's transaction `conn`.
+async fn append_in(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    batches: Vec<Vec<Pending>>,
+    known_names: &HashSet<String>,
+) -> Result<(Vec<usize>, Vec<String>)> {
+    let mut counts = vec![0; batches.len()];
+    let mut by_org: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for (batch, events) in batches.into_iter().enumerate() {
+        for p in events {
+            if seen.insert(p.event.id.clone()) {
+                by_org.entry(p.org).or_default().push((batch, p.event));
+            }
+        }
+    }
+    drop(seen);
+    // Lock heads in a fixed (sorted) order so appenders cannot deadlock.
+    // The upsert takes the row lock (PostgreSQL) or the write lock
+    // (SQLite) and returns the head it locked, in one statement.
+    let mut heads = Vec::with_capacity(by_org.len());
+    for org in by_org.keys() {
+        let head: (i64, String) = sqlx::query_as(
+            "INSERT INTO chain_heads (org_id, sequence, hash) VALUES ($1, 0, $2) \
+             ON CONFLICT (org_id) DO UPDATE SET sequence = chain_heads.sequence \
+             RETURNING sequence, hash",
+        )
+        .bind(org)
+        .bind(GENESIS_HASH)
+        .fetch_one(&mut *conn)
+        .await?;
+        heads.push(head);
+    }
+
+    // Skip ids already stored (after the locks, so a concurrent append
+    // of the same id is visible here).
+    let mut stored = HashSet::new();
+    let ids: Vec<&str> = by_org
+        .values()
+        .flatten()
+        .map(|(_, e)| e.id.as_str())
+        .collect();
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let mut text = String::with_capacity(40 + chunk.len() * 7);
+        text.push_str("SELECT id FROM events WHERE id IN (");
+        push_placeholders(&mut text, backend, 1, chunk.len());
+        text.push(')');
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            stored.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    drop(ids);
+
+    let mut chained: Vec<(usize, AuditEvent)> = Vec::new();
+    let mut orgs = Vec::with_capacity(by_org.len());
+    for ((org, events), (mut sequence, mut hash)) in by_org.into_iter().zip(heads) {
+        let before = sequence;
+        let org_index = orgs.len();
+        for (batch, mut event) in events {
+            if stored.contains(&event.id) {
+                continue;
+            }
+            counts[batch] += 1;
+            sequence += 1;
+            event.sequence = sequence;
+            event.previous_hash = std::mem::take(&mut hash);
+            event.hash = event_hash(&event);
+            hash.clone_from(&event.hash);
+            chained.push((org_index, event));
+        }
+        if sequence != before {
+            sqlx::query("UPDATE chain_heads SET sequence = $1, hash = $2 WHERE org_id = $3")
+                .bind(sequence)
+                .bind(&hash)
+                .bind(&org)
+                .execute(&mut *conn)
+                .await?;
+        }
+        orgs.push(org);
+    }
+    // Names not known to be recorded yet (`actor_names`).
+    let mut names = HashSet::new();
+    for (org, e) in &chained {
+        if let Some(a) = &e.actor
+            && !a.display_name.is_empty()
+        {
+            let key = actor_name_key(&orgs[*org], &a.display_name, &a.principal_id);
+            if !known_names.contains(&key) {
+                names.insert(key);
+            }
+        }
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    for chunk in names.chunks(LOOKUP_CHUNK) {
+        let mut text =
+            String::from("INSERT INTO actor_names (org_id, actor_name, actor_id) VALUES ");
+        for i in 0..chunk.len() {
+            text.push_str(if i == 0 { "(" } else { ", (" });
+            push_placeholders(&mut text, backend, i * 3 + 1, 3);
+            text.push(')');
+        }
+        text.push_str(" ON CONFLICT DO NOTHING");
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for key in chunk {
+            let mut parts = key.split('\0');
+            for _ in 0..3 {
+                q = q.bind(parts.next().unwrap_or_default());
+            }
+        }
+        q.execute(&mut *conn).await?;
+    }
+    // Many rows per statement, moved (not copied) into the arguments;
+    // full chunks share one SQL text, so one prepared statement.
+    let mut events = chained.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<(usize, AuditEvent)> = events.by_ref().take(INSERT_CHUNK).collect();
+        let mut q = sqlx::query(AssertSqlSafe(insert_sql(backend, chunk.len())));
+        for (org, e) in chunk {
+            let actor = e.actor.unwrap_or_default();
+            q = q
+                .bind(e.id)
+                .bind(orgs[org].as_str())
+                .bind(e.sequence)
+                .bind(e.time.as_ref().map_or(0, timestamp_micros))
+                .bind(actor.principal_id)
+                .bind(actor.kind)
+                .bind(actor.display_name)
+                .bind(actor.key_id)
+                .bind(e.action)
+                .bind(e.resource)
+                .bind(i64::from(e.outcome))
+                .bind(e.error_code)
+                .bind(e.source_service)
+                .bind(e.trace_id)
+                .bind(e.details_json)
+                .bind(e.previous_hash)
+                .bind(e.hash);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok((counts, names))
 }
 
-impl Store {
+/// The key of a (organization, display name, principal id) triple in
+/// `actor_names` and in an appender's cache of it. Ids, names and
+/// organization ids hold no NUL (validated text).
+fn actor_name_key(org: &str, name: &str, id: &str) -> String {
+    let mut key = String::with_capacity(org.len() + name.len() + id.len() + 2);
+    key.push_str(org);
+    key.push('\0');
+    key.push_str(name);
+    key.push('\0');
+    key.push_str(id);
+    key
+}
+
+/// `n` parameters numbered from `first`: `$first, $first+1, ...` on
+/// PostgreSQL, and anonymous `?` (bound in order) on SQLite, where sqlx
+/// looks each numbered parameter's name up with a linear scan: quadratic
+/// in the parameters of a statement, most of an append's CPU at 8,500.
+pub fn push_placeholders(text: &mut String, backend: Backend, first: usize, n: usize) {
+    use std::fmt::Write;
+    for i in 0..n {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => text.push('?'),
+            Backend::Postgres => {
+                let _ = write!(text, "${}", first + i);
+            }
+        }
+    }
+}
+
+/// The INSERT of `rows` events; the text of a full chunk is built once.
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    fn build(backend: Backend, rows: usize) -> String {
+        let mut text = String::with_capacity(200 + rows * COLUMN_COUNT * 7);
+        text.push_str("INSERT INTO events (");
+        text.push_str(COLUMNS);
+        text.push_str(") VALUES ");
+        for r in 0..rows {
+            text.push_str(if r == 0 { "(" } else { ", (" });
+            push_placeholders(&mut text, backend, r * COLUMN_COUNT + 1, COLUMN_COUNT);
+            text.push(')');
+        }
+        text
+    }
+    static FULL: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    if rows == INSERT_CHUNK {
+        FULL[backend as usize]
+            .get_or_init(|| build(backend, INSERT_CHUNK))
+            .clone()
+    } else {
+        build(backend, rows)
+    }
+}
+
+/// One connection appending; see [`Store::append`].
+pub struct Appender {
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    backend: Backend,
+    /// Keys of `actor_names` rows committed (by any appender), so the
+    /// next groups skip them.
+    known_names: HashSet<String>,
+}
+
+/// Most `actor_names` keys an appender remembers; past it the cache starts
+/// over (the rows are upserted, so forgetting only costs a lookup).
+const KNOWN_NAMES: usize = 100_000;
+
+impl Appender {
     /// Stores the events of several requests (`batches`) not stored yet,
     /// chaining each onto its organization's head, in one transaction;
     /// returns how many of each batch were new (a duplicate id counts for
     /// the first batch that carries it).
     ///
     /// Callers serialize appends in this process; across replicas the
-    /// UPDATE of each head row takes its row lock (PostgreSQL) or the
+    /// upsert of each head row takes its row lock (PostgreSQL) or the
     /// database's write lock (SQLite) before the head is read, so two
     /// appenders never chain onto the same head.
-    pub async fn append(&self, batches: Vec<Vec<Pending>>) -> Result<Vec<usize>> {
-        let mut counts = vec![0; batches.len()];
-        let mut by_org: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
-        let mut seen = HashSet::new();
-        for (batch, events) in batches.into_iter().enumerate() {
-            for p in events {
-                if seen.insert(p.event.id.clone()) {
-                    by_org.entry(p.org).or_default().push((batch, p.event));
-                }
-            }
+    pub async fn append(&mut self, batches: Vec<Vec<Pending>>) -> Result<Vec<usize>> {
+        let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
+        let (counts, names) = append_in(&mut tx, self.backend, batches, &self.known_names).await?;
+        tx.commit().await?;
+        if self.known_names.len() + names.len() > KNOWN_NAMES {
+            self.known_names.clear();
         }
+        self.known_names.extend(names);
+        Ok(counts)
+    }
+}
+
+/// Where retention left an organization's chain: the last deleted event's
+/// sequence and hash, and when (unix microseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub sequence: i64,
+    pub hash: String,
+    pub time: i64,
+}
+
+/// An organization's audit settings as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// 0 keeps events forever.
+    pub retention_days: i64,
+    /// None while the settings are the defaults.
+    pub update_time: Option<i64>,
+    pub updated_by: String,
+}
+
+/// Why one pruning step stopped short of its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The next event is within the retention period.
+    Retained,
+    /// The event at this sequence does not link to the checkpoint or
+    /// the event before it, or its hash does not match.
+    Broken(i64),
+    /// No more events.
+    End,
+}
+
+/// One pruning step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub deleted: i64,
+    /// The checkpoint after the step.
+    pub checkpoint: i64,
+    /// None if the step deleted `limit` events and may go on.
+    pub stop: Option<Stop>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub db: Database,
+}
+
+impl Store {
+    /// A connection for a run of appends (the group committer keeps one).
+    pub async fn appender(&self) -> Result<Appender> {
         let mut conn = self.db.pool.acquire().await?;
         if self.db.backend == Backend::Sqlite {
-            // Durable before the ack: fsync the WAL on this commit.
+            conn.execute(SQLITE_APPEND_PRAGMAS).await?;
+        }
+        Ok(Appender {
+            conn,
+            backend: self.db.backend,
+            known_names: HashSet::new(),
+        })
+    }
+
+    /// A connection whose commits are durable before they return: on
+    /// SQLite the WAL is fsynced at each commit (the pool's default,
+    /// `synchronous=NORMAL`, may lose the last commits on power loss).
+    async fn durable_connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        let mut conn = self.db.pool.acquire().await?;
+        if self.db.backend == Backend::Sqlite {
             conn.execute("PRAGMA synchronous=FULL").await?;
         }
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        // Lock heads in a fixed (sorted) order so appenders cannot deadlock.
-        let mut heads = BTreeMap::new();
-        for org in by_org.keys() {
-            sqlx::query(
-                "INSERT INTO chain_heads (org_id, sequence, hash) VALUES ($1, 0, $2) ON CONFLICT (org_id) DO NOTHING",
-            )
-            .bind(org)
-            .bind(GENESIS_HASH)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE chain_heads SET sequence = sequence WHERE org_id = $1")
-                .bind(org)
-                .execute(&mut *tx)
-                .await?;
-            let head: (i64, String) =
-                sqlx::query_as("SELECT sequence, hash FROM chain_heads WHERE org_id = $1")
-                    .bind(org)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            heads.insert(org.clone(), head);
-        }
-
-        // Skip ids already stored (after the locks, so a concurrent append
-        // of the same id is visible here).
-        let ids: Vec<&String> = by_org.values().flatten().map(|(_, e)| &e.id).collect();
-        let mut stored = HashSet::new();
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let mut sql = Sql {
-                text: "SELECT id FROM events WHERE id IN (".into(),
-                ..Default::default()
-            };
-            for (i, id) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.text.push_str(", ");
-                }
-                let p = sql.param(Param::Text((*id).clone()));
-                sql.text.push_str(&p);
-            }
-            sql.text.push(')');
-            for row in sql.query().fetch_all(&mut *tx).await? {
-                stored.insert(row.try_get::<String, _>(0)?);
-            }
-        }
-
-        let mut chained = Vec::new();
-        for (org, events) in by_org {
-            let (mut sequence, mut hash) = heads.remove(&org).unwrap_or((0, GENESIS_HASH.into()));
-            let before = sequence;
-            for (batch, mut event) in events {
-                if stored.contains(&event.id) {
-                    continue;
-                }
-                counts[batch] += 1;
-                sequence += 1;
-                event.sequence = sequence;
-                event.previous_hash = hash;
-                event.hash = event_hash(&event);
-                hash = event.hash.clone();
-                chained.push((org.clone(), event));
-            }
-            if sequence != before {
-                sqlx::query("UPDATE chain_heads SET sequence = $1, hash = $2 WHERE org_id = $3")
-                    .bind(sequence)
-                    .bind(&hash)
-                    .bind(&org)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        for chunk in chained.chunks(INSERT_CHUNK) {
-            let mut sql = Sql {
-                text: format!("INSERT INTO events ({COLUMNS}) VALUES "),
-                ..Default::default()
-            };
-            for (i, (org, e)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.text.push_str(", ");
-                }
-                let actor = e.actor.clone().unwrap_or_default();
-                let values = [
-                    Param::Text(e.id.clone()),
-                    Param::Text(org.clone()),
-                    Param::Int(e.sequence),
-                    Param::Int(e.time.as_ref().map_or(0, timestamp_micros)),
-                    Param::Text(actor.principal_id),
-                    Param::Text(actor.kind),
-                    Param::Text(actor.display_name),
-                    Param::Text(actor.key_id),
-                    Param::Text(e.action.clone()),
-                    Param::Text(e.resource.clone()),
-                    Param::Int(i64::from(e.outcome)),
-                    Param::Text(e.error_code.clone()),
-                    Param::Text(e.source_service.clone()),
-                    Param::Text(e.trace_id.clone()),
-                    Param::Text(e.details_json.clone()),
-                    Param::Text(e.previous_hash.clone()),
-                    Param::Text(e.hash.clone()),
-                ];
-                debug_assert_eq!(values.len(), COLUMN_COUNT);
-                let placeholders: Vec<String> = values.into_iter().map(|v| sql.param(v)).collect();
-                sql.text.push('(');
-                sql.text.push_str(&placeholders.join(", "));
-                sql.text.push(')');
-            }
-            sql.query().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(counts)
+        Ok(conn)
     }
 
     /// Events of `org` matching `filter`, after `after` (a sequence) in
@@ -288,10 +465,15 @@ impl Store {
             // of events.
             // The time range applies inside, where the actor indexes cover
             // it; outside it would tempt the planner into the time index.
+            // A display name is looked up through the principal ids that
+            // carried it (`actor_names`), so both go through the actor id
+            // index.
             let p = sql.param(Param::Text(filter.actor.clone()));
             sql.text.push_str(&format!(
                 " AND sequence IN (SELECT sequence FROM events WHERE org_id = {org_p} AND actor_id = {p}{time_range} \
-                 UNION ALL SELECT sequence FROM events WHERE org_id = {org_p} AND actor_name = {p}{time_range})"
+                 UNION ALL SELECT sequence FROM events WHERE org_id = {org_p} AND actor_id IN \
+                 (SELECT actor_id FROM actor_names WHERE org_id = {org_p} AND actor_name = {p} AND actor_id <> {p}) \
+                 AND actor_name = {p}{time_range})"
             ));
         }
         if !filter.action_prefix.is_empty() {
@@ -352,15 +534,197 @@ impl Store {
         Ok(head.unwrap_or_else(|| (0, GENESIS_HASH.to_owned())))
     }
 
-    /// Where retention left the chain's start: the last deleted sequence
-    /// and its hash.
-    pub async fn checkpoint(&self, org: &str) -> Result<Option<(i64, String)>> {
+    /// Where retention left the chain's start, if it deleted anything.
+    pub async fn checkpoint(&self, org: &str) -> Result<Option<Checkpoint>> {
+        let row: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT sequence, hash, create_time FROM checkpoints WHERE org_id = $1 AND sequence > 0",
+        )
+        .bind(org)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.map(|(sequence, hash, time)| Checkpoint {
+            sequence,
+            hash,
+            time,
+        }))
+    }
+
+    /// `org`'s audit settings (the defaults when never set).
+    pub async fn settings(&self, org: &str) -> Result<Settings> {
+        let row: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT retention_days, update_time, updated_by FROM audit_settings WHERE org_id = $1",
+        )
+        .bind(org)
+        .fetch_optional(&self.db.pool)
+        .await?;
         Ok(
+            row.map_or_else(Settings::default, |(days, time, by)| Settings {
+                retention_days: days,
+                update_time: Some(time),
+                updated_by: by,
+            }),
+        )
+    }
+
+    /// Sets `org`'s retention and chains `change` (the settings change's
+    /// own event, its details filled in here with the old and new value)
+    /// in the same transaction.
+    pub async fn update_settings(
+        &self,
+        org: &str,
+        retention_days: i64,
+        updated_by: &str,
+        now: i64,
+        mut change: AuditEvent,
+    ) -> Result<Settings> {
+        let mut conn = self.durable_connection().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // A write first: it takes SQLite's write lock at once, and the row
+        // lock on PostgreSQL, before the old value is read.
+        sqlx::query(
+            "INSERT INTO audit_settings (org_id, retention_days, update_time, updated_by) VALUES ($1, 0, 0, '') ON CONFLICT (org_id) DO NOTHING",
+        )
+        .bind(org)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE audit_settings SET retention_days = retention_days WHERE org_id = $1")
+            .bind(org)
+            .execute(&mut *tx)
+            .await?;
+        let (previous,): (i64,) =
+            sqlx::query_as("SELECT retention_days FROM audit_settings WHERE org_id = $1")
+                .bind(org)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(
+            "UPDATE audit_settings SET retention_days = $1, update_time = $2, updated_by = $3 WHERE org_id = $4",
+        )
+        .bind(retention_days)
+        .bind(now)
+        .bind(updated_by)
+        .bind(org)
+        .execute(&mut *tx)
+        .await?;
+        change.details_json = serde_json::json!({
+            "retention_days": retention_days,
+            "previous_retention_days": previous,
+        })
+        .to_string();
+        append_in(
+            &mut tx,
+            self.db.backend,
+            vec![vec![Pending {
+                org: org.to_owned(),
+                event: change,
+            }]],
+            &HashSet::new(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Settings {
+            retention_days,
+            update_time: Some(now),
+            updated_by: updated_by.to_owned(),
+        })
+    }
+
+    /// Organizations with a retention period, and that period in days.
+    pub async fn retention_periods(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT org_id, retention_days FROM audit_settings WHERE retention_days > 0 ORDER BY org_id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?)
+    }
+
+    /// Deletes, in one transaction, up to `limit` of `org`'s oldest events
+    /// that are older than `cutoff`, in chain order, and moves the
+    /// checkpoint to the last one deleted. It stops before the first event
+    /// that is not older, and before the first broken link (so retention
+    /// never erases the evidence of tampering; verification names it).
+    pub async fn prune(&self, org: &str, cutoff: i64, limit: i64, now: i64) -> Result<Pruned> {
+        let mut conn = self.durable_connection().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // Lock the checkpoint row (a write first, as in appends) so two
+        // replicas never prune the same events.
+        sqlx::query(
+            "INSERT INTO checkpoints (org_id, sequence, hash, create_time) VALUES ($1, 0, $2, 0) ON CONFLICT (org_id) DO NOTHING",
+        )
+        .bind(org)
+        .bind(GENESIS_HASH)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE checkpoints SET sequence = sequence WHERE org_id = $1")
+            .bind(org)
+            .execute(&mut *tx)
+            .await?;
+        let (start, start_hash): (i64, String) =
             sqlx::query_as("SELECT sequence, hash FROM checkpoints WHERE org_id = $1")
                 .bind(org)
-                .fetch_optional(&self.db.pool)
-                .await?,
-        )
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM events WHERE org_id = $1 AND sequence > $2 ORDER BY sequence ASC LIMIT $3"
+        )))
+        .bind(org)
+        .bind(start)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let scanned = rows.len() as i64;
+        let mut last = (start, start_hash);
+        let mut stop = None;
+        for row in &rows {
+            let event = event_from_row(row)?;
+            if event.time.as_ref().map_or(0, timestamp_micros) >= cutoff {
+                stop = Some(Stop::Retained);
+                break;
+            }
+            if event.sequence != last.0 + 1
+                || event.previous_hash != last.1
+                || event_hash(&event) != event.hash
+            {
+                stop = Some(Stop::Broken(event.sequence));
+                break;
+            }
+            last = (event.sequence, event.hash);
+        }
+        let deleted = last.0 - start;
+        if deleted > 0 {
+            sqlx::query(
+                "DELETE FROM events WHERE org_id = $1 AND sequence > $2 AND sequence <= $3",
+            )
+            .bind(org)
+            .bind(start)
+            .bind(last.0)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE checkpoints SET sequence = $1, hash = $2, create_time = $3 WHERE org_id = $4",
+            )
+            .bind(last.0)
+            .bind(&last.1)
+            .bind(now)
+            .bind(org)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Pruned {
+            deleted,
+            checkpoint: last.0,
+            stop: stop.or((scanned < limit).then_some(Stop::End)),
+        })
+    }
+
+    /// The highest sequence stored for `org` (0 when none is).
+    pub async fn last_sequence(&self, org: &str) -> Result<i64> {
+        let row: (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(sequence) FROM events WHERE org_id = $1")
+                .bind(org)
+                .fetch_one(&self.db.pool)
+                .await?;
+        Ok(row.0.unwrap_or(0))
     }
 
     /// The stored hash of one event, by sequence.

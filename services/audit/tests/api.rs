@@ -66,12 +66,17 @@ async fn org(stack: &Stack, id: &str) -> String {
 }
 
 async fn developer(stack: &Stack, owner: &str, org: &str) -> String {
+    member(stack, owner, org, "developer").await
+}
+
+/// Invites and accepts a member with `role`; returns their key.
+async fn member(stack: &Stack, owner: &str, org: &str, role: &str) -> String {
     let code = stack
         .identity(owner)
         .create_invite(CreateInviteRequest {
             parent: format!("organizations/{org}"),
-            email: format!("dev@{org}.test"),
-            role: "developer".into(),
+            email: format!("{role}@{org}.test"),
+            role: role.into(),
             ttl: None,
         })
         .await
@@ -509,6 +514,36 @@ async fn filters_select_events(backend: Backend) {
         exported.push(msg.event.expect("event").id);
     }
     assert_eq!(exported, vec![b.id.clone(), c.id.clone()]);
+
+    // A display name carried by several principals, a principal renamed,
+    // and a principal id that is someone's display name.
+    let with_actor = |id: &str, name: &str| {
+        let mut e = event("acme", "test.event");
+        let actor = e.actor.as_mut().expect("actor");
+        actor.principal_id = id.into();
+        actor.display_name = name.into();
+        e
+    };
+    let d = with_actor("m3", "bob@acme.test");
+    let renamed = with_actor("m2", "robert@acme.test");
+    let g = with_actor("bob@acme.test", "carol@acme.test");
+    append(&stack, vec![d.clone(), renamed.clone(), g.clone()]).await;
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "bob@acme.test".into())).await),
+        vec![g.id.clone(), d.id.clone(), a.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "m2".into())).await),
+        vec![renamed.id.clone(), a.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "robert@acme.test".into())).await),
+        vec![renamed.id.clone()]
+    );
+    assert_eq!(
+        ids(query(&mut client, f(|f| f.actor = "carol@acme.test".into())).await),
+        vec![g.id.clone()]
+    );
     stack.shutdown().await;
 }
 
@@ -657,7 +692,9 @@ async fn tamper(stack: &Stack, sql: &str) {
         ),
     };
     let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
-    let sql = sql.replace("{events}", &format!("{table_prefix}events"));
+    let sql = sql
+        .replace("{events}", &format!("{table_prefix}events"))
+        .replace("{checkpoints}", &format!("{table_prefix}checkpoints"));
     let done = pool
         .execute(sqlx::AssertSqlSafe(sql))
         .await
@@ -783,7 +820,440 @@ async fn replicas_never_fork_a_chain(backend: Backend) {
     stack.shutdown().await;
 }
 
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// `event` at `days_ago` days before now.
+fn aged(org: &str, days_ago: i64) -> AuditEvent {
+    let mut e = event(org, "test.event");
+    e.time = Some(paddock_shared::time::timestamp(
+        paddock_shared::time::now_micros() - days_ago * DAY_MICROS,
+    ));
+    e
+}
+
+/// The audit database, opened beside the running server as a tool would.
+async fn audit_db(stack: &Stack) -> paddock_shared::db::Database {
+    paddock_shared::db::Database::connect(
+        "audit",
+        stack.dir.path(),
+        stack.database_url.as_deref(),
+        paddock_audit::MIGRATIONS,
+    )
+    .await
+    .expect("audit database")
+}
+
+async fn set_retention(client: &mut AuditClient, days: i32) -> AuditSettings {
+    client
+        .update_audit_settings(UpdateAuditSettingsRequest {
+            settings: Some(AuditSettings {
+                retention_days: days,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["retention_days".into()],
+            }),
+        })
+        .await
+        .expect("update audit settings")
+        .into_inner()
+        .settings
+        .expect("settings")
+}
+
+async fn get_settings(client: &mut AuditClient) -> AuditSettings {
+    client
+        .get_audit_settings(GetAuditSettingsRequest::default())
+        .await
+        .expect("get audit settings")
+        .into_inner()
+        .settings
+        .expect("settings")
+}
+
+/// One retention pass now, `batch` deletions per transaction.
+async fn enforce(stack: &Stack, batch: i64) -> Vec<paddock_audit::RetentionRun> {
+    let db = audit_db(stack).await;
+    let runs = paddock_audit::enforce_retention(&db, paddock_shared::time::now_micros(), batch)
+        .await
+        .expect("retention pass");
+    db.pool.close().await;
+    runs
+}
+
+/// `org` with 10 events 400 days old, 5 from yesterday and a 30-day
+/// retention set by its owner (event 16); returns the owner's key and the
+/// events oldest first as stored.
+async fn org_with_old_events(stack: &Stack, id: &str) -> (String, Vec<AuditEvent>) {
+    let owner = org(stack, id).await;
+    append(stack, (0..10).map(|_| aged(id, 400)).collect()).await;
+    append(stack, (0..5).map(|_| aged(id, 1)).collect()).await;
+    let mut client = stack.audit(&owner);
+    set_retention(&mut client, 30).await;
+    let stored = client
+        .query_events(QueryEventsRequest {
+            page_size: 1000,
+            oldest_first: true,
+            ..Default::default()
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .events;
+    assert_eq!(stored.len(), 16);
+    (owner, stored)
+}
+
+async fn retention_deletes_old_events_and_keeps_the_chain_verifiable(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    // Another organization with old events and no retention set.
+    let globex = org(&stack, "globex").await;
+    append(&stack, (0..4).map(|_| aged("globex", 400)).collect()).await;
+
+    let owner = org(&stack, "acme").await;
+    let mut client = stack.audit(&owner);
+    let defaults = get_settings(&mut client).await;
+    assert_eq!(defaults.name, "organizations/acme/auditSettings");
+    assert_eq!(defaults.retention_days, 0, "keep forever by default");
+    assert!(defaults.update_time.is_none(), "{defaults:?}");
+    append(&stack, (0..10).map(|_| aged("acme", 400)).collect()).await;
+    append(&stack, (0..5).map(|_| aged("acme", 1)).collect()).await;
+    // Nothing is deleted while the organization keeps events forever.
+    assert!(enforce(&stack, 1000).await.is_empty());
+
+    let set = set_retention(&mut client, 30).await;
+    assert_eq!(set.retention_days, 30);
+    assert!(set.update_time.is_some());
+    let got = get_settings(&mut client).await;
+    assert_eq!(got, set);
+
+    // The change is an event in the organization's own chain.
+    let changes = query(
+        &mut client,
+        EventFilter {
+            action_prefix: "auditsettings.".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let change = &changes[0];
+    assert_eq!(change.sequence, 16);
+    assert_eq!(change.action, "auditsettings.update");
+    assert_eq!(change.resource, "organizations/acme/auditSettings");
+    assert_eq!(change.source_service, "audit");
+    assert_eq!(
+        got.updated_by,
+        change.actor.as_ref().expect("actor").principal_id
+    );
+    let details: serde_json::Value = serde_json::from_str(&change.details_json).expect("details");
+    assert_eq!(details["retention_days"], 30);
+    assert_eq!(details["previous_retention_days"], 0);
+
+    let before: Vec<AuditEvent> = {
+        let mut events = query(&mut client, EventFilter::default()).await;
+        events.reverse();
+        events
+    };
+    assert_eq!(before.len(), 16);
+
+    // In batches of 3: every old event goes, every new one stays.
+    let runs = enforce(&stack, 3).await;
+    assert_eq!(
+        runs,
+        vec![paddock_audit::RetentionRun {
+            organization: "organizations/acme".into(),
+            deleted: 10,
+            checkpoint_sequence: 10,
+            broken_sequence: None,
+        }]
+    );
+    let kept = query(&mut client, EventFilter::default()).await;
+    let kept_ids: Vec<&str> = kept.iter().rev().map(|e| e.id.as_str()).collect();
+    let want: Vec<&str> = before[10..].iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(kept_ids, want);
+
+    // Verified from the checkpoint: the first kept event links to it.
+    let v = verify(&mut client, 0, 0).await;
+    assert!(v.intact, "{v:?}");
+    assert_eq!(v.verified, 6);
+    assert_eq!(v.checkpoint_sequence, 10);
+    assert_eq!(v.checkpoint_hash, before[9].hash);
+    assert!(v.checkpoint_time.is_some());
+    assert_eq!(before[10].previous_hash, v.checkpoint_hash);
+    // A range starting in the deleted part starts at the checkpoint.
+    let v = verify(&mut client, 3, 0).await;
+    assert!(v.intact && v.verified == 6, "{v:?}");
+
+    // Another pass finds nothing more; appends go on chaining.
+    let runs = enforce(&stack, 3).await;
+    assert_eq!(runs[0].deleted, 0, "{runs:?}");
+    append_n(&stack, "acme", 2).await;
+    let v = verify(&mut client, 0, 0).await;
+    assert!(v.intact && v.verified == 8, "{v:?}");
+
+    // The other organization is untouched.
+    let mut g = stack.audit(&globex);
+    assert_eq!(query(&mut g, EventFilter::default()).await.len(), 4);
+    let v = verify(&mut g, 0, 0).await;
+    assert!(
+        v.intact && v.verified == 4 && v.checkpoint_sequence == 0,
+        "{v:?}"
+    );
+    assert_eq!(get_settings(&mut g).await.retention_days, 0);
+    stack.shutdown().await;
+}
+
+async fn tampering_after_retention_is_named(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let cases = [
+        (
+            "first kept event deleted",
+            "DELETE FROM {events} WHERE org_id = '{org}' AND sequence = 11",
+            12,
+            "sequence gap",
+            0,
+        ),
+        (
+            "kept event deleted",
+            "DELETE FROM {events} WHERE org_id = '{org}' AND sequence = 13",
+            14,
+            "sequence gap",
+            2,
+        ),
+        (
+            "first kept event changed",
+            "UPDATE {events} SET action = 'project.read' WHERE org_id = '{org}' AND sequence = 11",
+            11,
+            "hash mismatch",
+            0,
+        ),
+        (
+            "checkpoint moved",
+            "UPDATE {checkpoints} SET hash = 'ab' WHERE org_id = '{org}'",
+            11,
+            "previous hash mismatch",
+            0,
+        ),
+    ];
+    for (i, (what, sql, broken, problem, verified)) in cases.into_iter().enumerate() {
+        let id = format!("org{i}");
+        let (owner, stored) = org_with_old_events(&stack, &id).await;
+        let runs = enforce(&stack, 1000).await;
+        let run = runs
+            .iter()
+            .find(|r| r.organization == format!("organizations/{id}"))
+            .expect("run");
+        assert_eq!((run.deleted, run.checkpoint_sequence), (10, 10), "{what}");
+        let mut client = stack.audit(&owner);
+        assert!(verify(&mut client, 0, 0).await.intact, "{what}: before");
+        tamper(&stack, &sql.replace("{org}", &id)).await;
+        let v = verify(&mut client, 0, 0).await;
+        assert!(!v.intact, "{what}: {v:?}");
+        assert_eq!(v.broken_sequence, broken, "{what}: {v:?}");
+        assert_eq!(
+            v.broken_event_id,
+            stored[broken as usize - 1].id,
+            "{what}: {v:?}"
+        );
+        assert!(v.problem.contains(problem), "{what}: {v:?}");
+        assert_eq!(v.verified, verified, "{what}: {v:?}");
+    }
+    stack.shutdown().await;
+}
+
+async fn retention_never_deletes_across_a_broken_link(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let (owner, stored) = org_with_old_events(&stack, "acme").await;
+    tamper(
+        &stack,
+        "UPDATE {events} SET details_json = '{}' WHERE org_id = 'acme' AND sequence = 4",
+    )
+    .await;
+    let runs = enforce(&stack, 2).await;
+    assert_eq!(
+        runs,
+        vec![paddock_audit::RetentionRun {
+            organization: "organizations/acme".into(),
+            deleted: 3,
+            checkpoint_sequence: 3,
+            broken_sequence: Some(4),
+        }]
+    );
+    // The evidence stays: verification still names the changed event.
+    let v = verify(&mut stack.audit(&owner), 0, 0).await;
+    assert!(!v.intact, "{v:?}");
+    assert_eq!(v.broken_sequence, 4);
+    assert_eq!(v.broken_event_id, stored[3].id);
+    assert!(v.problem.contains("hash mismatch"), "{v:?}");
+    assert_eq!(v.checkpoint_sequence, 3);
+    stack.shutdown().await;
+}
+
+async fn retention_runs_in_the_background(backend: Backend) {
+    let mut stack = Stack::start_quiet_audit(backend).await;
+    let (owner, _) = org_with_old_events(&stack, "acme").await;
+    stack.stop_audit().await;
+    stack.audit_config.retention_interval = Duration::from_millis(50);
+    stack.restart_audit().await;
+    let mut client = stack.audit(&owner);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let v = verify(&mut client, 0, 0).await;
+        if v.checkpoint_sequence == 10 {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retention pass within 20 s: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(v.intact && v.verified == 6, "{v:?}");
+    stack.shutdown().await;
+}
+
+async fn only_security_managers_change_audit_settings(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    let globex = org(&stack, "globex").await;
+    let admin = member(&stack, &owner, "acme", "admin").await;
+    let dev = developer(&stack, &owner, "acme").await;
+
+    // An admin reads (audit.read) but may not change (security.manage).
+    let mut a = stack.audit(&admin);
+    assert_eq!(get_settings(&mut a).await.retention_days, 0);
+    let err = a
+        .update_audit_settings(UpdateAuditSettingsRequest {
+            settings: Some(AuditSettings {
+                retention_days: 1,
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .expect_err("admin updates");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("security.manage"),
+        "{}",
+        err.message()
+    );
+    // A developer does neither.
+    let mut d = stack.audit(&dev);
+    assert_eq!(
+        code(
+            d.get_audit_settings(GetAuditSettingsRequest::default())
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            d.update_audit_settings(UpdateAuditSettingsRequest {
+                settings: Some(AuditSettings::default()),
+                update_mask: None,
+            })
+            .await
+        ),
+        Code::PermissionDenied
+    );
+    // Refused changes change nothing and chain nothing.
+    let mut o = stack.audit(&owner);
+    assert_eq!(get_settings(&mut o).await.retention_days, 0);
+    assert!(query(&mut o, EventFilter::default()).await.is_empty());
+
+    // Another organization's settings do not exist for the caller.
+    for name in ["organizations/globex/auditSettings", "organizations/globex"] {
+        assert_eq!(
+            code(
+                o.get_audit_settings(GetAuditSettingsRequest { name: name.into() })
+                    .await
+            ),
+            Code::NotFound,
+            "{name}"
+        );
+        assert_eq!(
+            code(
+                o.update_audit_settings(UpdateAuditSettingsRequest {
+                    settings: Some(AuditSettings {
+                        name: name.into(),
+                        retention_days: 1,
+                        ..Default::default()
+                    }),
+                    update_mask: None,
+                })
+                .await
+            ),
+            Code::NotFound,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        get_settings(&mut stack.audit(&globex)).await.retention_days,
+        0
+    );
+
+    // Bad values.
+    let bad: Vec<UpdateAuditSettingsRequest> = vec![
+        UpdateAuditSettingsRequest::default(),
+        UpdateAuditSettingsRequest {
+            settings: Some(AuditSettings {
+                retention_days: -1,
+                ..Default::default()
+            }),
+            update_mask: None,
+        },
+        UpdateAuditSettingsRequest {
+            settings: Some(AuditSettings {
+                retention_days: 36_501,
+                ..Default::default()
+            }),
+            update_mask: None,
+        },
+        UpdateAuditSettingsRequest {
+            settings: Some(AuditSettings::default()),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        },
+    ];
+    for req in bad {
+        let what = format!("{req:?}");
+        assert_eq!(
+            code(o.update_audit_settings(req).await),
+            Code::InvalidArgument,
+            "{what}"
+        );
+    }
+    // The owner may, by full name too.
+    let set = o
+        .update_audit_settings(UpdateAuditSettingsRequest {
+            settings: Some(AuditSettings {
+                name: "organizations/acme/auditSettings".into(),
+                retention_days: 7,
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .expect("owner updates")
+        .into_inner()
+        .settings
+        .expect("settings");
+    assert_eq!(set.retention_days, 7);
+    assert_eq!(get_settings(&mut a).await.retention_days, 7);
+    let v = verify(&mut o, 0, 0).await;
+    assert!(v.intact && v.verified == 1, "{v:?}");
+    stack.shutdown().await;
+}
+
 backend_tests!(
+    retention_deletes_old_events_and_keeps_the_chain_verifiable,
+    tampering_after_retention_is_named,
+    retention_never_deletes_across_a_broken_link,
+    retention_runs_in_the_background,
+    only_security_managers_change_audit_settings,
     replicas_never_fork_a_chain,
     append_is_idempotent,
     orgs_are_isolated,

@@ -223,6 +223,16 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "OODD",
         "NNDD",
     ),
+    (
+        "/paddock.audit.v1.AuditService/GetAuditSettings",
+        "OODD",
+        "NNDD",
+    ),
+    (
+        "/paddock.audit.v1.AuditService/UpdateAuditSettings",
+        "ODDD",
+        "NDDD",
+    ),
 ];
 
 fn expected(letter: u8) -> Code {
@@ -689,6 +699,21 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
             au.export_events(ExportEventsRequest {
                 parent: org,
                 ..Default::default()
+            })
+            .await,
+        ),
+        "GetAuditSettings" => code(
+            au.get_audit_settings(GetAuditSettingsRequest { name: org })
+                .await,
+        ),
+        "UpdateAuditSettings" => code(
+            au.update_audit_settings(UpdateAuditSettingsRequest {
+                settings: Some(AuditSettings {
+                    name: format!("{org}/auditSettings"),
+                    retention_days: 0,
+                    ..Default::default()
+                }),
+                update_mask: None,
             })
             .await,
         ),

@@ -236,6 +236,7 @@ impl Stack {
             database_url: database_url.clone(),
             identity_endpoint: identity.endpoint(),
             authz_endpoint: authz.endpoint(),
+            retention_interval: Duration::from_secs(3600),
         };
         let audit = paddock_audit::start_on(audit_listener, &audit_config, &service_token)
             .await
