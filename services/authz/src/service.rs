@@ -143,7 +143,7 @@ impl Policies {
                 "update_mask": leaves_or_all(paths, &leaves),
                 "changes": shape::diff(&shape::agent_policy(&current), &shape::agent_policy(&merged)),
             });
-            let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+            let mut tx = self.db.begin_write().await.map_err(Error::from)?;
             if !store::put_agent_policy(&mut tx, org, agent, &merged, revision, &stamp).await? {
                 continue;
             }
@@ -184,7 +184,7 @@ impl Policies {
                     &shape::security_settings(&policy::fill_settings(&merged)),
                 ),
             });
-            let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+            let mut tx = self.db.begin_write().await.map_err(Error::from)?;
             if !store::put_security_settings(&mut tx, org, &merged, revision, &stamp).await? {
                 continue;
             }

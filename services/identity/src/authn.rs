@@ -36,7 +36,7 @@ impl LastUsed {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         for (id, at) in &batch {
             sqlx::query("UPDATE api_keys SET last_used_time = $1 WHERE id = $2")
                 .bind(*at)
@@ -221,7 +221,7 @@ pub async fn ensure_bootstrap_token(
     }
     let (id, secret) = token::mint(TokenKind::Bootstrap);
     let secret = Secret::new(secret);
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     tx.execute("DELETE FROM platform_tokens").await?;
     sqlx::query("INSERT INTO platform_tokens (id, secret_hash, create_time) VALUES ($1, $2, $3)")
         .bind(&id)

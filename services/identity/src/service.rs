@@ -497,7 +497,7 @@ impl IdentityService for Identity {
         let org = req.organization_id;
         let now = now_micros();
         let owner_id = new_principal_id('m');
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO organizations (id, display_name, max_key_lifetime_secs, allow_non_expiring_keys, create_time) VALUES ($1, $2, $3, 0, $4)")
             .bind(&org)
             .bind(&req.display_name)
@@ -591,7 +591,7 @@ impl IdentityService for Identity {
             ],
         )?;
         let settings = update.settings.unwrap_or_default();
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         for path in &paths {
             match path.as_str() {
                 "display_name" => {
@@ -665,7 +665,7 @@ impl IdentityService for Identity {
     ) -> Result<Response<DeleteOrganizationResponse>, Status> {
         let caller = caller(&request)?;
         let org = parent_org(&caller, &request.get_ref().name)?.to_owned();
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         // Children first, so the delete does not depend on cascade support.
         for table in [
             "api_keys",
@@ -740,7 +740,7 @@ impl IdentityService for Identity {
         let (id, code) = token::mint(TokenKind::Invite);
         let now = now_micros();
         let expire = now.saturating_add(ttl.as_micros() as i64);
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO invites (id, org_id, code_hash, email, role, created_by, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&id)
             .bind(&org)
@@ -807,7 +807,7 @@ impl IdentityService for Identity {
         // instead of failing a read-to-write upgrade), and only one UPDATE
         // sees accept_time NULL: single use even under races.
         let now = now_micros();
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         let claimed = sqlx::query(
             "UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL AND expire_time > $1",
         )
@@ -961,7 +961,7 @@ impl IdentityService for Identity {
         if current.3 == "owner" && role != Role::Owner {
             self.ensure_other_owner(&org, &id).await?;
         }
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("UPDATE members SET role = $1 WHERE id = $2")
             .bind(role.as_str())
             .bind(&id)
@@ -1000,7 +1000,7 @@ impl IdentityService for Identity {
         if role == "owner" {
             self.ensure_other_owner(&org, &id).await?;
         }
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("DELETE FROM api_keys WHERE owner_id = $1")
             .bind(&id)
             .execute(&mut *tx)
@@ -1046,7 +1046,7 @@ impl IdentityService for Identity {
             caller.name.clone(),
             now,
         );
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO agents (id, org_id, agent_id, description, role, created_by, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -1128,7 +1128,7 @@ impl IdentityService for Identity {
                 .await
                 .map_err(Error::from)?;
         let (id,) = row.ok_or_else(|| Error::not_found(names::truncate(&name)))?;
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("DELETE FROM api_keys WHERE owner_id = $1")
             .bind(&id)
             .execute(&mut *tx)
@@ -1166,7 +1166,7 @@ impl IdentityService for Identity {
             now,
             now,
         );
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("INSERT INTO projects (org_id, project_id, display_name, description, created_by, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -1254,7 +1254,7 @@ impl IdentityService for Identity {
             }
         }
         row.6 = now_micros();
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         sqlx::query("UPDATE projects SET display_name = $1, description = $2, update_time = $3 WHERE org_id = $4 AND project_id = $5")
             .bind(&row.2)
             .bind(&row.3)
@@ -1282,7 +1282,7 @@ impl IdentityService for Identity {
         let caller = caller(&request)?;
         let name = &request.get_ref().name;
         let id = own_child(&caller, name, "projects")?;
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         let done = sqlx::query("DELETE FROM projects WHERE org_id = $1 AND project_id = $2")
             .bind(caller_org(&caller)?)
             .bind(id)
@@ -1385,7 +1385,7 @@ impl IdentityService for Identity {
         let expire = self
             .key_expiry(&org, req.ttl.as_ref(), req.never_expires)
             .await?;
-        let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
         let (row, secret) = Self::insert_key(
             &mut tx,
             NewKey {
@@ -1483,7 +1483,7 @@ impl IdentityService for Identity {
         let owner = self.owner_name(&org, &row.2).await?;
         if row.10.is_none() {
             let now = now_micros();
-            let mut tx = self.db.pool.begin().await.map_err(Error::from)?;
+            let mut tx = self.db.begin_write().await.map_err(Error::from)?;
             sqlx::query(
                 "UPDATE api_keys SET revoke_time = $1 WHERE id = $2 AND revoke_time IS NULL",
             )

@@ -278,7 +278,11 @@ impl Runner {
         };
         {
             let _admit = self.admit.lock().await;
-            let mut tx = self.db.pool.begin().await?;
+            // The count and the insert see the same state.
+            let mut tx = match self.db.backend {
+                Backend::Sqlite => self.db.pool.begin_with("BEGIN IMMEDIATE").await?,
+                Backend::Postgres => self.db.begin_write().await?,
+            };
             if self.db.backend == Backend::Postgres {
                 // Serializes admissions of one organization across runners.
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -770,7 +774,7 @@ impl Runner {
         message: &str,
     ) -> Result<()> {
         let record = self.reload(id).await?;
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let won = store::mark_ended(
             &mut tx,
             id,

@@ -230,7 +230,7 @@ impl SandboxService for Sandboxes {
                 )
                 .await?;
         }
-        let mut tx = self.runner.db.pool.begin().await.map_err(Error::from)?;
+        let mut tx = self.runner.db.begin_write().await.map_err(Error::from)?;
         store::delete(&mut tx, &id).await?;
         let event = outbox::event(
             "sandbox-runner",

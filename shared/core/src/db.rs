@@ -29,6 +29,17 @@ pub struct Database {
 pub type Migration = (i64, &'static str);
 
 impl Database {
+    /// A transaction that will write. On SQLite it takes the write lock up
+    /// front (`BEGIN IMMEDIATE`): a deferred transaction that reads first
+    /// cannot upgrade once another writer has committed (SQLITE_BUSY
+    /// snapshot), which `busy_timeout` does not wait out.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Connects `service`'s database: PostgreSQL schema `paddock_{service}`
     /// when `url` is set, else `{data_dir}/{service}.db`. Runs migrations.
     pub async fn connect(

@@ -99,7 +99,7 @@ pub(super) async fn create(
         caller.name.clone(),
         now_micros(),
     );
-    let mut tx = identity.db.pool.begin().await?;
+    let mut tx = identity.db.begin_write().await?;
     sqlx::query(
         "INSERT INTO credentials (org_id, credential_id, kind, description, size_bytes, key_fingerprint, sealed_value, created_by, create_time) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -175,7 +175,7 @@ pub(super) async fn delete(
     req: DeleteCredentialRequest,
 ) -> Result<DeleteCredentialResponse> {
     let id = own_child(caller, &req.name, COLLECTION)?;
-    let mut tx = identity.db.pool.begin().await?;
+    let mut tx = identity.db.begin_write().await?;
     let done = sqlx::query("DELETE FROM credentials WHERE org_id = $1 AND credential_id = $2")
         .bind(caller_org(caller)?)
         .bind(id)
@@ -232,7 +232,7 @@ pub(super) async fn reveal(
         &req.name,
         json!({"sandbox": req.sandbox}),
     );
-    let mut tx = identity.db.pool.begin().await?;
+    let mut tx = identity.db.begin_write().await?;
     // The record is written first: SQLite then takes the write lock up
     // front instead of failing a read-to-write upgrade when reveals race.
     // Any failure below rolls it back with the read.

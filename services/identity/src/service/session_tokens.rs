@@ -50,7 +50,7 @@ pub(super) async fn create(
     let expire = now_micros().saturating_add(ttl.as_micros() as i64);
     let display_name = format!("session sandbox/{sandbox_id}");
     let scope = [SCOPE.to_owned()];
-    let mut tx = identity.db.pool.begin().await?;
+    let mut tx = identity.db.begin_write().await?;
     let (row, secret) = Identity::insert_key(
         &mut tx,
         NewKey {
@@ -94,7 +94,7 @@ pub(super) async fn revoke(
 ) -> Result<RevokeSessionTokenResponse> {
     let (org, _) = parse_child(&req.sandbox, "sandboxes")?;
     let now = now_micros();
-    let mut tx = identity.db.pool.begin().await?;
+    let mut tx = identity.db.begin_write().await?;
     // The UPDATE names the rows it changed, so exactly those are pushed out.
     let revoked: Vec<(String,)> = sqlx::query_as(
         "UPDATE api_keys SET revoke_time = $1 WHERE org_id = $2 AND sandbox = $3 AND revoke_time IS NULL RETURNING id",
