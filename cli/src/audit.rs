@@ -7,7 +7,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::audit::v1::{
     AuditEvent, AuditSettings, EventFilter, ExportEventsRequest, GetAuditSettingsRequest, Outcome,
-    QueryEventsRequest, TailEventsRequest, UpdateAuditSettingsRequest, VerifyChainRequest,
+    QueryEventsRequest, QueryEventsResponse, QueryPlatformEventsRequest, TailEventsRequest,
+    UpdateAuditSettingsRequest, VerifyChainRequest, VerifyPlatformChainRequest,
 };
 use paddock_shared::auth::{self, BearerAuth};
 use paddock_shared::secret::Secret;
@@ -35,6 +36,10 @@ pub enum AuditCommand {
         /// Oldest first.
         #[arg(long)]
         oldest_first: bool,
+        /// The platform chain (refusals that belong to no organization);
+        /// needs the bootstrap token.
+        #[arg(long)]
+        platform: bool,
     },
     /// Follow new events as they are stored, one per line.
     Tail {
@@ -52,6 +57,9 @@ pub enum AuditCommand {
         /// Last sequence to verify (default the chain's end).
         #[arg(long, default_value_t = 0)]
         to: i64,
+        /// The platform chain; needs the bootstrap token.
+        #[arg(long)]
+        platform: bool,
     },
     /// Every matching event, oldest first, as NDJSON on stdout.
     Export {
@@ -323,23 +331,39 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             filter,
             limit,
             oldest_first,
+            platform,
         } => {
             let filter = filter.into_filter()?;
             let mut events = Vec::new();
             let mut page_token = String::new();
             let limit = limit as usize;
             while events.len() < limit {
-                let resp = c
-                    .query_events(QueryEventsRequest {
-                        parent: String::new(),
-                        filter: Some(filter.clone()),
-                        page_size: (limit - events.len()).min(1000) as i32,
-                        page_token,
-                        oldest_first,
+                let req = QueryEventsRequest {
+                    parent: String::new(),
+                    filter: Some(filter.clone()),
+                    page_size: (limit - events.len()).min(1000) as i32,
+                    page_token,
+                    oldest_first,
+                };
+                let resp = if platform {
+                    c.query_platform_events(QueryPlatformEventsRequest {
+                        filter: req.filter,
+                        page_size: req.page_size,
+                        page_token: req.page_token,
+                        oldest_first: req.oldest_first,
                     })
                     .await
-                    .map_err(rpc_err(global))?
-                    .into_inner();
+                    .map(|r| {
+                        let r = r.into_inner();
+                        QueryEventsResponse {
+                            events: r.events,
+                            next_page_token: r.next_page_token,
+                        }
+                    })
+                } else {
+                    c.query_events(req).await.map(|r| r.into_inner())
+                }
+                .map_err(rpc_err(global))?;
                 events.extend(resp.events);
                 page_token = resp.next_page_token;
                 if page_token.is_empty() {
@@ -362,21 +386,28 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             let filter = filter.into_filter()?;
             tail(global, &mut c, filter, after.unwrap_or_default(), json_out).await
         }
-        AuditCommand::Verify { from, to } => {
+        AuditCommand::Verify { from, to, platform } => {
             if from < 0 || to < 0 || (to != 0 && from > to) {
                 return Err(CliError::usage(
                     "--from and --to must be sequences with --from <= --to",
                 ));
             }
-            let v = c
-                .verify_chain(VerifyChainRequest {
-                    parent: String::new(),
-                    from_sequence: from,
-                    to_sequence: to,
+            let req = VerifyChainRequest {
+                parent: String::new(),
+                from_sequence: from,
+                to_sequence: to,
+            };
+            let v = if platform {
+                c.verify_platform_chain(VerifyPlatformChainRequest {
+                    from_sequence: req.from_sequence,
+                    to_sequence: req.to_sequence,
                 })
                 .await
-                .map_err(rpc_err(global))?
-                .into_inner();
+                .map(|r| r.into_inner().result.unwrap_or_default())
+            } else {
+                c.verify_chain(req).await.map(|r| r.into_inner())
+            }
+            .map_err(rpc_err(global))?;
             let from_checkpoint = if v.checkpoint_sequence > 0 {
                 format!(
                     " from the retention checkpoint at sequence {} ({})",

@@ -738,7 +738,34 @@ fn audit_tail_follows(backend: Backend) {
     assert!(event["cursor"].is_string(), "{event:#}");
 }
 
+/// A token that names no organization is refused and recorded in the
+/// platform chain, which `paddock audit --platform` reads with the
+/// bootstrap token.
+fn platform_chain_commands(backend: Backend) {
+    let dev = Dev::start(backend);
+    let out = dev.paddock(Some("pdk_not-a-real-key-at-all"), &["whoami"]);
+    out.failure("UNAUTHENTICATED");
+    let bootstrap = dev.bootstrap_token();
+    let events = dev.paddock_until(
+        Some(&bootstrap),
+        &["audit", "query", "--platform"],
+        std::time::Duration::from_secs(15),
+        |o| o.code == 0 && o.stdout.contains("auth.fail"),
+    );
+    let events = events.json();
+    let first = &events.as_array().expect("array")[0];
+    assert_eq!(first["action"], "auth.fail", "{events:#}");
+    assert_eq!(first["organization"], "platform", "{events:#}");
+    assert!(!events.to_string().contains("not-a-real-key"), "{events:#}");
+    let verified = dev.paddock(Some(&bootstrap), &["audit", "verify", "--platform"]);
+    assert_eq!(verified.code, 0, "{verified:#?}");
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    dev.paddock(Some(&owner), &["audit", "query", "--platform"])
+        .failure("PERMISSION_DENIED");
+}
+
 e2e_tests!(
+    platform_chain_commands,
     audit_commands,
     audit_outage_loses_no_events,
     crash_before_delivery_loses_no_events,

@@ -10,6 +10,9 @@ use futures_util::Stream;
 use paddock_proto::audit::v1::audit_service_server::AuditService;
 use paddock_proto::audit::v1::*;
 use paddock_proto::identity::v1::{Principal, PrincipalKind};
+use paddock_shared::audit::PLATFORM_CHAIN;
+
+use crate::store::PLATFORM_ORG;
 use paddock_shared::audit::{GENESIS_HASH, event_hash};
 use paddock_shared::auth;
 use paddock_shared::error::{Error, Result};
@@ -162,9 +165,19 @@ fn validate_event(index: usize, e: &mut AuditEvent) -> Result<String> {
     let id = uuid::Uuid::try_parse(&e.id).map_err(|_| bad("id must be a UUID (UUIDv7)"))?;
     // Store the canonical spelling, so one id cannot be stored twice.
     e.id = id.hyphenated().to_string();
-    let org = names::parse_org(&e.organization)
-        .map_err(|_| bad("organization must be organizations/{organization}"))?
-        .to_owned();
+    let org = if e.organization == PLATFORM_CHAIN {
+        // Only refusals that belong to no organization go there.
+        if !(e.action.starts_with("auth.") || e.action.starts_with("authz.")) {
+            return Err(bad(
+                "only auth.* and authz.* events go to the platform chain",
+            ));
+        }
+        PLATFORM_ORG.to_owned()
+    } else {
+        names::parse_org(&e.organization)
+            .map_err(|_| bad("organization must be organizations/{organization}"))?
+            .to_owned()
+    };
     if !valid_action(&e.action) {
         return Err(bad(
             "action must be a dotted lowercase verb such as apikey.create",
@@ -337,37 +350,49 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
-        let filter = filter(req.filter)?;
-        let order = if req.oldest_first {
-            Order::Oldest
-        } else {
-            Order::Newest
-        };
-        if req.page_size < 0 {
-            return Err(Error::invalid("page_size must not be negative").into());
-        }
-        let size = if req.page_size == 0 {
-            DEFAULT_PAGE
-        } else {
-            i64::from(req.page_size).min(MAX_PAGE)
-        };
-        let after = decode_page(&req.page_token, order)?;
-        let mut events = self
-            .store
-            .read(org, &filter, after, None, order, size + 1)
+        self.query_in(org, req).await.map(Response::new)
+    }
+
+    async fn query_platform_events(
+        &self,
+        request: Request<QueryPlatformEventsRequest>,
+    ) -> Result<Response<QueryPlatformEventsResponse>, Status> {
+        let req = request.into_inner();
+        let page = self
+            .query_in(
+                PLATFORM_ORG,
+                QueryEventsRequest {
+                    parent: String::new(),
+                    filter: req.filter,
+                    page_size: req.page_size,
+                    page_token: req.page_token,
+                    oldest_first: req.oldest_first,
+                },
+            )
             .await?;
-        let next_page_token = if events.len() as i64 > size {
-            events.truncate(size as usize);
-            events
-                .last()
-                .map(|e| encode_page(order, e.sequence))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(QueryEventsResponse {
-            events,
-            next_page_token,
+        Ok(Response::new(QueryPlatformEventsResponse {
+            events: page.events,
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn verify_platform_chain(
+        &self,
+        request: Request<VerifyPlatformChainRequest>,
+    ) -> Result<Response<VerifyPlatformChainResponse>, Status> {
+        let req = request.into_inner();
+        let result = self
+            .verify_in(
+                PLATFORM_ORG,
+                VerifyChainRequest {
+                    parent: String::new(),
+                    from_sequence: req.from_sequence,
+                    to_sequence: req.to_sequence,
+                },
+            )
+            .await?;
+        Ok(Response::new(VerifyPlatformChainResponse {
+            result: Some(result),
         }))
     }
 
@@ -456,17 +481,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
-        if req.from_sequence < 0 || req.to_sequence < 0 {
-            return Err(
-                Error::invalid("from_sequence and to_sequence must not be negative").into(),
-            );
-        }
-        if req.to_sequence != 0 && req.from_sequence > req.to_sequence {
-            return Err(Error::invalid("from_sequence is after to_sequence").into());
-        }
-        Ok(Response::new(
-            self.verify(org, req.from_sequence, req.to_sequence).await?,
-        ))
+        self.verify_in(org, req).await.map(Response::new)
     }
 
     type ExportEventsStream = EventStream<ExportEventsResponse>;
@@ -602,6 +617,63 @@ fn settings_message(org: &str, s: Settings) -> AuditSettings {
 }
 
 impl Audit {
+    /// One page of `org`'s events.
+    async fn query_in(
+        &self,
+        org: &str,
+        req: QueryEventsRequest,
+    ) -> Result<QueryEventsResponse, Status> {
+        let filter = filter(req.filter)?;
+        let order = if req.oldest_first {
+            Order::Oldest
+        } else {
+            Order::Newest
+        };
+        if req.page_size < 0 {
+            return Err(Error::invalid("page_size must not be negative").into());
+        }
+        let size = if req.page_size == 0 {
+            DEFAULT_PAGE
+        } else {
+            i64::from(req.page_size).min(MAX_PAGE)
+        };
+        let after = decode_page(&req.page_token, order)?;
+        let mut events = self
+            .store
+            .read(org, &filter, after, None, order, size + 1)
+            .await?;
+        let next_page_token = if events.len() as i64 > size {
+            events.truncate(size as usize);
+            events
+                .last()
+                .map(|e| encode_page(order, e.sequence))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(QueryEventsResponse {
+            events,
+            next_page_token,
+        })
+    }
+
+    /// Verifies `org`'s chain, or a range of it.
+    async fn verify_in(
+        &self,
+        org: &str,
+        req: VerifyChainRequest,
+    ) -> Result<VerifyChainResponse, Status> {
+        if req.from_sequence < 0 || req.to_sequence < 0 {
+            return Err(
+                Error::invalid("from_sequence and to_sequence must not be negative").into(),
+            );
+        }
+        if req.to_sequence != 0 && req.from_sequence > req.to_sequence {
+            return Err(Error::invalid("from_sequence is after to_sequence").into());
+        }
+        Ok(self.verify(org, req.from_sequence, req.to_sequence).await?)
+    }
+
     /// Verifies `org`'s chain from `from` to `to` (0: start / end). A break
     /// found while retention moved the checkpoint may be events that
     /// retention deleted during the walk: that walk is repeated.

@@ -91,11 +91,19 @@ fn like_prefix(prefix: &str) -> String {
     out
 }
 
+/// The key of the platform chain: not a valid organization id, so no
+/// organization can ever own it. Its events say `organization: "platform"`.
+pub const PLATFORM_ORG: &str = "_platform";
+
 fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {
     let org: String = row.try_get(1)?;
     Ok(AuditEvent {
         id: row.try_get(0)?,
-        organization: org_name(&org),
+        organization: if org == PLATFORM_ORG {
+            paddock_shared::audit::PLATFORM_CHAIN.to_owned()
+        } else {
+            org_name(&org)
+        },
         sequence: row.try_get(2)?,
         time: Some(timestamp(row.try_get(3)?)),
         actor: Some(Actor {

@@ -324,7 +324,88 @@ async fn an_audit_outage_delays_and_loses_nothing(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// A token that names no known key belongs to no organization: its refusal
+/// lands in the platform chain, which only the bootstrap token reads, with
+/// the key id it named and never the token.
+async fn refusals_outside_any_organization_reach_the_platform_chain(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let org = setup_org(&stack, &fresh_id("plat")).await;
+    // A well-formed key of no organization, and plain garbage.
+    let (ghost_id, ghost) = paddock_shared::token::mint(paddock_shared::token::TokenKind::ApiKey);
+    for token in [ghost.as_str(), "pdk_garbage-canary-not-a-key"] {
+        let refused = stack.identity(token).who_am_i(WhoAmIRequest {}).await;
+        assert_eq!(
+            refused.map(|_| ()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+    let bootstrap = stack.bootstrap_token();
+    let platform = || stack.audit(bootstrap.expose());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        let events = platform()
+            .query_platform_events(QueryPlatformEventsRequest {
+                oldest_first: true,
+                ..Default::default()
+            })
+            .await
+            .expect("query the platform chain")
+            .into_inner()
+            .events;
+        if events.len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        actions(&events),
+        vec!["auth.fail", "auth.fail"],
+        "{events:#?}"
+    );
+    assert!(events.iter().all(|e| e.organization == "platform"));
+    assert_eq!(
+        events[0].actor.as_ref().map(|a| a.key_id.as_str()),
+        Some(ghost_id.as_str()),
+        "the key id the token named"
+    );
+    let text = format!("{events:?}");
+    assert!(!text.contains(&ghost), "a token reached the audit trail");
+    assert!(
+        !text.contains("garbage-canary"),
+        "a token reached the audit trail"
+    );
+    let verified = platform()
+        .verify_platform_chain(VerifyPlatformChainRequest::default())
+        .await
+        .expect("verify")
+        .into_inner()
+        .result
+        .expect("result");
+    assert!(verified.intact, "{verified:?}");
+    // Nobody in an organization reads it, and it is not in theirs.
+    let denied = stack
+        .audit(&org.owner)
+        .query_platform_events(QueryPlatformEventsRequest::default())
+        .await;
+    assert_eq!(
+        denied.map(|_| ()).unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let own = events_of(&stack, &org.owner).await;
+    assert!(
+        own.iter().all(|e| e.action != "auth.fail"),
+        "{:?}",
+        actions(&own)
+    );
+    stack.shutdown().await;
+}
+
+async fn events_of(stack: &Stack, owner: &str) -> Vec<AuditEvent> {
+    events(stack, owner, 0).await
+}
+
 backend_tests!(
     mutations_and_refusals_are_audited,
-    an_audit_outage_delays_and_loses_nothing
+    an_audit_outage_delays_and_loses_nothing,
+    refusals_outside_any_organization_reach_the_platform_chain,
 );

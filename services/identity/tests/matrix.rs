@@ -219,6 +219,16 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("/paddock.audit.v1.AuditService/TailEvents", "OODD", "NNDD"),
     ("/paddock.audit.v1.AuditService/VerifyChain", "OODD", "NNDD"),
     (
+        "/paddock.audit.v1.AuditService/QueryPlatformEvents",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.audit.v1.AuditService/VerifyPlatformChain",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.audit.v1.AuditService/ExportEvents",
         "OODD",
         "NNDD",
@@ -687,6 +697,16 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 ..Default::default()
             })
             .await,
+        ),
+        "QueryPlatformEvents" => code(
+            au.clone()
+                .query_platform_events(QueryPlatformEventsRequest::default())
+                .await,
+        ),
+        "VerifyPlatformChain" => code(
+            au.clone()
+                .verify_platform_chain(VerifyPlatformChainRequest::default())
+                .await,
         ),
         "VerifyChain" => code(
             au.verify_chain(VerifyChainRequest {

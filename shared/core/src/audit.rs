@@ -7,6 +7,11 @@ use sha2::{Digest, Sha256};
 use crate::proto::audit::v1::{AuditEvent, Outcome};
 
 /// The hash of the chain's start (before sequence 1): 64 zeros.
+/// The `organization` of an event that belongs to no organization (a
+/// refusal of a token that names no known key): it is chained in the
+/// platform chain, which only the platform bootstrap token reads.
+pub const PLATFORM_CHAIN: &str = "platform";
+
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// SHA-256 (hex) of the canonical encoding of every field of `event` but

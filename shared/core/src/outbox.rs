@@ -106,10 +106,10 @@ impl RefusalOutbox {
 impl crate::auth::RefusalSink for RefusalOutbox {
     fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
+            let mut event = event;
             if event.organization.is_empty() {
-                let key = event.actor.as_ref().map_or("", |a| a.key_id.as_str());
-                tracing::info!(action = %event.action, key, source = %event.source_service, "refusal outside any organization");
-                return;
+                // No organization to charge it to: the platform chain.
+                event.organization = crate::audit::PLATFORM_CHAIN.to_owned();
             }
             match record_now(&self.pool, &event).await {
                 Ok(()) => {
