@@ -118,13 +118,14 @@ pub async fn start_on(
         &config.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let admission = Admission::new(Arc::new(authn), Arc::new(authz));
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let retention = retention::spawn(
         store::Store { db: db.clone() },
         config.retention_interval.max(Duration::from_millis(10)),
     );
     let audit = Audit::new(db, closing_rx);
+    let admission = Admission::new(Arc::new(authn), Arc::new(authz))
+        .with_audit("audit", Arc::new(audit.refusal_sink()));
 
     let name = <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME;
     let (_health, routes) = server::health_and_reflection(&[name]).await;

@@ -59,6 +59,51 @@ impl Audit {
     }
 }
 
+impl Audit {
+    /// Where the audit service records the calls it refuses itself: its own
+    /// store, through the same group committer as AppendEvents.
+    pub fn refusal_sink(&self) -> OwnRefusals {
+        OwnRefusals {
+            appends: self.appends.clone(),
+        }
+    }
+}
+
+/// Records the audit service's own refusals (denials, failed
+/// authentication) in its chains.
+pub struct OwnRefusals {
+    appends: mpsc::Sender<AppendJob>,
+}
+
+impl paddock_shared::auth::RefusalSink for OwnRefusals {
+    fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut event = event;
+            if event.organization.is_empty() {
+                event.organization = PLATFORM_CHAIN.to_owned();
+            }
+            let org = match validate_event(0, &mut event) {
+                Ok(org) => org,
+                Err(e) => {
+                    tracing::error!(error = %e, action = %event.action, "cannot record a refusal");
+                    return;
+                }
+            };
+            let (done, committed) = oneshot::channel();
+            let job = AppendJob {
+                events: vec![Pending { org, event }],
+                done,
+            };
+            if self.appends.send(job).await.is_err() {
+                return;
+            }
+            if let Ok(Err(e)) = committed.await {
+                tracing::error!(code = ?e.code(), "cannot record a refusal");
+            }
+        })
+    }
+}
+
 /// One AppendEvents request waiting for its commit.
 struct AppendJob {
     events: Vec<Pending>,

@@ -1158,10 +1158,24 @@ async fn only_security_managers_change_audit_settings(backend: Backend) {
         ),
         Code::PermissionDenied
     );
-    // Refused changes change nothing and chain nothing.
+    // Refused changes change nothing; the refusals themselves are in the
+    // trail, recorded by the audit service (one per refused call).
     let mut o = stack.audit(&owner);
     assert_eq!(get_settings(&mut o).await.retention_days, 0);
-    assert!(query(&mut o, EventFilter::default()).await.is_empty());
+    let events = query(&mut o, EventFilter::default()).await;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.action == "authz.deny" && e.source_service == "audit"),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.details_json.contains("security.manage")),
+        "the missing permission is named: {events:#?}"
+    );
 
     // Another organization's settings do not exist for the caller.
     for name in ["organizations/globex/auditSettings", "organizations/globex"] {
@@ -1243,8 +1257,9 @@ async fn only_security_managers_change_audit_settings(backend: Backend) {
         .expect("settings");
     assert_eq!(set.retention_days, 7);
     assert_eq!(get_settings(&mut a).await.retention_days, 7);
+    // The three refusals and the change, all chained.
     let v = verify(&mut o, 0, 0).await;
-    assert!(v.intact && v.verified == 1, "{v:?}");
+    assert!(v.intact && v.verified == 4, "{v:?}");
     stack.shutdown().await;
 }
 

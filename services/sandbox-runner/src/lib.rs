@@ -24,7 +24,7 @@ use paddock_shared::auth::{
     self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
 };
 use paddock_shared::db::{Database, Migration};
-use paddock_shared::outbox::Forwarder;
+use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use tonic_health::ServingStatus;
@@ -166,7 +166,9 @@ pub async fn start_on(
         None => None,
     };
     let audit_wake = forwarder.as_ref().map(Forwarder::waker);
-    let admission = Admission::new(authn.clone(), Arc::new(authz));
+    let refusals = RefusalOutbox::new(db.pool.clone(), audit_wake.clone());
+    let admission = Admission::new(authn.clone(), Arc::new(authz))
+        .with_audit("sandbox-runner", Arc::new(refusals));
 
     let runner = Arc::new(Runner::new(
         db.clone(),

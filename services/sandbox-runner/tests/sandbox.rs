@@ -559,6 +559,41 @@ async fn refusals(backend: Backend) {
     dev.get_sandbox(GetSandboxRequest { name: name.clone() })
         .await
         .expect("sessions.read");
+    // Those refusals are in the trail, naming the missing permission.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = env
+            .stack
+            .audit(&org.owner)
+            .query_events(paddock_proto::audit::v1::QueryEventsRequest {
+                filter: Some(paddock_proto::audit::v1::EventFilter {
+                    action_prefix: "authz.deny".into(),
+                    resource: name.clone(),
+                    ..Default::default()
+                }),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("query")
+            .into_inner()
+            .events;
+        let from_runner = events
+            .iter()
+            .filter(|e| {
+                e.source_service == "sandbox-runner"
+                    && e.details_json.contains("sessions.manage_own")
+            })
+            .count();
+        if from_runner >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refusals not audited: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Upload path traversal is refused before anything is written.
     let err = upload(&mut owner, &name, "../etc", tar_of(&[("a", b"x")]))

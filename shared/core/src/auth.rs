@@ -607,8 +607,37 @@ impl Admission {
 
     /// Checks a permission on a specific resource inside a handler (for
     /// ownership and cross-resource checks). Another organization's
-    /// resource is NOT_FOUND; a deny names the missing permission.
+    /// resource is NOT_FOUND; a deny names the missing permission and is
+    /// recorded as an `authz.deny` refusal.
     pub async fn require(
+        &self,
+        principal: &Principal,
+        permission: &str,
+        resource: &str,
+        owner: &str,
+    ) -> Result<(), Status> {
+        let result = self.check(principal, permission, resource, owner).await;
+        if let Err(status) = &result
+            && status.code() == Code::PermissionDenied
+        {
+            self.audit_refusal(
+                Some(principal),
+                "authz.deny",
+                resource,
+                status,
+                serde_json::json!({
+                    "permission": permission,
+                    "reason": status.message(),
+                }),
+            )
+            .await;
+        }
+        result
+    }
+
+    /// [`Admission::require`] without the audit record: for questions whose
+    /// "no" is not a refusal.
+    async fn check(
         &self,
         principal: &Principal,
         permission: &str,
@@ -648,7 +677,7 @@ impl Admission {
         resource: &str,
         owner: &str,
     ) -> Result<bool, Status> {
-        match self.require(principal, permission, resource, owner).await {
+        match self.check(principal, permission, resource, owner).await {
             Ok(()) => Ok(true),
             Err(s) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => Ok(false),
             Err(s) => Err(s),
