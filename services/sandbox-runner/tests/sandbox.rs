@@ -842,6 +842,9 @@ backend_tests!(
     exec_streams_and_files,
     ttl_expires,
     open_network_never_reaches_the_host,
+    exec_signals_tty_and_timeout,
+    caches_are_per_organization,
+    hardening_relaxed_only_by_security_settings,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -997,5 +1000,218 @@ async fn open_network_never_reaches_the_host(backend: Backend) {
         !String::from_utf8_lossy(&rules.stdout).contains(&bridge),
         "guard rules left behind"
     );
+    env.shutdown().await;
+}
+
+/// Signals, a TTY and a timeout on one exec stream.
+async fn exec_signals_tty_and_timeout(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("sig")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let sb = create(&mut client, spec("web")).await.expect("create");
+
+    // SIGTERM reaches the command, which reports it and exits.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ExecRequest {
+        message: Some(exec_request::Message::Start(ExecStart {
+            sandbox: sb.name.clone(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 1; done".into(),
+            ],
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("start");
+    let mut stream = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("exec")
+        .into_inner();
+    let mut out = String::new();
+    let mut exit = None;
+    // Bounded: a signal that never arrives fails the test, not hangs it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(msg) = tokio::time::timeout_at(deadline, stream.message())
+        .await
+        .expect("the signal did not end the command")
+        .expect("message")
+    {
+        match msg.message {
+            Some(exec_response::Message::Stdout(b)) => {
+                out.push_str(&String::from_utf8_lossy(&b));
+                if out.contains("ready") && !out.contains("sent") {
+                    out.push_str("sent");
+                    tx.send(ExecRequest {
+                        message: Some(exec_request::Message::Signal(15)),
+                    })
+                    .await
+                    .expect("signal");
+                }
+            }
+            Some(exec_response::Message::Exit(e)) => exit = Some(e),
+            _ => {}
+        }
+    }
+    assert!(out.contains("got-term"), "{out}");
+    assert_eq!(exit.map(|e| e.exit_code), Some(9));
+
+    // A TTY: the command sees a terminal, and output arrives as stdout.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ExecRequest {
+        message: Some(exec_request::Message::Start(ExecStart {
+            sandbox: sb.name.clone(),
+            command: vec!["sh".into(), "-c".into(), "tty; echo err >&2".into()],
+            tty: true,
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("start");
+    let mut stream = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("exec")
+        .into_inner();
+    let mut out = String::new();
+    while let Some(msg) = stream.message().await.expect("message") {
+        if let Some(exec_response::Message::Stdout(b)) = msg.message {
+            out.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    drop(tx);
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("err"), "stderr joins stdout on a TTY: {out}");
+
+    // A timeout kills the command and says so.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ExecRequest {
+        message: Some(exec_request::Message::Start(ExecStart {
+            sandbox: sb.name.clone(),
+            command: vec!["sleep".into(), "60".into()],
+            timeout: Some(proto_duration(Duration::from_millis(500))),
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("start");
+    let mut stream = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("exec")
+        .into_inner();
+    let mut exit = None;
+    while let Some(msg) = stream.message().await.expect("message") {
+        if let Some(exec_response::Message::Exit(e)) = msg.message {
+            exit = Some(e);
+        }
+    }
+    drop(tx);
+    let exit = exit.expect("exit");
+    assert!(exit.timed_out, "{exit:?}");
+    assert_eq!(exit.exit_code, 137);
+    env.shutdown().await;
+}
+
+/// Caches are per organization: what org A's sandbox leaves in its pip
+/// cache, org B's sandbox does not see.
+async fn caches_are_per_organization(backend: Backend) {
+    let env = Env::start(backend).await;
+    let a = setup_org(&env.stack, &fresh_id("ca")).await;
+    let b = setup_org(&env.stack, &fresh_id("cb")).await;
+    let in_cache = |org: &Org| {
+        let mut s = spec("web");
+        s.caches = vec!["pip".into()];
+        let token = org.owner.clone();
+        let env = &env;
+        async move {
+            let mut client = env.sandboxes(&token);
+            let sb = create(&mut client, s).await.expect("create");
+            (client, sb)
+        }
+    };
+    let (mut ca, sa) = in_cache(&a).await;
+    let out = exec(
+        &mut ca,
+        &sa.name,
+        &[
+            "sh",
+            "-c",
+            "echo $PIP_CACHE_DIR; echo secret-of-a > $PIP_CACHE_DIR/marker && echo wrote",
+        ],
+        None,
+    )
+    .await
+    .expect("write");
+    assert_eq!(out.out(), "/cache/pip\nwrote\n", "{}", out.err());
+    let (mut cb, sb) = in_cache(&b).await;
+    let out = exec(
+        &mut cb,
+        &sb.name,
+        &["sh", "-c", "cat /cache/pip/marker 2>&1 || echo absent"],
+        None,
+    )
+    .await
+    .expect("read");
+    assert!(out.out().contains("absent"), "{}", out.out());
+    // A second sandbox of org A sees its own cache.
+    let (mut ca2, sa2) = in_cache(&a).await;
+    let out = exec(&mut ca2, &sa2.name, &["cat", "/cache/pip/marker"], None)
+        .await
+        .expect("read");
+    assert_eq!(out.out(), "secret-of-a\n");
+    env.shutdown().await;
+}
+
+/// Hardening is relaxed only by the organization's security settings.
+async fn hardening_relaxed_only_by_security_settings(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("relax")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let probe = "echo uid=$(id -u); touch /rootfile 2>/dev/null && echo root=writable || echo root=readonly";
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    let out = exec(&mut client, &sb.name, &["sh", "-c", probe], None)
+        .await
+        .expect("probe");
+    assert_eq!(out.out(), "uid=65534\nroot=readonly\n");
+
+    // An admin may not relax it; the owner may.
+    let relax = |token: &str| {
+        let mut policies = env.policies(token);
+        let name = format!("{}/securitySettings", org.name);
+        async move {
+            policies
+                .update_security_settings(UpdateSecuritySettingsRequest {
+                    settings: Some(SecuritySettings {
+                        name,
+                        hardening: Some(HardeningRelaxations {
+                            allow_root_user: true,
+                            writable_root_filesystem: true,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![
+                            "hardening.allow_root_user".into(),
+                            "hardening.writable_root_filesystem".into(),
+                        ],
+                    }),
+                })
+                .await
+        }
+    };
+    assert_eq!(
+        relax(&org.admin).await.map(|_| ()).unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    relax(&org.owner).await.expect("owner relaxes");
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    let out = exec(&mut client, &sb.name, &["sh", "-c", probe], None)
+        .await
+        .expect("probe");
+    assert_eq!(out.out(), "uid=0\nroot=writable\n");
     env.shutdown().await;
 }
