@@ -119,8 +119,15 @@ pub async fn run(
                 Some(In::Signal(sig)) => {
                     let pid = match pid_for_input.get() {
                         Some(p) => Some(*p),
-                        None => exec_pid(&docker_for_input, &exec_for_input).await,
+                        None => {
+                            let pid = exec_pid(&docker_for_input, &exec_for_input).await;
+                            if let Some(p) = pid {
+                                let _ = pid_for_input.set(p);
+                            }
+                            pid
+                        }
                     };
+                    tracing::debug!(?pid, sig, "signalling an exec");
                     if let Some(pid) = pid {
                         signal(pid, sig);
                     }
@@ -247,10 +254,22 @@ fn truncated_argv(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// The host pid of a running exec. Docker may not report it for a moment
+/// after the start: ask again, for up to a second.
 async fn exec_pid(docker: &bollard::Docker, exec_id: &str) -> Option<i32> {
-    let info = docker.inspect_exec(exec_id).await.ok()?;
-    let pid = info.pid? as i32;
-    (pid > 0).then_some(pid)
+    for _ in 0..50 {
+        match docker.inspect_exec(exec_id).await {
+            Ok(info) if info.running == Some(false) => return None,
+            Ok(info) => {
+                if let Some(pid) = info.pid.filter(|p| *p > 0) {
+                    return i32::try_from(pid).ok();
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// The exit code, once Docker has recorded it.
