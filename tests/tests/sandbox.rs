@@ -280,7 +280,94 @@ fn crash_with_sandboxes_running(backend: Backend) {
     );
 }
 
+/// An agent's key runs as that agent without --agent; Ctrl-C (SIGINT) stops
+/// the sandbox gracefully and exits 130; `sandbox watch` follows it to the
+/// end.
+fn run_as_the_calling_agent_and_interrupt(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = setup(&dev);
+    let agent_key = dev
+        .paddock(
+            Some(&owner),
+            &["key", "create", "bot-key", "--agent", "bot"],
+        )
+        .json()["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let out = dev.paddock(
+        Some(&agent_key),
+        &[
+            "run",
+            "--project",
+            "web",
+            "--image",
+            IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "echo as-agent",
+        ],
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "as-agent\n"),
+        "{out:#?}"
+    );
+
+    let mut child = std::process::Command::new(paddock_e2e::paddock_bin())
+        .args([
+            "run",
+            "--project",
+            "web",
+            "--image",
+            IMAGE,
+            "--keep",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 300",
+        ])
+        .env("PADDOCK_TOKEN", &agent_key)
+        .env("PADDOCK_IDENTITY_ENDPOINT", &dev.identity_endpoint)
+        .env("PADDOCK_AUTHZ_ENDPOINT", &dev.authz_endpoint)
+        .env("PADDOCK_SANDBOX_ENDPOINT", &dev.sandbox_endpoint)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn paddock run");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+    assert_eq!(line, "started\n");
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(interrupted.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+
+    let list = dev
+        .paddock(Some(&agent_key), &["sandbox", "list", "--all"])
+        .json();
+    let sandboxes = list.as_array().expect("array");
+    let kept = sandboxes
+        .iter()
+        .find(|s| s["state"] == "stopped" && s["end_reason"] == "stopped_by_user")
+        .unwrap_or_else(|| panic!("no stopped sandbox: {list:#}"));
+    assert_eq!(kept["agent"], "organizations/acme/agents/bot", "{kept:#}");
+    let id = kept["id"].as_str().expect("id");
+    let watched = dev.paddock(Some(&agent_key), &["sandbox", "watch", id]);
+    assert_eq!(watched.code, 0, "{watched:#?}");
+    assert!(
+        watched.stdout.contains("\"state\":\"stopped\""),
+        "{watched:#?}"
+    );
+}
+
 e2e_tests!(
+    run_as_the_calling_agent_and_interrupt,
     run_streams_and_exits_with_the_command_code,
     detached_sandbox_exec_cp_stop,
     crash_with_sandboxes_running,
