@@ -180,6 +180,7 @@ async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliEr
         stop_grace: Duration::from_secs(3),
         usage_interval: Duration::from_secs(5),
         scan_interval: Duration::from_secs(2),
+        sandbox_endpoints: Vec::new(),
     };
     let runner = paddock_sandbox_runner::start(&runner_config, &service)
         .await

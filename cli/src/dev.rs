@@ -343,6 +343,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             stop_grace: Duration::from_secs(3),
             usage_interval: Duration::from_secs(5),
             scan_interval: Duration::from_secs(2),
+            sandbox_endpoints: Vec::new(),
         };
         let token = service_token(&args.data_dir)?;
         match paddock_sandbox_runner::start(&config, &token).await {

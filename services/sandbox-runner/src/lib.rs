@@ -97,6 +97,34 @@ pub struct Config {
     /// How often workspaces are scanned for changes (file.modify events).
     #[arg(long = "scan-interval", default_value = "2s", value_parser = paddock_shared::time::parse_duration)]
     pub scan_interval: Duration,
+    /// An endpoint sandboxes may use, as NAME=URL (repeatable): each is set
+    /// in the sandbox as PADDOCK_{NAME}_ENDPOINT. A sandbox reaches it only
+    /// where its network allows.
+    #[arg(long = "sandbox-endpoint", value_parser = parse_endpoint)]
+    pub sandbox_endpoints: Vec<(String, String)>,
+}
+
+/// Parses `--sandbox-endpoint NAME=URL`.
+pub fn parse_endpoint(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text.split_once('=').ok_or_else(|| {
+        format!("invalid endpoint {text:?}: use NAME=URL, e.g. mcp=http://10.0.0.5:7180")
+    })?;
+    let name = name.trim().to_ascii_uppercase();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "invalid endpoint name {name:?}: use letters, digits and _"
+        ));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "invalid endpoint URL {url:?}: use http:// or https://"
+        ));
+    }
+    Ok((name, url.to_owned()))
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -181,6 +209,7 @@ pub async fn start_on(
             stop_grace: config.stop_grace,
             usage_interval: config.usage_interval,
             scan_interval: config.scan_interval,
+            endpoints: config.sandbox_endpoints.clone(),
         },
         audit_wake,
     ));
@@ -195,7 +224,7 @@ pub async fn start_on(
         &worker,
         &hostname,
         cpus,
-        0,
+        host_memory_bytes(),
         paddock_shared::time::now_micros(),
     )
     .await?;
@@ -291,6 +320,19 @@ async fn watch_engine(
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
+}
+
+/// Total memory of the host, from /proc/meminfo (0 when unknown).
+fn host_memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 async fn heartbeat(runner: Arc<Runner>) {

@@ -42,6 +42,8 @@ pub struct Tuning {
     pub stop_grace: Duration,
     pub usage_interval: Duration,
     pub scan_interval: Duration,
+    /// (NAME, URL) endpoints set in every sandbox as PADDOCK_{NAME}_ENDPOINT.
+    pub endpoints: Vec<(String, String)>,
 }
 
 /// Everything the runner's RPCs and background tasks share.
@@ -533,6 +535,9 @@ impl Runner {
         }
         env.push(format!("HOME={}", spec::SANDBOX_HOME));
         env.push(format!("PADDOCK_SANDBOX={name}"));
+        for (endpoint, url) in &self.tuning.endpoints {
+            env.push(format!("PADDOCK_{endpoint}_ENDPOINT={url}"));
+        }
         env.push(format!("PADDOCK_TOKEN={}", token.secret));
 
         let plan = ContainerPlan {

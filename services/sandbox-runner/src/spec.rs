@@ -20,8 +20,9 @@ pub const CACHES: &[(&str, &[(&str, &str)])] = &[
     ("cargo", &[("CARGO_HOME", "/cache/cargo")]),
 ];
 
-/// Env vars a request may not set: the runner owns them.
-const RESERVED_ENV: &[&str] = &["PADDOCK_TOKEN", "PADDOCK_SANDBOX", "HOME"];
+/// Env vars a request may not set: the runner owns them (and every
+/// `PADDOCK_*`).
+const RESERVED_ENV: &[&str] = &["HOME"];
 
 /// The user sandboxes run as unless the image names a non-root one.
 pub const SANDBOX_USER: &str = "65534:65534";
@@ -306,7 +307,7 @@ pub fn validate_env(what: &str, env: &std::collections::HashMap<String, String>)
                 truncate(k)
             )));
         }
-        if RESERVED_ENV.contains(&k.as_str()) {
+        if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("PADDOCK_") {
             return Err(Error::invalid(format!(
                 "{what}: {k} is set by the runner and cannot be given"
             )));

@@ -72,7 +72,7 @@ async fn hardening_from_inside(backend: Backend) {
         echo nics=$(ls /sys/class/net | tr '\\n' ' '); \
         cat ~/.ssh/id_ed25519; \
         (echo x >> ~/.ssh/id_ed25519) 2>/dev/null && echo cred=writable || echo cred=readonly; \
-        echo token=${PADDOCK_TOKEN:+set}; echo sandbox=$PADDOCK_SANDBOX";
+        echo token=${PADDOCK_TOKEN:+set}; echo sandbox=$PADDOCK_SANDBOX; echo mcp=$PADDOCK_MCP_ENDPOINT";
     let out = exec(&mut client, &sandbox.name, &["sh", "-c", script], None)
         .await
         .expect("exec");
@@ -97,6 +97,7 @@ async fn hardening_from_inside(backend: Backend) {
     assert!(text.contains("-----BEGIN TEST KEY-----"), "{text}");
     assert!(text.contains("cred=readonly"), "{text}");
     assert!(text.contains("token=set"), "{text}");
+    assert!(text.contains("mcp=http://127.0.0.1:7180"), "{text}");
     assert!(
         text.contains(&format!("sandbox={}", sandbox.name)),
         "{text}"

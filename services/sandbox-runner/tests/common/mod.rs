@@ -59,6 +59,7 @@ pub fn runner_config(
         stop_grace: Duration::from_secs(3),
         usage_interval: Duration::from_secs(1),
         scan_interval: Duration::from_millis(300),
+        sandbox_endpoints: vec![("MCP".into(), "http://127.0.0.1:7180".into())],
     }
 }
 
