@@ -65,6 +65,7 @@ impl Audit {
     pub fn refusal_sink(&self) -> OwnRefusals {
         OwnRefusals {
             appends: self.appends.clone(),
+            platform: paddock_shared::audit::PlatformBudget::default(),
         }
     }
 }
@@ -73,14 +74,15 @@ impl Audit {
 /// authentication) in its chains.
 pub struct OwnRefusals {
     appends: mpsc::Sender<AppendJob>,
+    platform: paddock_shared::audit::PlatformBudget,
 }
 
 impl paddock_shared::auth::RefusalSink for OwnRefusals {
     fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut event = event;
-            if event.organization.is_empty() {
-                event.organization = PLATFORM_CHAIN.to_owned();
+            if event.organization.is_empty() && !self.platform.charge(&mut event) {
+                return;
             }
             let org = match validate_event(0, &mut event) {
                 Ok(org) => org,

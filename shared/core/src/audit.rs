@@ -12,6 +12,69 @@ use crate::proto::audit::v1::{AuditEvent, Outcome};
 /// platform chain, which only the platform bootstrap token reads.
 pub const PLATFORM_CHAIN: &str = "platform";
 
+/// Platform-chain refusals one service records per minute at most.
+pub const PLATFORM_EVENTS_PER_MINUTE: u32 = 120;
+
+/// Caps the refusals a service records in the platform chain: anyone can
+/// send bad tokens, and a flood of them must not flood the audit trail.
+/// What is held back is counted; the count rides on the next event let
+/// through (`"suppressed_before": N` in its details).
+#[derive(Debug)]
+pub struct PlatformBudget {
+    per_minute: u32,
+    /// (window start, recorded in the window, held back since the last
+    /// recorded event)
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl Default for PlatformBudget {
+    fn default() -> Self {
+        Self::new(PLATFORM_EVENTS_PER_MINUTE)
+    }
+}
+
+impl PlatformBudget {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Whether to record the next platform event: `Some(held back before
+    /// it)`, or `None` to hold it back.
+    pub fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, recorded, held) = &mut *state;
+        if start.elapsed() >= std::time::Duration::from_secs(60) {
+            *start = std::time::Instant::now();
+            *recorded = 0;
+        }
+        if *recorded >= self.per_minute {
+            *held += 1;
+            return None;
+        }
+        *recorded += 1;
+        Some(std::mem::take(held))
+    }
+
+    /// Prepares `event` for the platform chain, or returns false to drop it.
+    pub fn charge(&self, event: &mut AuditEvent) -> bool {
+        let Some(held) = self.admit() else {
+            return false;
+        };
+        event.organization = PLATFORM_CHAIN.to_owned();
+        if held > 0
+            && let Ok(serde_json::Value::Object(mut details)) =
+                serde_json::from_str::<serde_json::Value>(&event.details_json)
+        {
+            details.insert("suppressed_before".into(), held.into());
+            event.details_json = serde_json::Value::Object(details).to_string();
+        }
+        true
+    }
+}
+
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// SHA-256 (hex) of the canonical encoding of every field of `event` but
@@ -54,6 +117,29 @@ pub fn event_hash(event: &AuditEvent) -> String {
         hasher.update(field.as_bytes());
     }
     crate::hex::encode(&hasher.finalize())
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_platform_budget_holds_back_and_counts() {
+        let budget = PlatformBudget::new(2);
+        assert_eq!(budget.admit(), Some(0));
+        assert_eq!(budget.admit(), Some(0));
+        assert_eq!(budget.admit(), None);
+        assert_eq!(budget.admit(), None);
+        // A new window lets events through with the count of those held.
+        budget.state.lock().expect("lock").0 -= std::time::Duration::from_secs(61);
+        let mut event = AuditEvent {
+            details_json: "{}".into(),
+            ..Default::default()
+        };
+        assert!(budget.charge(&mut event));
+        assert_eq!(event.organization, PLATFORM_CHAIN);
+        assert_eq!(event.details_json, r#"{"suppressed_before":2}"#);
+    }
 }
 
 #[cfg(test)]

@@ -89,17 +89,22 @@ pub async fn record_now(pool: &AnyPool, event: &AuditEvent) -> Result<(), sqlx::
 
 /// Records the admission layer's refusals (failed authentication, denials)
 /// in a service's outbox, each on its own. A refusal that names no
-/// organization (a token naming no stored key) has no chain to go to and is
-/// only logged.
+/// organization (a token naming no stored key) goes to the platform chain,
+/// within the platform budget.
 pub struct RefusalOutbox {
     pool: AnyPool,
     wake: Option<Arc<Notify>>,
+    platform: crate::audit::PlatformBudget,
 }
 
 impl RefusalOutbox {
     /// Records into `pool`'s outbox and wakes the forwarder (if any).
     pub fn new(pool: AnyPool, wake: Option<Arc<Notify>>) -> Self {
-        Self { pool, wake }
+        Self {
+            pool,
+            wake,
+            platform: crate::audit::PlatformBudget::default(),
+        }
     }
 }
 
@@ -107,9 +112,9 @@ impl crate::auth::RefusalSink for RefusalOutbox {
     fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut event = event;
-            if event.organization.is_empty() {
-                // No organization to charge it to: the platform chain.
-                event.organization = crate::audit::PLATFORM_CHAIN.to_owned();
+            // No organization to charge it to: the platform chain.
+            if event.organization.is_empty() && !self.platform.charge(&mut event) {
+                return;
             }
             match record_now(&self.pool, &event).await {
                 Ok(()) => {
