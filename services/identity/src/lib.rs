@@ -144,6 +144,7 @@ pub async fn start_on(
         audit_wake,
         closing: closing_rx,
         credential_key,
+        policy: auth::policy_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?,
     };
 
     let name = <IdentityServiceServer<Identity> as tonic::server::NamedService>::NAME;

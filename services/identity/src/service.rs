@@ -62,6 +62,8 @@ pub struct Identity {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Seals and opens stored credentials.
     pub credential_key: Arc<crate::credential_key::CredentialKey>,
+    /// Agent policies (which credentials an agent may use), as a service.
+    pub policy: paddock_shared::auth::PolicyClient,
 }
 
 type OrgRow = (String, String, i64, i64, i64);

@@ -175,6 +175,35 @@ async fn credential_crud_and_roles(backend: Backend) {
         .await;
     assert_eq!(code(bad_kind), Code::InvalidArgument);
 
+    // An agent uses only the credentials its policy lists.
+    stack
+        .policy(&acme.owner)
+        .update_agent_policy(paddock_proto::authz::v1::UpdateAgentPolicyRequest {
+            policy: Some(paddock_proto::authz::v1::AgentPolicy {
+                name: "organizations/acme/agents/bot/policy".into(),
+                credentials: vec!["deploy-key".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["credentials".into()],
+            }),
+        })
+        .await
+        .expect("policy");
+    let unlisted = stack
+        .identity(acme.token("agent"))
+        .get_credential(GetCredentialRequest {
+            name: "organizations/acme/credentials/npmrc".into(),
+        })
+        .await
+        .expect_err("not in the agent's policy");
+    assert_eq!(unlisted.code(), Code::PermissionDenied);
+    assert!(
+        unlisted.message().contains("agent policy"),
+        "{}",
+        unlisted.message()
+    );
+
     // Roles: developer and agent may use (list, get), not manage.
     for role in ["developer", "agent"] {
         let denied = create(
@@ -200,15 +229,16 @@ async fn credential_crud_and_roles(backend: Backend) {
             .expect("list")
             .into_inner();
         let names: Vec<&str> = listed.credentials.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
+        let expected: &[&str] = if role == "agent" {
+            &["organizations/acme/credentials/deploy-key"]
+        } else {
+            &[
                 "organizations/acme/credentials/big",
                 "organizations/acme/credentials/deploy-key",
                 "organizations/acme/credentials/npmrc",
-            ],
-            "{role}"
-        );
+            ]
+        };
+        assert_eq!(names, expected, "{role}");
         let got = stack
             .identity(acme.token(role))
             .get_credential(GetCredentialRequest {

@@ -139,7 +139,7 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ),
     (
         "/paddock.identity.v1.IdentityService/GetCredential",
-        "OOOO",
+        "OOOD",
         "NNNN",
     ),
     (

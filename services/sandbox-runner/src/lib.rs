@@ -18,7 +18,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
 use paddock_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
 use paddock_shared::auth::{
     self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
@@ -181,10 +180,7 @@ pub async fn start_on(
         &config.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let policy = PolicyServiceClient::with_interceptor(
-        auth::lazy_channel(&config.authz_endpoint)?,
-        BearerAuth::new(service_token)?,
-    );
+    let policy = auth::policy_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?;
     let forwarder = match &config.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
             db.pool.clone(),

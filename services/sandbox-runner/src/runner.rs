@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paddock_proto::audit::v1::{AuditEvent, Outcome};
-use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
 use paddock_proto::authz::v1::{GetEffectivePolicyRequest, HardeningRelaxations, NetworkMode};
 use paddock_proto::identity::v1::{
     CreateSessionTokenRequest, Principal, PrincipalKind, RevealCredentialRequest,
@@ -19,22 +18,18 @@ use paddock_proto::identity::v1::{
 use paddock_proto::sandbox::v1::{
     CreateSandboxRequest, EndReason, Sandbox, SandboxSpec, SandboxState,
 };
-use paddock_shared::auth::{BearerAuth, IdentityClient, dependency_status};
+use paddock_shared::auth::{IdentityClient, PolicyClient, dependency_status};
 use paddock_shared::db::{Backend, Database};
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{child_name, parse_child, parse_org, truncate};
 use paddock_shared::outbox;
 use paddock_shared::time::{now_micros, proto_duration};
 use tokio::sync::{Notify, watch};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use crate::docker::{self, ContainerPlan, Engine};
 use crate::spec::{self, Resolved};
 use crate::store::{self, Ending, Record};
 use crate::workspace::{Layout, Scanner};
-
-pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, BearerAuth>>;
 
 /// Tunables of the runner.
 #[derive(Debug, Clone)]

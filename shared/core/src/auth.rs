@@ -222,6 +222,18 @@ pub fn lazy_channel(endpoint: &str) -> Result<Channel, Status> {
 
 pub type IdentityClient = IdentityServiceClient<InterceptedService<Channel, BearerAuth>>;
 pub type AuthzClient = AuthzServiceClient<InterceptedService<Channel, BearerAuth>>;
+pub type PolicyClient = crate::proto::authz::v1::policy_service_client::PolicyServiceClient<
+    InterceptedService<Channel, BearerAuth>,
+>;
+
+pub fn policy_client(endpoint: &str, auth: BearerAuth) -> Result<PolicyClient, Status> {
+    Ok(
+        crate::proto::authz::v1::policy_service_client::PolicyServiceClient::with_interceptor(
+            lazy_channel(endpoint)?,
+            auth,
+        ),
+    )
+}
 
 pub fn identity_client(endpoint: &str, auth: BearerAuth) -> Result<IdentityClient, Status> {
     Ok(IdentityServiceClient::with_interceptor(

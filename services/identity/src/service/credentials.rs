@@ -13,6 +13,8 @@ use serde_json::json;
 
 use super::{Identity, audited, caller_org, next_page, own_child, page, parent_org};
 use crate::credential_key::{OpenError, Sealed};
+use paddock_proto::authz::v1::GetEffectivePolicyRequest;
+use paddock_proto::identity::v1::PrincipalKind;
 
 /// Largest value a credential may hold.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -128,11 +130,36 @@ pub(super) async fn create(
     })
 }
 
+/// For an agent, the credential ids its policy lists (credentials.use
+/// covers only those); `None` for members, who see every credential.
+async fn usable_by(identity: &Identity, caller: &Principal) -> Result<Option<Vec<String>>> {
+    if caller.kind != PrincipalKind::Agent as i32 {
+        return Ok(None);
+    }
+    let effective = identity
+        .policy
+        .clone()
+        .get_effective_policy(GetEffectivePolicyRequest {
+            agent: caller.name.clone(),
+        })
+        .await
+        .map_err(|s| Error::from_status(paddock_shared::auth::dependency_status("authz", s)))?
+        .into_inner();
+    let listed = effective.policy.map(|p| p.credentials).unwrap_or_default();
+    Ok(Some(
+        listed
+            .iter()
+            .map(|c| c.rsplit('/').next().unwrap_or(c).to_owned())
+            .collect(),
+    ))
+}
+
 pub(super) async fn list(
     identity: &Identity,
     caller: &Principal,
     req: ListCredentialsRequest,
 ) -> Result<ListCredentialsResponse> {
+    let usable = usable_by(identity, caller).await?;
     let org = parent_org(caller, &req.parent)?;
     let page = page(req.page_size, &req.page_token)?;
     let mut rows: Vec<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -145,7 +172,11 @@ pub(super) async fn list(
     .await?;
     let next_page_token = next_page(&mut rows, &page, |r| r.1.clone());
     Ok(ListCredentialsResponse {
-        credentials: rows.into_iter().map(credential).collect(),
+        credentials: rows
+            .into_iter()
+            .filter(|r| usable.as_ref().is_none_or(|ids| ids.contains(&r.1)))
+            .map(credential)
+            .collect(),
         next_page_token,
     })
 }
@@ -164,6 +195,14 @@ pub(super) async fn get(
     .fetch_optional(&identity.db.pool)
     .await?;
     let row = row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    if let Some(ids) = usable_by(identity, caller).await?
+        && !ids.contains(&row.1)
+    {
+        return Err(Error::PermissionDenied(format!(
+            "credential {} is not in the agent policy's credentials (credentials.use covers only those)",
+            names::truncate(&req.name)
+        )));
+    }
     Ok(GetCredentialResponse {
         credential: Some(credential(row)),
     })
