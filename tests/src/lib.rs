@@ -109,6 +109,25 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("cargo build reported no {bin} executable"))
 }
 
+/// A free loopback port below the kernel's ephemeral range (32768 and up
+/// on Linux), for a server that must come back on the same port after a
+/// kill: ports that other tests bind as port 0 never land there, so
+/// nothing else grabs it in between.
+pub fn stable_port() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    for _ in 0..10_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let port = 20_000 + (base - 20_000 + offset) % 10_000;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in 20000-29999");
+}
+
 /// What one CLI invocation did.
 #[derive(Debug)]
 pub struct Output {

@@ -446,9 +446,7 @@ fn append_events(dev: &Dev, org: &str, actions: &[&str]) -> Vec<String> {
 /// after the restart.
 fn crash_before_delivery_loses_no_events(backend: Backend) {
     // Audit is not running, so nothing can be delivered before the crash.
-    let unused = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let unused = paddock_e2e::stable_port();
     let mut dev = Dev::start_with(
         backend,
         &[
@@ -493,9 +491,7 @@ fn crash_before_delivery_loses_no_events(backend: Backend) {
 /// With the audit service (its own process) killed, changes still succeed;
 /// once it is back, every event arrives exactly once.
 fn audit_outage_loses_no_events(backend: Backend) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    let port = paddock_e2e::stable_port();
     let dev = Dev::start_with(
         backend,
         &[
