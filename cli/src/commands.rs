@@ -155,6 +155,26 @@ impl Ctx {
     }
 }
 
+/// Every page of a List call: `fetch(page_token)` returns one page's items
+/// and the next page's token (empty after the last).
+pub(crate) async fn all_pages<T, Fut>(
+    mut fetch: impl FnMut(String) -> Fut,
+) -> Result<Vec<T>, Status>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = fetch(token).await?;
+        out.extend(items);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        token = next;
+    }
+}
+
 pub(crate) fn missing(what: &str) -> CliError {
     CliError::new(Code::Internal, format!("identity returned no {what}"))
 }
@@ -472,26 +492,22 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
 }
 
 async fn list_members(ctx: &mut Ctx, parent: &str, email: &str) -> Result<Vec<Member>, CliError> {
-    let mut client = ctx.identity()?;
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let resp = client
-            .list_members(ListMembersRequest {
-                parent: parent.to_owned(),
-                page_size: 0,
-                page_token,
-                email: email.to_owned(),
-            })
-            .await
-            .map_err(ctx.id_err())?
-            .into_inner();
-        out.extend(resp.members);
-        if resp.next_page_token.is_empty() {
-            return Ok(out);
+    let client = ctx.identity()?;
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let req = ListMembersRequest {
+            parent: parent.to_owned(),
+            page_size: 0,
+            page_token,
+            email: email.to_owned(),
+        };
+        async move {
+            let r = client.list_members(req).await?.into_inner();
+            Ok((r.members, r.next_page_token))
         }
-        page_token = resp.next_page_token;
-    }
+    })
+    .await
+    .map_err(ctx.id_err())
 }
 
 /// A member's resource name from an email (or a full name, unchanged).
@@ -562,25 +578,21 @@ pub async fn agent(ctx: &mut Ctx, cmd: AgentCommand) -> Result<(), CliError> {
         }
         AgentCommand::List => {
             let parent = ctx.parent().await?;
-            let mut client = ctx.identity()?;
-            let mut agents = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_agents(ListAgentsRequest {
-                        parent: parent.clone(),
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await
-                    .map_err(ctx.id_err())?
-                    .into_inner();
-                agents.extend(resp.agents);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let client = ctx.identity()?;
+            let agents = all_pages(|page_token| {
+                let mut client = client.clone();
+                let req = ListAgentsRequest {
+                    parent: parent.clone(),
+                    page_size: 0,
+                    page_token,
+                };
+                async move {
+                    let r = client.list_agents(req).await?.into_inner();
+                    Ok((r.agents, r.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await
+            .map_err(ctx.id_err())?;
             if ctx.json() {
                 print_json(
                     &json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }),
@@ -698,25 +710,21 @@ pub async fn project(ctx: &mut Ctx, cmd: ProjectCommand) -> Result<(), CliError>
         }
         ProjectCommand::List => {
             let parent = ctx.parent().await?;
-            let mut client = ctx.identity()?;
-            let mut projects = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_projects(ListProjectsRequest {
-                        parent: parent.clone(),
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await
-                    .map_err(ctx.id_err())?
-                    .into_inner();
-                projects.extend(resp.projects);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let client = ctx.identity()?;
+            let projects = all_pages(|page_token| {
+                let mut client = client.clone();
+                let req = ListProjectsRequest {
+                    parent: parent.clone(),
+                    page_size: 0,
+                    page_token,
+                };
+                async move {
+                    let r = client.list_projects(req).await?.into_inner();
+                    Ok((r.projects, r.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await
+            .map_err(ctx.id_err())?;
             if ctx.json() {
                 print_json(
                     &json!({ "projects": projects.iter().map(output::project_json).collect::<Vec<_>>() }),
@@ -956,26 +964,22 @@ pub async fn key(ctx: &mut Ctx, cmd: KeyCommand) -> Result<(), CliError> {
 
 async fn list_keys(ctx: &mut Ctx, show_inactive: bool) -> Result<Vec<ApiKey>, CliError> {
     let parent = ctx.parent().await?;
-    let mut client = ctx.identity()?;
-    let mut keys = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let resp = client
-            .list_api_keys(ListApiKeysRequest {
-                parent: parent.clone(),
-                page_size: 0,
-                page_token,
-                show_inactive,
-            })
-            .await
-            .map_err(ctx.id_err())?
-            .into_inner();
-        keys.extend(resp.api_keys);
-        if resp.next_page_token.is_empty() {
-            return Ok(keys);
+    let client = ctx.identity()?;
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let req = ListApiKeysRequest {
+            parent: parent.clone(),
+            page_size: 0,
+            page_token,
+            show_inactive,
+        };
+        async move {
+            let r = client.list_api_keys(req).await?.into_inner();
+            Ok((r.api_keys, r.next_page_token))
         }
-        page_token = resp.next_page_token;
-    }
+    })
+    .await
+    .map_err(ctx.id_err())
 }
 
 /// A key's resource name from its id, its display name, or a full name.

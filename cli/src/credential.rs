@@ -14,7 +14,7 @@ use paddock_proto::identity::v1::{
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::commands::{Ctx, missing, print_deleted};
+use crate::commands::{Ctx, all_pages, missing, print_deleted};
 use crate::error::CliError;
 use crate::names::{self, CREDENTIALS};
 use crate::output::{self, Table, print_fields, print_json};
@@ -171,25 +171,21 @@ pub async fn run(ctx: &mut Ctx, cmd: CredentialCommand) -> Result<(), CliError> 
         }
         CredentialCommand::List => {
             let parent = ctx.parent().await?;
-            let mut client = ctx.identity()?;
-            let mut credentials = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_credentials(ListCredentialsRequest {
-                        parent: parent.clone(),
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await
-                    .map_err(ctx.id_err())?
-                    .into_inner();
-                credentials.extend(resp.credentials);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let client = ctx.identity()?;
+            let credentials = all_pages(|page_token| {
+                let mut client = client.clone();
+                let req = ListCredentialsRequest {
+                    parent: parent.clone(),
+                    page_size: 0,
+                    page_token,
+                };
+                async move {
+                    let r = client.list_credentials(req).await?.into_inner();
+                    Ok((r.credentials, r.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await
+            .map_err(ctx.id_err())?;
             if ctx.json() {
                 print_json(
                     &json!({ "credentials": credentials.iter().map(credential_json).collect::<Vec<_>>() }),

@@ -18,7 +18,7 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::commands::{Ctx, print_deleted};
+use crate::commands::{Ctx, all_pages, print_deleted};
 use crate::error::CliError;
 use crate::names;
 use crate::output::{self, Table, print_fields, print_json};
@@ -445,26 +445,22 @@ pub async fn sandbox(ctx: &mut Ctx, cmd: SandboxCommand) -> Result<(), CliError>
                 Some(a) => ctx.expand(names::AGENTS, &a).await?,
                 None => String::new(),
             };
-            let mut sandboxes = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_sandboxes(ListSandboxesRequest {
-                        parent: String::new(),
-                        page_size: 500,
-                        page_token,
-                        agent: agent.clone(),
-                        show_ended: all,
-                    })
-                    .await
-                    .map_err(rpc_err(ctx))?
-                    .into_inner();
-                sandboxes.extend(resp.sandboxes);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let sandboxes = all_pages(|page_token| {
+                let mut client = client.clone();
+                let req = ListSandboxesRequest {
+                    parent: String::new(),
+                    page_size: 500,
+                    page_token,
+                    agent: agent.clone(),
+                    show_ended: all,
+                };
+                async move {
+                    let r = client.list_sandboxes(req).await?.into_inner();
+                    Ok((r.sandboxes, r.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await
+            .map_err(rpc_err(ctx))?;
             if ctx.json() {
                 print_json(&Value::Array(sandboxes.iter().map(sandbox_json).collect()));
                 return Ok(());
