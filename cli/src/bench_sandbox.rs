@@ -90,55 +90,13 @@ pub async fn run(global: &Global, args: SandboxBenchArgs) -> Result<(), CliError
     Ok(())
 }
 
-/// Imports a one-binary busybox image from the host's busybox.
-fn ensure_image(tag: &str) -> Result<(), CliError> {
-    let exists = std::process::Command::new("docker")
-        .args(["image", "inspect", tag])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if exists {
-        return Ok(());
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| {
-            CliError::new(
-                Code::FailedPrecondition,
-                "no busybox on this host to build the bench image: install busybox-static or pass --image",
-            )
-        })?;
-    let root = std::env::temp_dir().join(format!("paddock-bench-rootfs-{}", std::process::id()));
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| internal("rootfs", e))?;
-    std::fs::copy(busybox, bin.join("busybox")).map_err(|e| internal("rootfs", e))?;
-    for applet in ["sh", "sleep", "true", "mkdir", "cat"] {
-        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-    }
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C '{}' -c . | docker import - {tag} >/dev/null",
-            root.display()
-        ))
-        .status()
-        .map_err(|e| internal("docker import", e))?;
-    let _ = std::fs::remove_dir_all(&root);
-    if !status.success() {
-        return Err(CliError::new(
-            Code::FailedPrecondition,
-            "docker import of the bench image failed",
-        ));
-    }
-    Ok(())
-}
-
 async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliError> {
     let image = match &args.image {
         Some(i) => i.clone(),
         None => {
-            ensure_image(BENCH_IMAGE)?;
+            paddock_sandbox_runner::image::import_busybox(BENCH_IMAGE).map_err(|e| {
+                CliError::new(Code::FailedPrecondition, format!("{e}; or pass --image"))
+            })?;
             BENCH_IMAGE.to_owned()
         }
     };

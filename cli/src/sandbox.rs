@@ -47,7 +47,7 @@ pub struct RunArgs {
     #[arg(long)]
     cpus: Option<f64>,
     /// Memory, e.g. 512m or 2g.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = crate::policy::parse_size)]
     memory: Option<i64>,
     /// Most processes.
     #[arg(long)]
@@ -131,31 +131,6 @@ pub enum SandboxCommand {
     Watch { id: String },
     /// Resource usage of a sandbox.
     Usage { id: String },
-}
-
-/// Parses `512m`, `2g`, `1048576`, `64k` (binary units).
-pub fn parse_size(text: &str) -> Result<i64, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let t = t.strip_suffix('i').unwrap_or(t);
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&t[..i], &t[i..]),
-        None => (t, ""),
-    };
-    let shift = match unit {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        _ => return Err(format!("invalid size {text:?}: use e.g. 512m or 2g")),
-    };
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: use e.g. 512m or 2g"))?;
-    n.checked_shl(shift)
-        .filter(|v| *v > 0 && v >> shift == n)
-        .ok_or_else(|| format!("invalid size {text:?}: must be positive and below 8 EiB"))
 }
 
 fn parse_credential(text: &str) -> Result<CredentialMount, String> {
@@ -696,18 +671,6 @@ fn tar_local(path: &Path) -> Result<Vec<u8>, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("512m"), Ok(512 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1024"), Ok(1024));
-        assert!(parse_size("-1m").is_err());
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("5x").is_err());
-        assert!(parse_size("99999999999t").is_err());
-    }
 
     #[test]
     fn remote_specs() {

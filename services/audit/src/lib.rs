@@ -128,7 +128,7 @@ pub async fn start_on(
         .with_audit("audit", Arc::new(audit.refusal_sink()));
 
     let name = <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME;
-    let (_health, routes) = server::health_and_reflection(&[name]).await;
+    let (_health, routes) = server::health_and_reflection(&[name]).await?;
     let routes = routes.add_service(
         AuditServiceServer::new(audit).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
     );

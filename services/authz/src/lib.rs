@@ -126,7 +126,7 @@ pub async fn start_on(
         .with_audit("authz", Arc::new(sink));
     let authz_name = <AuthzServiceServer<Authz> as tonic::server::NamedService>::NAME;
     let policy_name = <PolicyServiceServer<Policies> as tonic::server::NamedService>::NAME;
-    let (_health, routes) = server::health_and_reflection(&[authz_name, policy_name]).await;
+    let (_health, routes) = server::health_and_reflection(&[authz_name, policy_name]).await?;
     let routes = routes
         .add_service(
             AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),

@@ -148,7 +148,7 @@ pub async fn start_on(
     };
 
     let name = <IdentityServiceServer<Identity> as tonic::server::NamedService>::NAME;
-    let (_health, routes) = server::health_and_reflection(&[name]).await;
+    let (_health, routes) = server::health_and_reflection(&[name]).await?;
     let routes = routes.add_service(
         IdentityServiceServer::new(identity).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
     );

@@ -15,7 +15,6 @@ use paddock_proto::sandbox::v1::exec_request::Message as In;
 use paddock_proto::sandbox::v1::exec_response::Message as Out;
 use paddock_proto::sandbox::v1::{ExecExit, ExecRequest, ExecResponse, ExecStart, TerminalSize};
 use paddock_shared::error::{Error, Result};
-use paddock_shared::outbox;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -206,29 +205,27 @@ pub async fn run(
             timed_out,
             duration: Some(paddock_shared::time::proto_duration(duration)),
         };
-        let mut event = outbox::event(
-            "sandbox-runner",
-            Some(&caller),
-            "sandbox.exec",
-            &record.name(),
-            if exit.exit_code == 0 {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-        );
-        event.details_json = serde_json::json!({
+        let outcome = if exit.exit_code == 0 {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        let details = serde_json::json!({
             "argv": truncated_argv(&start.command),
             "exit_code": exit.exit_code,
             "timed_out": timed_out,
             "duration_ms": duration.as_millis() as u64,
             "tty": start.tty,
-        })
-        .to_string();
-        if let Err(e) = outbox::record_now(&runner.db.pool, &event).await {
-            tracing::error!(error = %e, "cannot record the exec event");
-        }
-        runner.wake_audit();
+        });
+        runner
+            .audit(
+                Some(&caller),
+                "sandbox.exec",
+                &record.name(),
+                outcome,
+                details,
+            )
+            .await;
         let _ = tx
             .send(Ok(ExecResponse {
                 message: Some(Out::Exit(exit)),

@@ -7,6 +7,7 @@ pub mod docker;
 mod egress;
 mod exec;
 pub mod files;
+pub mod image;
 mod runner;
 mod service;
 pub mod spec;
@@ -227,7 +228,7 @@ pub async fn start_on(
 
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let name = <SandboxServiceServer<Sandboxes> as tonic::server::NamedService>::NAME;
-    let (health, routes) = server::health_and_reflection(&[name]).await;
+    let (health, routes) = server::health_and_reflection(&[name]).await?;
     health
         .set_service_status(name, ServingStatus::NotServing)
         .await;

@@ -140,6 +140,20 @@ impl Runner {
         }
     }
 
+    /// Records an event that changes no stored state (an exec, an upload,
+    /// a refusal) through the outbox, on its own.
+    pub(crate) async fn audit(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        details: serde_json::Value,
+    ) {
+        self.record_event(event(principal, action, resource, outcome, details))
+            .await;
+    }
+
     async fn record_event(&self, e: AuditEvent) {
         if let Err(err) = outbox::record_now(&self.db.pool, &e).await {
             tracing::error!(action = e.action, error = %err, "cannot record an audit event");
@@ -338,7 +352,7 @@ impl Runner {
         lock(&self.watchers).insert(id.clone(), tx);
 
         match self
-            .start(caller, &engine, &record, &resolved, &user, uid, relax)
+            .start(&engine, &record, &resolved, &user, uid, relax)
             .await
         {
             Ok(container_id) => {
@@ -438,7 +452,6 @@ impl Runner {
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
-        caller: &Principal,
         engine: &Engine,
         record: &Record,
         resolved: &Resolved,
@@ -553,7 +566,6 @@ impl Runner {
             relax,
             uid,
         };
-        let _ = caller;
         engine.create_start(&plan).await
     }
 
@@ -578,7 +590,11 @@ impl Runner {
         let engine = self.engine()?;
         let id = record.id.clone();
         let container = record.container_id.clone();
-        let mut scanner = Scanner::new(PathBuf::from(&record.workspace));
+        // Walking the workspace is blocking file I/O: off the async threads.
+        let root = PathBuf::from(&record.workspace);
+        let mut scanner = tokio::task::spawn_blocking(move || Scanner::new(root))
+            .await
+            .ok();
         let expire_in = Duration::from_micros((record.expire_time - now_micros()).max(0) as u64);
         let ttl = tokio::time::sleep(expire_in);
         tokio::pin!(ttl);
@@ -659,23 +675,20 @@ impl Runner {
         Ok(())
     }
 
-    async fn report_changes(&self, record: &Record, scanner: &mut Scanner) {
+    async fn report_changes(&self, record: &Record, scanner: &mut Option<Scanner>) {
         const MAX_EVENTS_PER_SCAN: usize = 100;
-        let scanner_changes = {
-            let mut s = std::mem::replace(scanner, Scanner::new(PathBuf::new()));
-            let changes = tokio::task::spawn_blocking(move || {
-                let c = s.scan();
-                (s, c)
-            })
-            .await;
-            match changes {
-                Ok((s, c)) => {
-                    *scanner = s;
-                    c
-                }
-                Err(_) => return,
-            }
+        let Some(mut walker) = scanner.take() else {
+            return;
         };
+        let Ok((walker, scanner_changes)) = tokio::task::spawn_blocking(move || {
+            let changes = walker.scan();
+            (walker, changes)
+        })
+        .await
+        else {
+            return;
+        };
+        *scanner = Some(walker);
         let total = scanner_changes.len();
         for change in scanner_changes.iter().take(MAX_EVENTS_PER_SCAN) {
             self.record_event(event(

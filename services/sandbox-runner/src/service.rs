@@ -401,18 +401,15 @@ impl SandboxService for Sandboxes {
             .await
             .map_err(|e| Error::FailedPrecondition(format!("cannot write into {dest}: {e}")))?;
         drop(checked_spool);
-        let mut event = outbox::event(
-            "sandbox-runner",
-            Some(&caller),
-            "sandbox.upload",
-            &record.name(),
-            Outcome::Success,
-        );
-        event.details_json =
-            serde_json::json!({"path": dest, "files": checked.files, "bytes": checked.bytes})
-                .to_string();
-        let _ = outbox::record_now(&self.runner.db.pool, &event).await;
-        self.runner.wake_audit();
+        self.runner
+            .audit(
+                Some(&caller),
+                "sandbox.upload",
+                &record.name(),
+                Outcome::Success,
+                serde_json::json!({"path": dest, "files": checked.files, "bytes": checked.bytes}),
+            )
+            .await;
         Ok(Response::new(UploadFilesResponse {
             files: checked.files,
             bytes: checked.bytes,

@@ -27,7 +27,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 /// The health reporter and the routes every server carries besides its own.
-pub async fn health_and_reflection(serving: &[&str]) -> (HealthReporter, Routes) {
+pub async fn health_and_reflection(
+    serving: &[&str],
+) -> Result<(HealthReporter, Routes), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in serving {
         reporter
@@ -44,10 +46,8 @@ pub async fn health_and_reflection(serving: &[&str]) -> (HealthReporter, Routes)
     for name in serving {
         reflection = reflection.with_service_name(*name);
     }
-    let reflection = reflection
-        .build_v1()
-        .expect("embedded descriptor sets are valid");
-    (reporter, Routes::new(health).add_service(reflection))
+    let reflection = reflection.build_v1()?;
+    Ok((reporter, Routes::new(health).add_service(reflection)))
 }
 
 /// Serves `routes` on `listener` behind the admission layer until

@@ -121,10 +121,10 @@ impl Env {
         self.runner = Some(runner);
     }
 
-    /// Removes everything this test's worker labelled, then stops it all.
+    /// Stops it all; what the worker labelled is removed when the cleanup
+    /// guard drops.
     pub async fn shutdown(mut self) {
         self.crash_runner().await;
-        remove_labelled(&self.engine(), &self.worker()).await;
         self.stack.shutdown().await;
     }
 }
@@ -138,18 +138,6 @@ pub struct Cleanup(String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         paddock_testkit::image::remove_worker_resources(&self.0);
-    }
-}
-
-pub async fn remove_labelled(engine: &Engine, worker: &str) {
-    for c in engine.labelled_containers(worker).await.unwrap_or_default() {
-        let _ = engine.remove(&c.id).await;
-    }
-    for (n, _) in engine.labelled_networks(worker).await.unwrap_or_default() {
-        let _ = engine.remove_network(&n).await;
-    }
-    for v in engine.cache_volumes(worker, "").await.unwrap_or_default() {
-        let _ = engine.remove_volume(&v).await;
     }
 }
 
