@@ -98,11 +98,13 @@ pub async fn run(
     let began = Instant::now();
     let _ = crate::store::count_exec(&runner.db.pool, &record.id).await;
 
-    // Client → command: stdin, close, signals, resizes.
-    let host_pid = Arc::new(tokio::sync::OnceCell::<i32>::new());
-    let pid_for_input = host_pid.clone();
+    // Client → command: stdin, close, signals, resizes. A signal that
+    // cannot be delivered to the command's own process ends the exec with
+    // FAILED_PRECONDITION (sent through `refusals`).
+    let (refusal_tx, mut refusals) = mpsc::channel::<Status>(1);
     let docker_for_input = docker.clone();
     let exec_for_input = exec_id.clone();
+    let container_for_input = record.container_id.clone();
     let stdin_wanted = start.stdin;
     let input_task = tokio::spawn(async move {
         let mut open = stdin_wanted;
@@ -116,19 +118,17 @@ pub async fn run(
                     open = false;
                 }
                 Some(In::Signal(sig)) => {
-                    let pid = match pid_for_input.get() {
-                        Some(p) => Some(*p),
-                        None => {
-                            let pid = exec_pid(&docker_for_input, &exec_for_input).await;
-                            if let Some(p) = pid {
-                                let _ = pid_for_input.set(p);
-                            }
-                            pid
-                        }
-                    };
-                    tracing::debug!(?pid, sig, "signalling an exec");
-                    if let Some(pid) = pid {
-                        signal(pid, sig);
+                    let sent = signal_exec(
+                        &docker_for_input,
+                        &exec_for_input,
+                        &container_for_input,
+                        sig,
+                    )
+                    .await;
+                    tracing::debug!(sig, ok = sent.is_ok(), "signalling an exec");
+                    if let Err(e) = sent {
+                        let _ = refusal_tx.send(e.into()).await;
+                        break;
                     }
                 }
                 Some(In::Resize(TerminalSize { rows, columns })) => {
@@ -157,23 +157,35 @@ pub async fn run(
         .and_then(paddock_shared::time::duration)
         .filter(|d| !d.is_zero());
     let (tx, rx) = mpsc::channel::<Result<ExecResponse, Status>>(OUTPUT_BUFFER);
+    let container = record.container_id.clone();
     tokio::spawn(async move {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
+        let mut refused = false;
         loop {
             let next = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, output.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
+                Some(d) => tokio::select! {
+                    n = output.next() => n,
+                    _ = tokio::time::sleep_until(d) => {
                         timed_out = true;
-                        if let Some(pid) = exec_pid(&docker, &exec_id).await {
-                            let _ = host_pid.set(pid);
-                            signal(pid, 9);
-                        }
+                        kill_exec(&docker, &exec_id, &container).await;
+                        break;
+                    }
+                    Some(status) = refusals.recv() => {
+                        let _ = tx.send(Err(status)).await;
+                        kill_exec(&docker, &exec_id, &container).await;
+                        refused = true;
                         break;
                     }
                 },
-                None => output.next().await,
+                None => tokio::select! {
+                    n = output.next() => n,
+                    Some(status) = refusals.recv() => {
+                        let _ = tx.send(Err(status)).await;
+                        refused = true;
+                        break;
+                    }
+                },
             };
             let Some(Ok(chunk)) = next else { break };
             let message = match chunk {
@@ -191,9 +203,7 @@ pub async fn run(
                 .is_err()
             {
                 // The client left: stop the command rather than run unseen.
-                if let Some(pid) = exec_pid(&docker, &exec_id).await {
-                    signal(pid, 9);
-                }
+                kill_exec(&docker, &exec_id, &container).await;
                 break;
             }
         }
@@ -226,11 +236,13 @@ pub async fn run(
                 details,
             )
             .await;
-        let _ = tx
-            .send(Ok(ExecResponse {
-                message: Some(Out::Exit(exit)),
-            }))
-            .await;
+        if !refused {
+            let _ = tx
+                .send(Ok(ExecResponse {
+                    message: Some(Out::Exit(exit)),
+                }))
+                .await;
+        }
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
@@ -251,24 +263,6 @@ fn truncated_argv(argv: &[String]) -> Vec<String> {
     out
 }
 
-/// The host pid of a running exec. Docker may not report it for a moment
-/// after the start: ask again, for up to a second.
-async fn exec_pid(docker: &bollard::Docker, exec_id: &str) -> Option<i32> {
-    for _ in 0..50 {
-        match docker.inspect_exec(exec_id).await {
-            Ok(info) if info.running == Some(false) => return None,
-            Ok(info) => {
-                if let Some(pid) = info.pid.filter(|p| *p > 0) {
-                    return i32::try_from(pid).ok();
-                }
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 /// The exit code, once Docker has recorded it.
 async fn exit_code(docker: &bollard::Docker, exec_id: &str) -> i32 {
     for _ in 0..100 {
@@ -283,15 +277,121 @@ async fn exit_code(docker: &bollard::Docker, exec_id: &str) -> i32 {
     -1
 }
 
-/// Signals the exec's process (a host pid: the runner runs on the host).
-fn signal(pid: i32, sig: i32) {
-    let (Some(pid), Some(sig)) = (
-        rustix::process::Pid::from_raw(pid),
-        rustix::process::Signal::from_named_raw(sig),
-    ) else {
-        return;
+/// Kills the exec's process, if it still runs (a timeout, a client gone).
+async fn kill_exec(docker: &bollard::Docker, exec_id: &str, container: &str) {
+    if let Err(e) = signal_exec(docker, exec_id, container, 9).await {
+        tracing::debug!(error = %e, "the exec was not killed");
+    }
+}
+
+/// Delivers `sig` to the exec's process, and only to it.
+///
+/// Docker reports the exec's host pid, and a pid is only a number: once
+/// the process has exited the kernel may give it to any host process, and
+/// the runner (root) would signal that one. So the pid is never trusted
+/// as cached: Docker is asked whether the exec still runs, a pidfd pins
+/// the process behind the pid, its cgroup is checked to be the sandbox's
+/// container, and the signal goes through the pidfd. If the process has
+/// died since the pidfd was opened the send fails (ESRCH); if it was still
+/// alive when the signal went out, it was alive when its cgroup was read,
+/// so the cgroup read was its own.
+async fn signal_exec(
+    docker: &bollard::Docker,
+    exec_id: &str,
+    container: &str,
+    sig: i32,
+) -> Result<()> {
+    let ended = || {
+        Error::FailedPrecondition(format!(
+            "the command has ended; signal {sig} was not delivered"
+        ))
     };
-    if let Err(e) = rustix::process::kill_process(pid, sig) {
-        tracing::warn!(error = %e, "cannot signal the exec process");
+    let signal = rustix::process::Signal::from_named_raw(sig)
+        .filter(|_| (1..=64).contains(&sig))
+        .ok_or_else(|| Error::invalid(format!("signal {sig} is not a signal number")))?;
+    // Docker may not report the pid for a moment after the start.
+    let mut tries = 0;
+    let pid = loop {
+        let info = docker.inspect_exec(exec_id).await.map_err(|_| ended())?;
+        if info.running != Some(true) {
+            return Err(ended());
+        }
+        match info
+            .pid
+            .filter(|p| *p > 0)
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            Some(pid) => break pid,
+            None if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None => {
+                return Err(Error::Unavailable(
+                    "Docker reports no pid for the command; signal not delivered".into(),
+                ));
+            }
+        }
+    };
+    signal_in_container(pid, container, signal).map_err(|_| ended())
+}
+
+/// Signals host process `pid` only if it belongs to `container`'s cgroup.
+fn signal_in_container(
+    pid: rustix::process::Pid,
+    container: &str,
+    signal: rustix::process::Signal,
+) -> Result<()> {
+    let outside = || Error::FailedPrecondition("the process is not the sandbox's".into());
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|_| outside())?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.as_raw_nonzero()))
+        .map_err(|_| outside())?;
+    // A full container id is 64 hex digits; cgroup paths name it whole
+    // (cgroupfs "/docker/<id>", systemd "docker-<id>.scope").
+    if container.len() != 64 || !cgroup.contains(container) {
+        tracing::warn!(
+            pid = pid.as_raw_nonzero(),
+            "a pid outside the sandbox's cgroup was not signalled"
+        );
+        return Err(outside());
+    }
+    rustix::process::pidfd_send_signal(&pidfd, signal).map_err(|_| outside())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host process is never signalled, whatever pid Docker reported.
+    #[test]
+    fn a_host_process_is_never_signalled() {
+        let mut host = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = rustix::process::Pid::from_raw(host.id() as i32).expect("pid");
+        let container = "a".repeat(64);
+        let sent = signal_in_container(pid, &container, rustix::process::Signal::KILL);
+        assert!(
+            matches!(sent, Err(Error::FailedPrecondition(_))),
+            "{sent:?}"
+        );
+        assert!(
+            host.try_wait().expect("wait").is_none(),
+            "the host process was killed"
+        );
+        // Nor with a short or empty id that any cgroup path would contain.
+        for container in ["", "docker", "a"] {
+            let sent = signal_in_container(pid, container, rustix::process::Signal::KILL);
+            assert!(sent.is_err());
+        }
+        assert!(
+            host.try_wait().expect("wait").is_none(),
+            "the host process was killed"
+        );
+        host.kill().expect("kill");
+        let _ = host.wait();
     }
 }

@@ -18,7 +18,7 @@ use paddock_proto::identity::v1::{
 use paddock_proto::sandbox::v1::{
     CreateSandboxRequest, EndReason, Sandbox, SandboxSpec, SandboxState,
 };
-use paddock_shared::auth::{IdentityClient, PolicyClient, dependency_status};
+use paddock_shared::auth::{Admission, IdentityClient, PolicyClient, dependency_status};
 use paddock_shared::db::{Backend, Database};
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{child_name, parse_child, parse_org, truncate};
@@ -198,6 +198,7 @@ impl Runner {
     pub async fn create(
         self: &Arc<Self>,
         caller: &Principal,
+        admission: &Admission,
         req: CreateSandboxRequest,
     ) -> Result<Sandbox> {
         let org = if req.parent.is_empty() {
@@ -214,6 +215,26 @@ impl Runner {
         let mut spec = req.spec.ok_or_else(|| Error::invalid("spec is required"))?;
         let agent = self.agent_of(caller, &org, &spec)?;
         spec.agent = child_name(&org, "agents", &agent);
+        // Who may run as this agent: an agent only as itself (its key or
+        // its sandbox's session token alike); anyone else needs
+        // agents.execute on that agent. The policy, credentials and
+        // network then all come from this agent's policy.
+        if caller.kind == PrincipalKind::Agent as i32 {
+            if caller.name != spec.agent {
+                let err = Error::PermissionDenied(format!(
+                    "an agent may only run sandboxes as itself: {} cannot run as {}",
+                    caller.name,
+                    truncate(&spec.agent)
+                ));
+                self.refused(caller, &org, &spec, &err).await;
+                return Err(err);
+            }
+        } else {
+            admission
+                .require(caller, "agents.execute", &spec.agent, "")
+                .await
+                .map_err(Error::from_status)?;
+        }
         if spec.project.is_empty() {
             return Err(Error::invalid("spec.project is required"));
         }

@@ -103,7 +103,10 @@ impl SandboxService for Sandboxes {
         request: Request<CreateSandboxRequest>,
     ) -> Result<Response<CreateSandboxResponse>, Status> {
         let caller = principal(&request)?;
-        let sandbox = self.runner.create(&caller, request.into_inner()).await?;
+        let sandbox = self
+            .runner
+            .create(&caller, &self.admission, request.into_inner())
+            .await?;
         Ok(Response::new(CreateSandboxResponse {
             sandbox: Some(sandbox),
         }))

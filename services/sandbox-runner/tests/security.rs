@@ -1,0 +1,307 @@
+//! Regression tests for the adversarial review (issue 8), one test per
+//! finding, against the real Docker Engine: each is what a hostile agent,
+//! a lesser member or another tenant would try first.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use paddock_proto::authz::v1::*;
+use paddock_proto::identity::v1::*;
+use paddock_proto::sandbox::v1::*;
+use paddock_testkit::{Backend, backend_tests};
+use tonic::Code;
+
+async fn update_policy(env: &Env, org: &Org, agent: &str, policy: AgentPolicy, paths: &[&str]) {
+    env.policies(&org.owner)
+        .update_agent_policy(UpdateAgentPolicyRequest {
+            policy: Some(AgentPolicy {
+                name: format!("{}/agents/{agent}/policy", org.name),
+                ..policy
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+        })
+        .await
+        .expect("update policy");
+}
+
+/// A second agent, `bot2`, with a secret credential and an open network in
+/// its policy; returns its key.
+async fn second_agent(env: &Env, org: &Org) -> String {
+    env.stack
+        .identity(&org.owner)
+        .create_agent(CreateAgentRequest {
+            parent: org.name.clone(),
+            agent_id: "bot2".into(),
+            agent: None,
+        })
+        .await
+        .expect("agent bot2");
+    env.stack
+        .identity(&org.owner)
+        .create_credential(CreateCredentialRequest {
+            parent: org.name.clone(),
+            credential_id: "bot2-secret".into(),
+            credential: Some(Credential {
+                kind: CredentialKind::ApiToken as i32,
+                ..Default::default()
+            }),
+            value: b"bot2-only-secret".to_vec(),
+        })
+        .await
+        .expect("credential");
+    update_policy(
+        env,
+        org,
+        "bot2",
+        AgentPolicy {
+            credentials: vec!["bot2-secret".into()],
+            network_mode: NetworkMode::Open as i32,
+            ..Default::default()
+        },
+        &["credentials", "network_mode"],
+    )
+    .await;
+    mint_key(
+        &env.stack,
+        &org.owner,
+        &org.id,
+        &format!("{}/agents/bot2", org.name),
+        "",
+        &[],
+    )
+    .await
+    .expect("bot2 key")
+    .secret
+}
+
+fn as_bot2(network: NetworkMode) -> SandboxSpec {
+    SandboxSpec {
+        agent: "bot2".into(),
+        network_mode: network as i32,
+        credentials: vec![CredentialMount {
+            credential: "bot2-secret".into(),
+            path: "~/.secret".into(),
+        }],
+        ..spec("web")
+    }
+}
+
+/// Finding 1: an agent runs only as itself, with its key or with its
+/// sandbox's session token; a member needs agents.execute on the agent;
+/// another organization's agent is NOT_FOUND.
+async fn an_agent_runs_only_as_itself(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("imp")).await;
+    let other = setup_org(&env.stack, &fresh_id("impo")).await;
+    let bot2_key = second_agent(&env, &org).await;
+
+    // bot (key) → bot2: refused, and no sandbox is left behind.
+    let mut as_bot = env.sandboxes(&org.agent);
+    let err = create(&mut as_bot, as_bot2(NetworkMode::Open))
+        .await
+        .expect_err("bot ran as bot2");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("only run sandboxes as itself"),
+        "{err:?}"
+    );
+    let listed = env
+        .sandboxes(&org.owner)
+        .list_sandboxes(ListSandboxesRequest {
+            show_ended: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.sandboxes.is_empty(), "{listed:?}");
+
+    // bot → itself: fine, with its own (none) network.
+    let own = create(&mut as_bot, spec("web")).await.expect("bot as bot");
+    assert_eq!(own.state, SandboxState::Running as i32);
+
+    // bot's session token (from inside its sandbox) → bot2: refused.
+    let token = exec(
+        &mut as_bot,
+        &own.name,
+        &["sh", "-c", "printf %s \"$PADDOCK_TOKEN\""],
+        None,
+    )
+    .await
+    .expect("token")
+    .out();
+    assert!(token.starts_with("pdk_"), "{token}");
+    let mut from_inside = env.sandboxes(&token);
+    let err = create(&mut from_inside, as_bot2(NetworkMode::Open))
+        .await
+        .expect_err("session token ran as bot2");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Spelled as a full name, too.
+    let mut full = as_bot2(NetworkMode::None);
+    full.agent = format!("{}/agents/bot2", org.name);
+    full.credentials.clear();
+    let err = create(&mut from_inside, full)
+        .await
+        .expect_err("session token ran as bot2 (full name)");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // bot2 itself may, and gets its policy's network and credential.
+    let mut as_bot2_client = env.sandboxes(&bot2_key);
+    let sb2 = create(&mut as_bot2_client, as_bot2(NetworkMode::Open))
+        .await
+        .expect("bot2 as bot2");
+    let secret = exec(
+        &mut as_bot2_client,
+        &sb2.name,
+        &["sh", "-c", "cat ~/.secret"],
+        None,
+    )
+    .await
+    .expect("cat");
+    assert_eq!(secret.out(), "bot2-only-secret");
+    let spec2 = sb2.spec.clone().expect("spec");
+    assert_eq!(spec2.agent, format!("{}/agents/bot2", org.name));
+    assert_eq!(spec2.network_mode, NetworkMode::Open as i32);
+
+    // A developer may run as an agent (agents.execute on that agent), and
+    // the policy applied is that agent's, never wider: bot's policy has no
+    // credentials, so bot2's credential is refused for bot.
+    let mut dev = env.sandboxes(&org.developer);
+    let mut wider = as_bot2(NetworkMode::None);
+    wider.agent = "bot".into();
+    let err = create(&mut dev, wider)
+        .await
+        .expect_err("bot's policy lists no credential");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("not in the agent policy"), "{err:?}");
+    let ran = create(&mut dev, as_bot2(NetworkMode::None))
+        .await
+        .expect("developer runs bot2");
+    assert_eq!(
+        ran.spec.as_ref().map(|s| s.agent.clone()),
+        Some(format!("{}/agents/bot2", org.name))
+    );
+
+    // A key scoped without agents.execute may not run any agent.
+    let read_only = mint_key(
+        &env.stack,
+        &org.developer,
+        &org.id,
+        &org.developer_member,
+        "",
+        &["read-only"],
+    )
+    .await
+    .expect("read-only key")
+    .secret;
+    let err = create(&mut env.sandboxes(&read_only), spec("web"))
+        .await
+        .expect_err("read-only key ran an agent");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("agents.execute"), "{err:?}");
+
+    // Another organization's agent is NOT_FOUND, for its owner and agent.
+    for token in [&other.owner, &other.agent] {
+        let mut s = spec("web");
+        s.agent = format!("{}/agents/bot2", org.name);
+        let err = create(&mut env.sandboxes(token), s)
+            .await
+            .expect_err("cross-org agent");
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    }
+    env.shutdown().await;
+}
+
+/// Finding 2: a signal for an exec whose process has ended is refused
+/// (FAILED_PRECONDITION) and goes nowhere, instead of to a cached host pid
+/// that the kernel may have handed to another process.
+///
+/// The exec's shell exits at once while a background child holds its
+/// output, so the stream outlives the process (Docker drains output for
+/// up to 2 s): a signal sent in that window must be refused. If the window
+/// closes before the signal gets there, the attempt is made again.
+async fn a_signal_after_the_exec_ended_is_refused(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("sigx")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    let mut refused = None;
+    for _attempt in 0..5 {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(ExecRequest {
+            message: Some(exec_request::Message::Start(ExecStart {
+                sandbox: sb.name.clone(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo pid=$$; sleep 20 & exit 0".into(),
+                ],
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("start");
+        let mut stream = client
+            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("exec")
+            .into_inner();
+        let mut out = String::new();
+        while !out.contains('\n') {
+            match stream.message().await.expect("message") {
+                Some(ExecResponse {
+                    message: Some(exec_response::Message::Stdout(b)),
+                }) => out.push_str(&String::from_utf8_lossy(&b)),
+                Some(_) => {}
+                None => panic!("the stream ended early: {out}"),
+            }
+        }
+        // The shell exits right after its echo; its output stays open.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if tx
+            .send(ExecRequest {
+                message: Some(exec_request::Message::Signal(9)),
+            })
+            .await
+            .is_err()
+        {
+            continue; // The stream had ended already.
+        }
+        let end = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(ExecResponse {
+                        message: Some(exec_response::Message::Exit(e)),
+                    })) => return Ok(e),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended with neither exit nor error"),
+                    Err(status) => return Err(status),
+                }
+            }
+        })
+        .await
+        .expect("the stream did not end");
+        if let Err(status) = end {
+            refused = Some(status);
+            break;
+        }
+    }
+    let err = refused.expect("a signal sent after the command ended was never refused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("has ended"), "{err:?}");
+    // The sandbox is untouched.
+    let out = exec(&mut client, &sb.name, &["echo", "still-here"], None)
+        .await
+        .expect("exec after");
+    assert!(out.out().contains("still-here"));
+    env.shutdown().await;
+}
+
+backend_tests!(
+    an_agent_runs_only_as_itself,
+    a_signal_after_the_exec_ended_is_refused,
+);
