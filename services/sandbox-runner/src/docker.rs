@@ -168,6 +168,8 @@ pub struct Labelled {
 #[derive(Clone, Debug)]
 pub struct Engine {
     docker: Docker,
+    /// Image users already resolved, by image id and USER.
+    users: std::sync::Arc<std::sync::Mutex<HashMap<String, Result<crate::users::UserIds, String>>>>,
     /// The socket or address it talks to, for error messages.
     pub host: String,
 }
@@ -207,6 +209,7 @@ impl Engine {
             .map_err(|e| unreachable(host, e))?;
         Ok(Self {
             docker,
+            users: Default::default(),
             host: host.to_owned(),
         })
     }
@@ -236,23 +239,134 @@ impl Engine {
         }
     }
 
-    /// The image's configured user when it is a non-root one.
-    pub async fn image_user(&self, image: &str) -> Result<Option<String>, Error> {
-        match self.docker.inspect_image(image).await {
-            Ok(info) => {
-                let user = info.config.and_then(|c| c.user).unwrap_or_default();
-                let root = user.is_empty()
-                    || user == "root"
-                    || user == "0"
-                    || user.starts_with("0:")
-                    || user.starts_with("root:");
-                Ok((!root).then_some(user))
+    /// The user the image asks to run as, resolved to numeric ids through
+    /// the image's own /etc/passwd and /etc/group (read from a container
+    /// created, never started, for the purpose; cached per image id).
+    /// None when the image names no user.
+    pub async fn image_user(
+        &self,
+        image: &str,
+        worker: &str,
+    ) -> Result<Option<crate::users::UserIds>, Error> {
+        let info = match self.docker.inspect_image(image).await {
+            Ok(info) => info,
+            Err(e) if is_not_found(&e) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "image {image} is not on this worker; load or pull it first"
+                )));
             }
-            Err(e) if is_not_found(&e) => Err(Error::FailedPrecondition(format!(
-                "image {image} is not on this worker; load or pull it first"
-            ))),
-            Err(e) => Err(self.fail("inspecting the image", e)),
+            Err(e) => return Err(self.fail("inspecting the image", e)),
+        };
+        let user = info.config.and_then(|c| c.user).unwrap_or_default();
+        if user.trim().is_empty() {
+            return Ok(None);
         }
+        let key = format!("{}\0{user}", info.id.unwrap_or_default());
+        if let Some(known) = self
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return known.clone().map(Some).map_err(Error::FailedPrecondition);
+        }
+        let (need_passwd, need_group) = crate::users::needs_files(&user);
+        let (passwd, group) = if need_passwd || need_group {
+            self.image_files(image, worker, need_group).await?
+        } else {
+            (None, None)
+        };
+        let resolved = crate::users::resolve(&user, passwd.as_deref(), group.as_deref())
+            .map_err(|e| format!("image {image} cannot run: its USER {user:?}: {e}"));
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, resolved.clone());
+        resolved.map(Some).map_err(Error::FailedPrecondition)
+    }
+
+    /// The image's /etc/passwd (and /etc/group), each at most 1 MiB, read
+    /// from a container that is created and removed, never started.
+    async fn image_files(
+        &self,
+        image: &str,
+        worker: &str,
+        with_group: bool,
+    ) -> Result<(Option<String>, Option<String>), Error> {
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_WORKER.to_owned(), worker.to_owned()),
+            (LABEL_SANDBOX.to_owned(), "image-probe".to_owned()),
+        ]);
+        let created = self
+            .docker
+            .create_container(
+                None::<CreateContainerOptions>,
+                ContainerCreateBody {
+                    image: Some(image.to_owned()),
+                    cmd: Some(vec!["/nonexistent".to_owned()]),
+                    entrypoint: Some(vec![]),
+                    labels: Some(labels),
+                    network_disabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.fail("reading the image's users", e))?;
+        let passwd = self.read_file(&created.id, "/etc/passwd").await;
+        let group = if with_group {
+            self.read_file(&created.id, "/etc/group").await
+        } else {
+            Ok(None)
+        };
+        let _ = self.remove(&created.id).await;
+        Ok((passwd?, group?))
+    }
+
+    /// One regular file of a container, through the archive API.
+    async fn read_file(&self, container: &str, path: &str) -> Result<Option<String>, Error> {
+        const MAX: usize = 1 << 20;
+        let mut stream = self.docker.download_from_container(
+            container,
+            Some(bollard::query_parameters::DownloadFromContainerOptions {
+                path: path.to_owned(),
+            }),
+        );
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    archive.extend_from_slice(&bytes);
+                    if archive.len() > MAX + 64 * 1024 {
+                        return Err(Error::FailedPrecondition(format!(
+                            "the image's {path} is larger than 1 MiB"
+                        )));
+                    }
+                }
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(self.fail("reading the image's users", e)),
+            }
+        }
+        let mut tar = tar::Archive::new(archive.as_slice());
+        let entries = tar
+            .entries()
+            .map_err(|e| Error::Internal(format!("reading {path} from the image: {e}")))?;
+        for entry in entries {
+            let mut entry = entry
+                .map_err(|e| Error::Internal(format!("reading {path} from the image: {e}")))?;
+            if entry.header().entry_type().is_file() {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(&mut entry, MAX as u64),
+                    &mut text,
+                )
+                .map_err(|_| {
+                    Error::FailedPrecondition(format!("the image's {path} is not text"))
+                })?;
+                return Ok(Some(text));
+            }
+        }
+        Ok(None)
     }
 
     /// Creates and starts a container; returns its id. A container that

@@ -12,6 +12,7 @@ mod runner;
 mod service;
 pub mod spec;
 mod store;
+mod users;
 mod workspace;
 
 use std::net::SocketAddr;

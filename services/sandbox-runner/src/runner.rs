@@ -29,6 +29,7 @@ use tokio::sync::{Notify, watch};
 use crate::docker::{self, ContainerPlan, Engine};
 use crate::spec::{self, Resolved};
 use crate::store::{self, Ending, Record};
+use crate::users::UserIds;
 use crate::workspace::{Layout, Scanner};
 
 /// Tunables of the runner.
@@ -85,11 +86,6 @@ fn new_id() -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     format!("sb{tail}")
-}
-
-/// Parses the numeric uid of a `uid[:gid]` user, if it is numeric.
-fn numeric_uid(user: &str) -> Option<u32> {
-    user.split(':').next()?.parse().ok()
 }
 
 impl Runner {
@@ -270,14 +266,27 @@ impl Runner {
             }
         };
 
-        let image_user = engine.image_user(&resolved.spec.image).await?;
+        // Never root unless the organization allows it: an image whose user
+        // resolves to uid 0 (root, 0, 00, 0:0, a uid-0 name) runs as the
+        // sandbox user, like an image that names no user.
         let relax = settings.hardening.clone().unwrap_or_default();
-        let user = match image_user {
-            Some(u) => u,
-            None if relax.allow_root_user => "0:0".to_owned(),
-            None => spec::SANDBOX_USER.to_owned(),
+        let image_user = engine
+            .image_user(&resolved.spec.image, &self.worker)
+            .await?;
+        let ids = match image_user {
+            Some(u) if !u.is_root() => UserIds {
+                uid: u.uid,
+                gid: if u.gid == 0 && !relax.allow_root_user {
+                    u.uid
+                } else {
+                    u.gid
+                },
+            },
+            _ if relax.allow_root_user => UserIds { uid: 0, gid: 0 },
+            _ => spec::SANDBOX_IDS,
         };
-        let uid = numeric_uid(&user).unwrap_or(65534);
+        let uid = ids.uid;
+        let user = format!("{}:{}", ids.uid, ids.gid);
 
         // Admission under the quota, and the record, in one step.
         let id = new_id();

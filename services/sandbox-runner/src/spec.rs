@@ -26,6 +26,11 @@ const RESERVED_ENV: &[&str] = &["HOME"];
 
 /// The user sandboxes run as unless the image names a non-root one.
 pub const SANDBOX_USER: &str = "65534:65534";
+/// The same, as ids.
+pub const SANDBOX_IDS: crate::users::UserIds = crate::users::UserIds {
+    uid: 65534,
+    gid: 65534,
+};
 pub const SANDBOX_HOME: &str = "/home/sandbox";
 
 const MAX_ARGV: usize = 256;

@@ -301,7 +301,76 @@ async fn a_signal_after_the_exec_ended_is_refused(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 6: the image's USER is resolved to a numeric uid through the
+/// image's own passwd, so no spelling of root runs as root.
+async fn no_image_user_runs_as_root(backend: Backend) {
+    let images = tokio::task::spawn_blocking(paddock_testkit::image::user_images)
+        .await
+        .expect("user images");
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("usr")).await;
+    let mut client = env.sandboxes(&org.owner);
+    for (user, tag) in images {
+        let mut s = spec("web");
+        s.image = tag.clone();
+        let created = create(&mut client, s).await;
+        if user == "ghost" {
+            let err = created.expect_err("a USER missing from passwd ran");
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains("ghost"), "{err:?}");
+            continue;
+        }
+        let sb = created.unwrap_or_else(|e| panic!("USER {user}: {e:?}"));
+        let out = exec(
+            &mut client,
+            &sb.name,
+            &["sh", "-c", "echo $(id -u):$(id -g)"],
+            None,
+        )
+        .await
+        .expect("id");
+        let want = match user.as_str() {
+            "1000" | "node" => "1000:1000",
+            _ => "65534:65534",
+        };
+        assert_eq!(out.out().trim(), want, "USER {user}");
+        env.sandboxes(&org.owner)
+            .delete_sandbox(DeleteSandboxRequest {
+                name: sb.name.clone(),
+            })
+            .await
+            .expect("delete");
+    }
+    // Where the owner allows root, the uid-0 name does run as root.
+    env.policies(&org.owner)
+        .update_security_settings(UpdateSecuritySettingsRequest {
+            settings: Some(SecuritySettings {
+                name: format!("{}/securitySettings", org.name),
+                hardening: Some(HardeningRelaxations {
+                    allow_root_user: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["hardening.allow_root_user".into()],
+            }),
+        })
+        .await
+        .expect("allow root");
+    let toor = &images.iter().find(|(u, _)| u == "toor").expect("toor").1;
+    let mut s = spec("web");
+    s.image = toor.clone();
+    let sb = create(&mut client, s).await.expect("create as toor");
+    let out = exec(&mut client, &sb.name, &["id", "-u"], None)
+        .await
+        .expect("id");
+    assert_eq!(out.out().trim(), "0");
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
+    no_image_user_runs_as_root,
 );

@@ -35,3 +35,43 @@ pub fn remove_worker_resources(worker: &str) {
         .arg(script)
         .status();
 }
+
+/// Images derived from the test image whose config says `USER <user>`,
+/// with an /etc/passwd that also names `toor` (uid 0) and `node` (uid
+/// 1000): `(user, tag)` pairs, built once per test binary.
+pub fn user_images() -> &'static [(String, String)] {
+    static IMAGES: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        busybox_image();
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+            toor:x:0:0:root by another name:/root:/bin/sh\n\
+            node:x:1000:1000:node:/home/node:/bin/sh\n\
+            nobody:x:65534:65534:nobody:/home/sandbox:/bin/sh\n";
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("passwd");
+        std::fs::write(&file, passwd).expect("write passwd");
+        ["root", "0", "00", "0:0", "toor", "1000", "node", "ghost"]
+            .iter()
+            .enumerate()
+            .map(|(i, user)| {
+                let tag = format!("paddock-test-user{i}:1");
+                let script = format!(
+                    "docker image inspect {tag} >/dev/null 2>&1 && exit 0; \
+                     cid=$(docker create {IMAGE} /bin/true) && \
+                     docker cp '{}' $cid:/etc/passwd && \
+                     docker commit --change 'USER {user}' $cid {tag} >/dev/null; \
+                     status=$?; docker rm -f $cid >/dev/null 2>&1; exit $status",
+                    file.display()
+                );
+                let ok = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "building the test image {tag} (USER {user})");
+                ((*user).to_owned(), tag)
+            })
+            .collect()
+    })
+}
