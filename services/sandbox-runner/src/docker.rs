@@ -24,6 +24,7 @@ pub const LABEL_ORG: &str = "paddock.org";
 pub const LABEL_SANDBOX: &str = "paddock.sandbox";
 pub const LABEL_WORKER: &str = "paddock.worker";
 pub const LABEL_CACHE: &str = "paddock.cache";
+pub const LABEL_INSTALLATION: &str = "paddock.installation";
 
 /// The main process when a request names no command: waits for SIGTERM
 /// and exits at once, so a stop is cooperative and fast.
@@ -544,14 +545,18 @@ impl Engine {
     /// owned by `uid` so a non-root sandbox can write it.
     pub async fn cache_volume(
         &self,
+        installation: &str,
         org: &str,
         name: &str,
         worker: &str,
         uid: u32,
     ) -> Result<String, Error> {
-        let volume = format!("paddock-cache-{org}-{name}");
+        // Named by installation too: org `acme` of another installation on
+        // this Docker host must never share (or poison) this one's cache.
+        let volume = format!("paddock-cache-{installation}-{org}-{name}");
         let labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_INSTALLATION.to_owned(), installation.to_owned()),
             (LABEL_ORG.to_owned(), org.to_owned()),
             (LABEL_CACHE.to_owned(), name.to_owned()),
             (LABEL_WORKER.to_owned(), worker.to_owned()),

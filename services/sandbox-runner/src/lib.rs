@@ -39,6 +39,7 @@ pub use crate::runner::container_name;
 pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, paddock_shared::outbox::MIGRATION),
+    (3, include_str!("../migrations/0003_installation.sql")),
 ];
 
 /// Configuration of the sandbox runner.
@@ -196,9 +197,11 @@ pub async fn start_on(
     let admission = Admission::new(authn.clone(), Arc::new(authz))
         .with_audit("sandbox-runner", Arc::new(refusals));
 
+    let installation = store::installation_id(&db.pool).await?;
     let runner = Arc::new(Runner::new(
         db.clone(),
         worker.clone(),
+        installation,
         config.docker_host.clone(),
         identity_client,
         policy,

@@ -46,6 +46,8 @@ pub struct Tuning {
 pub struct Runner {
     pub db: Database,
     pub worker: String,
+    /// This installation's id (see `store::installation_id`).
+    pub installation: String,
     pub docker_host: String,
     engine: Mutex<Option<Engine>>,
     pub identity: IdentityClient,
@@ -93,6 +95,7 @@ impl Runner {
     pub fn new(
         db: Database,
         worker: String,
+        installation: String,
         docker_host: String,
         identity: IdentityClient,
         policy: PolicyClient,
@@ -103,6 +106,7 @@ impl Runner {
         Self {
             db,
             worker,
+            installation,
             docker_host,
             engine: Mutex::new(None),
             identity,
@@ -537,7 +541,7 @@ impl Runner {
         let mut caches = Vec::new();
         for cache in &resolved.spec.caches {
             let volume = engine
-                .cache_volume(&record.org, cache, &self.worker, uid)
+                .cache_volume(&self.installation, &record.org, cache, &self.worker, uid)
                 .await?;
             caches.push((volume, format!("/cache/{cache}")));
         }

@@ -370,3 +370,17 @@ pub async fn heartbeat(pool: &AnyPool, id: &str, now: i64) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// This installation's id, made on first use and kept in the database
+/// (several runners sharing one PostgreSQL database agree on it).
+pub async fn installation_id(pool: &AnyPool) -> Result<String> {
+    let fresh = format!("i{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    sqlx::query("INSERT INTO installation (singleton, id) VALUES (1, $1) ON CONFLICT (singleton) DO NOTHING")
+        .bind(&fresh)
+        .execute(pool)
+        .await?;
+    let id: String = sqlx::query_scalar("SELECT id FROM installation WHERE singleton = 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(id)
+}

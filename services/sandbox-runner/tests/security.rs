@@ -369,8 +369,49 @@ async fn no_image_user_runs_as_root(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 4: two installations on one Docker host, each with an
+/// organization `acme` of the same id, never share a cache volume.
+async fn caches_are_per_installation(backend: Backend) {
+    let first = Env::start(backend).await;
+    let second = Env::start(backend).await;
+    let id = fresh_id("acme");
+    let a = setup_org(&first.stack, &id).await;
+    let b = setup_org(&second.stack, &id).await;
+    let mut with_cache = spec("web");
+    with_cache.caches = vec!["pip".into()];
+    let mut ca = first.sandboxes(&a.owner);
+    let sa = create(&mut ca, with_cache.clone()).await.expect("create a");
+    let out = exec(
+        &mut ca,
+        &sa.name,
+        &["sh", "-c", "echo poison > /cache/pip/evil && echo ok"],
+        None,
+    )
+    .await
+    .expect("poison");
+    assert_eq!(out.out().trim(), "ok", "{}", out.err());
+    let mut cb = second.sandboxes(&b.owner);
+    let sb = create(&mut cb, with_cache).await.expect("create b");
+    let out = exec(
+        &mut cb,
+        &sb.name,
+        &["sh", "-c", "ls -A /cache/pip; cat /cache/pip/evil 2>&1"],
+        None,
+    )
+    .await
+    .expect("read");
+    assert!(
+        !out.out().contains("poison"),
+        "the other installation's cache: {}",
+        out.out()
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
     no_image_user_runs_as_root,
+    caches_are_per_installation,
 );
