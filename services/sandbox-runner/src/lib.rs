@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+mod download;
 mod egress;
 mod exec;
 pub mod files;

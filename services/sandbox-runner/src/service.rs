@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
+use bollard::query_parameters::UploadToContainerOptions;
 use futures_util::{Stream, StreamExt};
 use paddock_proto::audit::v1::Outcome;
 use paddock_proto::identity::v1::Principal;
@@ -20,9 +20,9 @@ use tokio::io::AsyncWriteExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::exec::{self, ExecStream};
-use crate::files;
 use crate::runner::{Runner, organization_id};
 use crate::store::{self, Record};
+use crate::{download, files};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
@@ -428,34 +428,33 @@ impl SandboxService for Sandboxes {
         let caller = principal(&request)?;
         let req = request.into_inner();
         let path = files::confine(&req.path)?;
-        let record = self.running(&caller, &req.sandbox).await?;
-        let engine = self.runner.engine()?;
-        let mut stream = engine.docker().download_from_container(
-            &record.container_id,
-            Some(DownloadFromContainerOptions { path: path.clone() }),
-        );
-        // Surface a missing path as an error rather than an empty stream.
-        let first = match stream.next().await {
-            Some(Ok(bytes)) => bytes,
-            Some(Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404,
-                ..
-            })) => {
-                return Err(Error::not_found(path).into());
+        // The workspace of a running sandbox, or of an ended one that kept
+        // it, is read on the host without following any link.
+        let record = self
+            .authorized(&caller, &req.sandbox, Intent::Manage)
+            .await?;
+        let root = std::path::PathBuf::from(&record.workspace);
+        let uid = record.uid;
+        let target = tokio::task::spawn_blocking(move || {
+            let parts: Vec<&str> = path
+                .strip_prefix(files::WORKSPACE)
+                .unwrap_or("")
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .collect();
+            download::open(&root, &parts, uid)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the download task failed: {e}")))??;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let errors = tx.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = target.write(download::ChunkWriter::new(tx)) {
+                let _ = errors.blocking_send(Err(e.into()));
             }
-            Some(Err(e)) => {
-                return Err(Error::FailedPrecondition(format!("cannot read {path}: {e}")).into());
-            }
-            None => bytes::Bytes::new(),
-        };
-        let out = futures_util::stream::once(async move { Ok::<_, bollard::errors::Error>(first) })
-            .chain(stream)
-            .map(|r| {
-                r.map(|chunk| DownloadFilesResponse {
-                    chunk: chunk.to_vec(),
-                })
-                .map_err(|e| Status::unavailable(format!("reading from the sandbox failed: {e}")))
-            });
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|chunk| chunk.map(|chunk| DownloadFilesResponse { chunk }));
         Ok(Response::new(Box::pin(out)))
     }
 

@@ -409,9 +409,72 @@ async fn caches_are_per_installation(backend: Backend) {
     second.shutdown().await;
 }
 
+async fn download(
+    client: &mut SandboxClient,
+    sandbox: &str,
+    path: &str,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = client
+        .download_files(DownloadFilesRequest {
+            sandbox: sandbox.into(),
+            path: path.into(),
+        })
+        .await?
+        .into_inner();
+    let mut archive = Vec::new();
+    while let Some(m) = stream.message().await? {
+        archive.extend(m.chunk);
+    }
+    Ok(archive)
+}
+
+/// Finding 12: a download never follows a link the sandbox planted.
+async fn downloads_never_follow_planted_links(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("dl")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &["sh", "-c", "ln -s /etc /workspace/e && mkdir /workspace/d && ln -s /etc/passwd /workspace/d/p && echo hi > /workspace/d/f && echo ok"],
+        None,
+    )
+    .await
+    .expect("plant");
+    assert_eq!(out.out().trim(), "ok", "{}", out.err());
+    for path in ["e/passwd", "/workspace/e/passwd", "e/shadow", "d/p/x"] {
+        let Err(err) = download(&mut client, &sb.name, path).await else {
+            panic!("{path}: followed a planted link");
+        };
+        assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err:?}");
+    }
+    // The links themselves come out as links; nothing behind them.
+    for path in ["e", "e/", "d"] {
+        let archive = download(&mut client, &sb.name, path)
+            .await
+            .expect("download");
+        let text = String::from_utf8_lossy(&archive);
+        assert!(
+            !text.contains("root:x:0:0"),
+            "{path}: the image's passwd leaked"
+        );
+        let mut tar = tar::Archive::new(archive.as_slice());
+        for entry in tar.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let name = entry.path().expect("path").display().to_string();
+            if name == "e" || name == "d/p" {
+                assert!(entry.header().entry_type().is_symlink(), "{name}");
+            }
+        }
+    }
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
     no_image_user_runs_as_root,
     caches_are_per_installation,
+    downloads_never_follow_planted_links,
 );
