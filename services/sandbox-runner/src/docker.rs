@@ -47,6 +47,8 @@ pub struct ContainerPlan {
     pub cpus: f64,
     pub memory_bytes: i64,
     pub pids: i64,
+    /// The disk bound: caps /tmp, and the writable root where relaxed.
+    pub disk_bytes: i64,
     /// "none" or the name of the sandbox's own network.
     pub network: String,
     /// Host directory mounted read-write at /workspace.
@@ -102,7 +104,14 @@ pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
     let tmpfs = HashMap::from([
         (
             "/tmp".to_owned(),
-            "rw,nosuid,nodev,size=256m,mode=1777".to_owned(),
+            format!(
+                "rw,nosuid,nodev,size={},mode=1777",
+                if plan.disk_bytes > 0 {
+                    plan.disk_bytes.min(256 << 20)
+                } else {
+                    256 << 20
+                }
+            ),
         ),
         (
             crate::spec::SANDBOX_HOME.to_owned(),
@@ -133,6 +142,11 @@ pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
                 .then(|| relax.allowed_capabilities.clone()),
             security_opt: Some(security_opt),
             readonly_rootfs: Some(!relax.writable_root_filesystem),
+            // A writable root is bounded by the disk bound too; storage
+            // drivers that cannot (overlay off xfs/pquota, fuse-overlayfs)
+            // make Docker refuse, and the sandbox with it.
+            storage_opt: (relax.writable_root_filesystem && plan.disk_bytes > 0)
+                .then(|| HashMap::from([("size".to_owned(), plan.disk_bytes.to_string())])),
             tmpfs: Some(tmpfs),
             init: Some(true),
             pids_limit: Some(plan.pids),
@@ -383,7 +397,18 @@ impl Engine {
                 container_body(plan),
             )
             .await
-            .map_err(|e| self.fail("creating the container", e))?;
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError { message, .. }
+                    if message.contains("storage-opt") =>
+                {
+                    Error::FailedPrecondition(format!(
+                        "this worker's storage driver cannot bound a writable root file system \
+                         (Docker: {message}); the organization's writable_root_filesystem \
+                         relaxation cannot be honoured here with a disk bound"
+                    ))
+                }
+                other => self.fail("creating the container", other),
+            })?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
             return Err(self.fail("starting the container", e));

@@ -80,6 +80,9 @@ pub fn rewrite_archive(
     let mut checked = Checked::default();
     let mut tar = tar::Archive::new(archive);
     let mut builder = tar::Builder::new(out);
+    // Directories the archive made or will make: any other parent of an
+    // entry is added as the sandbox user's, or Docker would make it root's.
+    let mut dirs = std::collections::HashSet::new();
     let entries = tar.entries().map_err(bad_archive)?;
     for entry in entries {
         let mut entry = entry.map_err(bad_archive)?;
@@ -91,6 +94,26 @@ pub fn rewrite_archive(
                 truncate(&shown)
             ))
         })?;
+        for parent in rel
+            .ancestors()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            if parent.as_os_str().is_empty() || !dirs.insert(parent.to_path_buf()) {
+                continue;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_uid(u64::from(uid));
+            h.set_gid(u64::from(uid));
+            h.set_mode(0o755);
+            h.set_size(0);
+            builder
+                .append_data(&mut h, parent, std::io::empty())
+                .map_err(bad_archive)?;
+        }
         let kind = entry.header().entry_type();
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let mtime = entry.header().mtime().unwrap_or(0);
@@ -110,7 +133,7 @@ pub fn rewrite_archive(
                     .map_err(bad_archive)?;
             }
             tar::EntryType::Directory => {
-                if rel.as_os_str().is_empty() {
+                if rel.as_os_str().is_empty() || !dirs.insert(rel.clone()) {
                     continue;
                 }
                 header.set_entry_type(tar::EntryType::Directory);
@@ -327,12 +350,15 @@ mod tests {
         let mut out = Vec::new();
         rewrite_archive(input.as_slice(), "/workspace", 65534, &mut out).expect("rewrite");
         let mut archive = tar::Archive::new(out.as_slice());
-        let entry = archive
-            .entries()
-            .expect("entries")
-            .next()
-            .expect("one")
-            .expect("entry");
+        let mut entries = archive.entries().expect("entries");
+        // The parent the archive did not name is made the sandbox user's,
+        // not left for Docker to make as root.
+        let parent = entries.next().expect("parent").expect("entry");
+        assert_eq!(parent.path().expect("path").to_string_lossy(), "bin");
+        assert!(parent.header().entry_type().is_dir());
+        assert_eq!(parent.header().uid().expect("uid"), 65534);
+        assert_eq!(parent.header().mode().expect("mode"), 0o755);
+        let entry = entries.next().expect("file").expect("entry");
         let header = entry.header();
         assert_eq!(header.uid().expect("uid"), 65534);
         assert_eq!(header.gid().expect("gid"), 65534);
@@ -349,5 +375,41 @@ mod tests {
         let mut bad = vec![0xffu8; 1024];
         bad[0] = b'x';
         assert!(check_archive(bad.as_slice(), "/workspace").is_err());
+    }
+}
+
+/// A blocking `Read` over chunks sent from async code: an upload is
+/// checked while it arrives.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl ChunkReader {
+    /// The sending half and the reader.
+    pub fn channel() -> (tokio::sync::mpsc::Sender<Vec<u8>>, ChunkReader) {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        (
+            tx,
+            ChunkReader {
+                rx,
+                current: std::io::Cursor::new(Vec::new()),
+            },
+        )
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.current.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = std::io::Cursor::new(chunk),
+                None => return Ok(0),
+            }
+        }
     }
 }

@@ -61,6 +61,23 @@ pub struct Runner {
     tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Serializes quota checks with the insert they guard on this runner.
     admit: tokio::sync::Mutex<()>,
+    /// Uploads in progress: at most one per sandbox, a few per runner.
+    uploads: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Uploads spooling at once on one runner.
+pub const MAX_UPLOADS: usize = 4;
+
+/// An upload's place; released when dropped.
+pub struct UploadSlot {
+    uploads: Arc<Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        lock(&self.uploads).remove(&self.id);
+    }
 }
 
 fn event(
@@ -117,7 +134,28 @@ impl Runner {
             watchers: Mutex::default(),
             tasks: Mutex::default(),
             admit: tokio::sync::Mutex::new(()),
+            uploads: Arc::default(),
         }
+    }
+
+    /// A place for one upload into sandbox `id`, or RESOURCE_EXHAUSTED.
+    pub fn upload_slot(&self, id: &str) -> Result<UploadSlot> {
+        let mut uploads = lock(&self.uploads);
+        if uploads.contains(id) {
+            return Err(Error::ResourceExhausted(format!(
+                "an upload into sandbox {id} is already in progress; one at a time"
+            )));
+        }
+        if uploads.len() >= MAX_UPLOADS {
+            return Err(Error::ResourceExhausted(format!(
+                "this worker already receives {MAX_UPLOADS} uploads; try again shortly"
+            )));
+        }
+        uploads.insert(id.to_owned());
+        Ok(UploadSlot {
+            uploads: self.uploads.clone(),
+            id: id.to_owned(),
+        })
     }
 
     /// The engine, or FAILED_PRECONDITION naming the socket tried.
@@ -494,7 +532,28 @@ impl Runner {
         relax: HardeningRelaxations,
     ) -> Result<String> {
         let name = record.name();
-        let workspace = self.layout.create_workspace(&record.org, &record.id, uid)?;
+        // The workspace disk and the session token are independent: make
+        // them at once (mkfs and mount take tens of milliseconds).
+        let workspace =
+            self.layout
+                .create_workspace(&record.org, &record.id, uid, resolved.disk_bytes as u64);
+        let token = async {
+            self.identity
+                .clone()
+                .create_session_token(CreateSessionTokenRequest {
+                    agent: record.agent_name(),
+                    sandbox: name.clone(),
+                    // The token outlives the sandbox a little (it is revoked at the
+                    // stop anyway), within identity's 24 h cap.
+                    ttl: Some(proto_duration(
+                        (resolved.ttl + Duration::from_secs(60)).min(Duration::from_secs(86_400)),
+                    )),
+                })
+                .await
+                .map_err(|s| Error::from_status(dependency_status("identity", s)))
+                .map(tonic::Response::into_inner)
+        };
+        let (workspace, token) = tokio::try_join!(workspace, token)?;
 
         let mut credentials = Vec::new();
         for (i, mount) in resolved.spec.credentials.iter().enumerate() {
@@ -521,22 +580,6 @@ impl Runner {
                 spec::credential_target(mount)?,
             ));
         }
-
-        let token = self
-            .identity
-            .clone()
-            .create_session_token(CreateSessionTokenRequest {
-                agent: record.agent_name(),
-                sandbox: name.clone(),
-                // The token outlives the sandbox a little (it is revoked at the
-                // stop anyway), within identity's 24 h cap.
-                ttl: Some(proto_duration(
-                    (resolved.ttl + Duration::from_secs(60)).min(Duration::from_secs(86_400)),
-                )),
-            })
-            .await
-            .map_err(|s| Error::from_status(dependency_status("identity", s)))?
-            .into_inner();
 
         let mut caches = Vec::new();
         for cache in &resolved.spec.caches {
@@ -593,6 +636,7 @@ impl Runner {
             cpus: resolved.cpus,
             memory_bytes: resolved.memory_bytes,
             pids: resolved.pids,
+            disk_bytes: resolved.disk_bytes,
             network,
             workspace: workspace.to_string_lossy().into_owned(),
             credentials,
@@ -892,7 +936,7 @@ impl Runner {
         }
         self.layout.remove_credentials(&record.id);
         if !record.spec.keep_workspace {
-            self.layout.remove_workspace(&record.org, &record.id);
+            self.layout.remove_workspace(&record.org, &record.id).await;
         }
     }
 

@@ -16,7 +16,6 @@ use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{parse_child, parse_org, truncate};
 use paddock_shared::outbox;
 use paddock_shared::time::duration;
-use tokio::io::AsyncWriteExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::exec::{self, ExecStream};
@@ -245,7 +244,7 @@ impl SandboxService for Sandboxes {
         outbox::record(&mut tx, &event).await.map_err(Error::from)?;
         tx.commit().await.map_err(Error::from)?;
         self.runner.wake_audit();
-        self.runner.layout.remove_workspace(&org, &id);
+        self.runner.layout.remove_workspace(&org, &id).await;
         Ok(Response::new(DeleteSandboxResponse {}))
     }
 
@@ -322,54 +321,54 @@ impl SandboxService for Sandboxes {
         };
         let dest = files::confine(&start.path)?;
         let record = self.running(&caller, &start.sandbox).await?;
-        // Spool to a private temp file, check every entry, then hand the
-        // archive to Docker.
-        let spool = tempfile::NamedTempFile::new().map_err(|e| Error::Internal(e.to_string()))?;
-        let mut file =
-            tokio::fs::File::from_std(spool.reopen().map_err(|e| Error::Internal(e.to_string()))?);
-        let mut total: u64 = 0;
-        while let Some(msg) = input.next().await {
-            match msg?.message {
-                Some(upload_files_request::Message::Chunk(bytes)) => {
-                    total += bytes.len() as u64;
-                    if total > files::MAX_UPLOAD_BYTES {
-                        return Err(Error::ResourceExhausted(format!(
-                            "upload larger than {} bytes",
-                            files::MAX_UPLOAD_BYTES
-                        ))
-                        .into());
-                    }
-                    file.write_all(&bytes)
-                        .await
-                        .map_err(|e| Error::Internal(e.to_string()))?;
-                }
-                _ => return Err(Error::invalid("only chunks may follow the start").into()),
-            }
-        }
-        file.flush()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        drop(file);
-        let path = spool.path().to_path_buf();
+        // One upload at a time per sandbox, a few per runner: each spools
+        // up to its bound on the host.
+        let _slot = self.runner.upload_slot(&record.id)?;
+        let limit = files::MAX_UPLOAD_BYTES.min(record.disk_bytes().unwrap_or(u64::MAX));
+        // The archive is checked and rewritten as it arrives, into one
+        // private spool; a refused archive leaves nothing behind.
         let checked_spool =
             tempfile::NamedTempFile::new().map_err(|e| Error::Internal(e.to_string()))?;
-        let checked_path = checked_spool.path().to_path_buf();
+        let output = checked_spool
+            .reopen()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let (chunks, reader) = files::ChunkReader::channel();
         let dest_for_check = dest.clone();
         let uid = record.uid;
-        let checked = tokio::task::spawn_blocking(move || {
-            let input = std::fs::File::open(&path).map_err(|e| Error::Internal(e.to_string()))?;
-            let output =
-                std::fs::File::create(&checked_path).map_err(|e| Error::Internal(e.to_string()))?;
+        let rewrite = tokio::task::spawn_blocking(move || {
             files::rewrite_archive(
-                std::io::BufReader::new(input),
+                reader,
                 &dest_for_check,
                 uid,
                 std::io::BufWriter::new(output),
             )
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-        drop(spool);
+        });
+        let mut total: u64 = 0;
+        let received: Result<()> = async {
+            while let Some(msg) = input.next().await {
+                match msg.map_err(Error::from_status)?.message {
+                    Some(upload_files_request::Message::Chunk(bytes)) => {
+                        total += bytes.len() as u64;
+                        if total > limit {
+                            return Err(Error::ResourceExhausted(format!(
+                                "upload larger than {limit} bytes (the sandbox's disk bound or 1 GiB)"
+                            )));
+                        }
+                        if chunks.send(bytes).await.is_err() {
+                            // The checker stopped early: its error says why.
+                            break;
+                        }
+                    }
+                    _ => return Err(Error::invalid("only chunks may follow the start")),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(chunks);
+        let checked = rewrite.await.map_err(|e| Error::Internal(e.to_string()))?;
+        received?;
+        let checked = checked?;
 
         let engine = self.runner.engine()?;
         // The destination directory must exist; make it as the sandbox user.
@@ -433,6 +432,12 @@ impl SandboxService for Sandboxes {
         let record = self
             .authorized(&caller, &req.sandbox, Intent::Manage)
             .await?;
+        if !record.is_live() {
+            self.runner
+                .layout
+                .ensure_mounted(&record.org, &record.id)
+                .await?;
+        }
         let root = std::path::PathBuf::from(&record.workspace);
         let uid = record.uid;
         let target = tokio::task::spawn_blocking(move || {

@@ -33,6 +33,9 @@ pub const SANDBOX_IDS: crate::users::UserIds = crate::users::UserIds {
 };
 pub const SANDBOX_HOME: &str = "/home/sandbox";
 
+/// The smallest workspace file system a sandbox can get.
+pub const MIN_DISK_BYTES: i64 = 16 << 20;
+
 const MAX_ARGV: usize = 256;
 const MAX_ARG_BYTES: usize = 64 * 1024;
 const MAX_ENV: usize = 128;
@@ -44,6 +47,8 @@ pub struct Resolved {
     pub cpus: f64,
     pub memory_bytes: i64,
     pub pids: i64,
+    /// The workspace's size, and the bound of /tmp.
+    pub disk_bytes: i64,
     pub ttl: Duration,
     pub network: NetworkMode,
 }
@@ -72,6 +77,17 @@ pub fn resolve(mut spec: SandboxSpec, policy: &AgentPolicy) -> Result<Resolved> 
         max.memory_bytes,
     )?;
     let pids = pick_i64("pids", asked.pids, defaults.pids, max.pids)?;
+    let disk_bytes = pick_i64(
+        "disk_bytes",
+        asked.disk_bytes,
+        defaults.disk_bytes,
+        max.disk_bytes,
+    )?;
+    if disk_bytes < MIN_DISK_BYTES {
+        return Err(Error::invalid(format!(
+            "resources.disk_bytes {disk_bytes} is below the smallest workspace, {MIN_DISK_BYTES} bytes (16 MiB)"
+        )));
+    }
     let ttl = {
         let asked_ttl = ttl_of(&asked);
         let (default_ttl, max_ttl) = (ttl_of(&defaults), ttl_of(&max));
@@ -146,7 +162,7 @@ pub fn resolve(mut spec: SandboxSpec, policy: &AgentPolicy) -> Result<Resolved> 
         cpus,
         memory_bytes,
         pids,
-        disk_bytes: 0,
+        disk_bytes,
         ttl: Some(paddock_shared::time::proto_duration(ttl)),
     });
     spec.network_mode = network as i32;
@@ -160,6 +176,7 @@ pub fn resolve(mut spec: SandboxSpec, policy: &AgentPolicy) -> Result<Resolved> 
         cpus,
         memory_bytes,
         pids,
+        disk_bytes,
         ttl,
         network,
     })

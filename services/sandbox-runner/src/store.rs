@@ -87,6 +87,16 @@ impl Record {
         child_name(&self.org, "agents", &self.agent)
     }
 
+    /// The disk bound the sandbox was admitted with, if any.
+    pub fn disk_bytes(&self) -> Option<u64> {
+        self.spec
+            .resources
+            .as_ref()
+            .map(|r| r.disk_bytes)
+            .filter(|b| *b > 0)
+            .map(|b| b as u64)
+    }
+
     pub fn is_live(&self) -> bool {
         matches!(
             self.state,

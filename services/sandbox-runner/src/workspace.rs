@@ -1,4 +1,5 @@
-//! Host-side files of a sandbox: its workspace directory (mounted at
+//! Host-side files of a sandbox: its workspace (a size-bounded ext4 file
+//! system of its own, loop-mounted on the host and bind-mounted at
 //! /workspace), its credential files (mounted read-only, from a directory
 //! only the runner can read), and the scanner that turns workspace changes
 //! into coalesced `file.modify` events. The scanner reads metadata only,
@@ -36,12 +37,80 @@ impl Layout {
         self.root.join("credentials").join(id)
     }
 
-    /// Creates the workspace, owned by the sandbox user (mode 0700).
-    pub fn create_workspace(&self, org: &str, id: &str, uid: u32) -> Result<PathBuf> {
+    fn disk_image(&self, id: &str) -> PathBuf {
+        self.root.join("disks").join(format!("{id}.ext4"))
+    }
+
+    /// Creates the workspace: an ext4 file system of `disk_bytes` in a
+    /// sparse file, loop-mounted (nosuid, nodev) at the workspace path and
+    /// owned by the sandbox user. Its size is the sandbox's disk bound:
+    /// a full workspace answers ENOSPC inside, the host disk is untouched.
+    /// The file system's root is all the sandbox sees of the host (its
+    /// mountinfo names no host path). Without root, mkfs.ext4 or loop
+    /// devices the bound cannot be enforced, and the sandbox is refused.
+    pub async fn create_workspace(
+        &self,
+        org: &str,
+        id: &str,
+        uid: u32,
+        disk_bytes: u64,
+    ) -> Result<PathBuf> {
+        let refused = |why: String| {
+            Error::FailedPrecondition(format!(
+                "this worker cannot enforce the disk bound of {disk_bytes} bytes: {why}"
+            ))
+        };
         let dir = self.workspace(org, id);
-        std::fs::create_dir_all(&dir).map_err(|e| io("creating the workspace", e))?;
+        let image = self.disk_image(id);
+        let disks = self.root.join("disks");
+        for d in [&dir, &disks] {
+            std::fs::create_dir_all(d).map_err(|e| io("creating the workspace", e))?;
+        }
+        std::fs::set_permissions(&disks, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("securing the disks directory", e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&image)
+            .map_err(|e| io("creating the workspace disk", e))?;
+        file.set_len(disk_bytes)
+            .map_err(|e| io("sizing the workspace disk", e))?;
+        drop(file);
+        let owner = format!("root_owner={uid}:{uid},lazy_itable_init=1,lazy_journal_init=1");
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-m", "0", "-O", "^has_journal", "-E", &owner],
+            &image,
+            None,
+        )
+        .await
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&image);
+            refused(e)
+        })?;
+        run("mount", &["-o", "loop,nosuid,nodev"], &image, Some(&dir))
+            .await
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&image);
+                refused(e)
+            })?;
+        let _ = std::fs::remove_dir(dir.join("lost+found"));
         hand_to(&dir, uid, 0o700)?;
         Ok(dir)
+    }
+
+    /// Makes sure a kept workspace is mounted (after a host restart its
+    /// disk is still there, the mount is not).
+    pub async fn ensure_mounted(&self, org: &str, id: &str) -> Result<()> {
+        let dir = self.workspace(org, id);
+        let image = self.disk_image(id);
+        if !image.exists() || is_mount_point(&dir) {
+            return Ok(());
+        }
+        run("mount", &["-o", "loop,nosuid,nodev"], &image, Some(&dir))
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot mount the kept workspace: {e}")))
     }
 
     /// Writes a credential value into a file only the sandbox user can read,
@@ -80,14 +149,65 @@ impl Layout {
         }
     }
 
-    /// Removes a workspace.
-    pub fn remove_workspace(&self, org: &str, id: &str) {
+    /// Removes a workspace: unmounts it and deletes its disk.
+    pub async fn remove_workspace(&self, org: &str, id: &str) {
         let dir = self.workspace(org, id);
+        if is_mount_point(&dir) {
+            // Lazy: a process still holding a file must not keep the disk.
+            if let Err(e) = run("umount", &["-l"], &dir, None).await {
+                tracing::warn!(sandbox = id, error = %e, "cannot unmount the workspace");
+                return;
+            }
+        }
+        if let Err(e) = std::fs::remove_file(self.disk_image(id))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = id, error = %e, "cannot remove the workspace disk");
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(sandbox = id, error = %e, "cannot remove the workspace");
         }
+    }
+}
+
+/// Whether `dir` is the root of a mounted file system.
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (
+        std::fs::symlink_metadata(dir),
+        dir.parent().map(std::fs::symlink_metadata),
+    ) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Runs `program args... path [target]`; the error is its stderr.
+async fn run(
+    program: &str,
+    args: &[&str],
+    path: &Path,
+    target: Option<&Path>,
+) -> std::result::Result<(), String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).arg(path);
+    if let Some(t) = target {
+        cmd.arg(t);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

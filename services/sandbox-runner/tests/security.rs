@@ -471,10 +471,89 @@ async fn downloads_never_follow_planted_links(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 7: the disk bound is enforced (the workspace is a file system
+/// of that size, /tmp is capped by it); finding 14: the sandbox's
+/// mountinfo names no host path.
+async fn disk_bounds_are_enforced(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("disk")).await;
+    update_policy(
+        &env,
+        &org,
+        "bot",
+        AgentPolicy {
+            max: Some(ResourceLimits {
+                disk_bytes: 100 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &["max.disk_bytes"],
+    )
+    .await;
+    let mut client = env.sandboxes(&org.owner);
+    // Above the bound: refused, naming it.
+    let mut big = spec("web");
+    big.resources = Some(ResourceLimits {
+        disk_bytes: 200 << 20,
+        ..Default::default()
+    });
+    let err = create(&mut client, big).await.expect_err("above the bound");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("max.disk_bytes"), "{err:?}");
+
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    assert_eq!(
+        sb.spec
+            .as_ref()
+            .and_then(|s| s.resources)
+            .map(|r| r.disk_bytes),
+        Some(100 << 20)
+    );
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/workspace/big bs=1M count=300 2>/dev/null; echo ws=$?; \
+             ls -l /workspace/big | awk '{print \"size=\" $5}'; rm -f /workspace/big; \
+             dd if=/dev/zero of=/tmp/big bs=1M count=300 2>/dev/null; echo tmp=$?; rm -f /tmp/big; \
+             echo ok > /workspace/after && cat /workspace/after; \
+             cat /proc/self/mountinfo",
+        ],
+        None,
+    )
+    .await
+    .expect("fill");
+    let text = out.out();
+    assert!(
+        text.contains("ws=1"),
+        "a 300 MB write fit a 100 MiB workspace: {text}"
+    );
+    let size: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("size="))
+        .and_then(|s| s.trim().parse().ok())
+        .expect("size");
+    assert!(size <= 100 << 20, "{size}");
+    assert!(text.contains("tmp=1"), "/tmp took 300 MB: {text}");
+    assert!(text.contains("ok"), "the workspace is usable again: {text}");
+    // No host path in the sandbox's view of its mounts.
+    let data_dir = env.config.data_dir.display().to_string();
+    assert!(
+        !text.contains(&data_dir),
+        "mountinfo shows {data_dir}: {text}"
+    );
+    assert!(!text.contains("workspaces"), "{text}");
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
     no_image_user_runs_as_root,
     caches_are_per_installation,
     downloads_never_follow_planted_links,
+    disk_bounds_are_enforced,
 );

@@ -13,14 +13,14 @@ fn policy() -> AgentPolicy {
             cpus: 2.0,
             memory_bytes: 1 << 30,
             pids: 512,
-            disk_bytes: 0,
+            disk_bytes: 4 << 30,
             ttl: Some(proto_duration(Duration::from_secs(7200))),
         }),
         defaults: Some(ResourceLimits {
             cpus: 1.0,
             memory_bytes: 512 << 20,
             pids: 256,
-            disk_bytes: 0,
+            disk_bytes: 1 << 30,
             ttl: Some(proto_duration(Duration::from_secs(3600))),
         }),
         network_mode: NetworkMode::None as i32,
@@ -51,6 +51,28 @@ fn defaults_fill_every_amount() {
     assert_eq!(r.spec.workdir, "/workspace");
     let res = r.spec.resources.expect("resources");
     assert_eq!(res.memory_bytes, 512 << 20);
+    // The disk bound is resolved like every other amount, never dropped.
+    assert_eq!(r.disk_bytes, 1 << 30);
+    assert_eq!(res.disk_bytes, 1 << 30);
+}
+
+#[test]
+fn the_disk_bound_is_kept_and_refused_above_it() {
+    let mut s = spec();
+    s.resources = Some(ResourceLimits {
+        disk_bytes: 5 << 30,
+        ..Default::default()
+    });
+    let err = resolve(s.clone(), &policy()).expect_err("above the bound");
+    assert!(message(err).contains("max.disk_bytes"));
+    s.resources = Some(ResourceLimits {
+        disk_bytes: 1 << 20,
+        ..Default::default()
+    });
+    assert!(matches!(
+        resolve(s, &policy()),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
