@@ -78,6 +78,24 @@ impl Sandboxes {
 }
 
 impl Sandboxes {
+    /// Whether `caller` may see the env values of `record`: its creator
+    /// and holders of sessions.manage.
+    async fn reveals_env(&self, caller: &Principal, record: &Record) -> Result<bool> {
+        if record.created_by == caller.id {
+            return Ok(true);
+        }
+        self.admission
+            .allows(caller, "sessions.manage", &record.name(), "")
+            .await
+            .map_err(Error::from_status)
+    }
+
+    /// A sandbox as `caller` may see it (env values redacted).
+    async fn view(&self, caller: &Principal, record: &Record) -> Result<Sandbox> {
+        let reveal = self.reveals_env(caller, record).await?;
+        Ok(view_of(record.to_proto(), reveal))
+    }
+
     /// A running sandbox the caller may manage.
     async fn running(&self, principal: &Principal, name: &str) -> Result<Record> {
         let record = self.authorized(principal, name, Intent::Manage).await?;
@@ -106,8 +124,9 @@ impl SandboxService for Sandboxes {
             .runner
             .create(&caller, &self.admission, request.into_inner())
             .await?;
+        // The creator sees its env, secret-looking values redacted.
         Ok(Response::new(CreateSandboxResponse {
-            sandbox: Some(sandbox),
+            sandbox: Some(view_of(sandbox, true)),
         }))
     }
 
@@ -120,7 +139,7 @@ impl SandboxService for Sandboxes {
             .authorized(&caller, &request.get_ref().name, Intent::Read)
             .await?;
         Ok(Response::new(GetSandboxResponse {
-            sandbox: Some(record.to_proto()),
+            sandbox: Some(self.view(&caller, &record).await?),
         }))
     }
 
@@ -184,8 +203,16 @@ impl SandboxService for Sandboxes {
         } else {
             String::new()
         };
+        let manages = self
+            .admission
+            .allows(&caller, "sessions.manage", &caller.organization, "")
+            .await?;
+        let sandboxes = rows
+            .iter()
+            .map(|r| view_of(r.to_proto(), manages || r.created_by == caller.id))
+            .collect();
         Ok(Response::new(ListSandboxesResponse {
-            sandboxes: rows.iter().map(Record::to_proto).collect(),
+            sandboxes,
             next_page_token,
         }))
     }
@@ -203,12 +230,13 @@ impl SandboxService for Sandboxes {
                 .filter(|d| *d <= MAX_GRACE)
                 .ok_or_else(|| Error::invalid("grace_period must be between 0 and 30s"))?,
         };
+        let reveal = self.reveals_env(&caller, &record).await?;
         let sandbox = self
             .runner
             .stop(Some(&caller), record, grace, EndReason::StoppedByUser)
             .await?;
         Ok(Response::new(StopSandboxResponse {
-            sandbox: Some(sandbox),
+            sandbox: Some(view_of(sandbox, reveal)),
         }))
     }
 
@@ -275,9 +303,17 @@ impl SandboxService for Sandboxes {
                 .unwrap_or_else(|| record.to_proto()),
             (None, false) => record.to_proto(),
         };
+        let reveal = self.reveals_env(&caller, &record).await?;
         let stream = async_stream(first, rx, async move {
             let _ = closing.wait_for(|c| *c).await;
+        })
+        .map(move |item| {
+            item.map(|mut r| {
+                r.sandbox = r.sandbox.map(|s| view_of(s, reveal));
+                r
+            })
         });
+        let stream: BoxStream<WatchSandboxResponse> = Box::pin(stream);
         Ok(Response::new(stream))
     }
 
@@ -540,6 +576,14 @@ fn decode_page(token: &str) -> Option<(i64, String)> {
 }
 
 /// The first state, then every change until a terminal state or shutdown.
+/// `sandbox` with its env redacted unless `reveal` (see `spec::redact_env`).
+fn view_of(mut sandbox: Sandbox, reveal: bool) -> Sandbox {
+    if let Some(spec) = sandbox.spec.as_mut() {
+        crate::spec::redact_env(spec, reveal);
+    }
+    sandbox
+}
+
 fn async_stream(
     first: Sandbox,
     rx: Option<tokio::sync::watch::Receiver<Sandbox>>,

@@ -400,3 +400,47 @@ pub fn cache_env(caches: &[String]) -> BTreeMap<String, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// What a redacted env value reads as.
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether an env entry looks like a secret: by its name (password, token,
+/// key, secret, credential...) or by its value (a Paddock key, a URL with a
+/// password in it).
+pub fn is_secret_env(key: &str, value: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "PASSWORD",
+        "PASSWD",
+        "PWD_",
+        "SECRET",
+        "TOKEN",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "PRIVATE",
+        "SESSION",
+        "COOKIE",
+        "SIGNATURE",
+        "CERT",
+    ];
+    let upper = key.to_ascii_uppercase();
+    NAMES.iter().any(|n| upper.contains(n))
+        || value.starts_with("pdk_")
+        || value.starts_with("pds_")
+        || value.split_once("://").is_some_and(|(_, rest)| {
+            rest.split('/')
+                .next()
+                .is_some_and(|auth| auth.contains('@'))
+        })
+}
+
+/// The env of a sandbox as `caller` may see it: values only for the
+/// sandbox's creator and holders of sessions.manage (`reveal`), and even
+/// then never the values of secret-looking entries.
+pub fn redact_env(spec: &mut SandboxSpec, reveal: bool) {
+    for (key, value) in spec.env.iter_mut() {
+        if !reveal || is_secret_env(key, value) {
+            *value = REDACTED.to_owned();
+        }
+    }
+}

@@ -549,6 +549,84 @@ async fn disk_bounds_are_enforced(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 11: env values go only to the sandbox's creator and holders of
+/// sessions.manage, secret-looking ones to nobody.
+async fn env_values_are_not_shown_to_others(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("envs")).await;
+    let mut owner = env.sandboxes(&org.owner);
+    let mut s = spec("web");
+    s.env = [("DB_PASSWORD", "hunter2-secret"), ("MODE", "debug-visible")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let sb = create(&mut owner, s).await.expect("create");
+    let env_of = |sandbox: &Sandbox| sandbox.spec.clone().expect("spec").env;
+    assert_eq!(env_of(&sb)["DB_PASSWORD"], "[redacted]");
+    assert_eq!(env_of(&sb)["MODE"], "debug-visible");
+    // The value still reaches the command.
+    let out = exec(
+        &mut owner,
+        &sb.name,
+        &["sh", "-c", "echo $DB_PASSWORD"],
+        None,
+    )
+    .await
+    .expect("exec");
+    assert_eq!(out.out().trim(), "hunter2-secret");
+
+    let token = exec(
+        &mut owner,
+        &sb.name,
+        &["sh", "-c", "printf %s \"$PADDOCK_TOKEN\""],
+        None,
+    )
+    .await
+    .expect("token")
+    .out();
+    for (who, key) in [
+        ("developer", org.developer.as_str()),
+        ("session token", token.as_str()),
+    ] {
+        let mut client = env.sandboxes(key);
+        let got = client
+            .get_sandbox(GetSandboxRequest {
+                name: sb.name.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e:?}"))
+            .into_inner()
+            .sandbox
+            .expect("sandbox");
+        for value in env_of(&got).values() {
+            assert_eq!(value, "[redacted]", "{who} saw an env value");
+        }
+        let listed = client
+            .list_sandboxes(ListSandboxesRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {e:?}"))
+            .into_inner();
+        let text = format!("{listed:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("debug-visible"),
+            "{who}: {text}"
+        );
+    }
+    // The owner (creator, sessions.manage) sees the plain value, never the secret.
+    let got = owner
+        .get_sandbox(GetSandboxRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    assert_eq!(env_of(&got)["MODE"], "debug-visible");
+    assert_eq!(env_of(&got)["DB_PASSWORD"], "[redacted]");
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
@@ -556,4 +634,5 @@ backend_tests!(
     caches_are_per_installation,
     downloads_never_follow_planted_links,
     disk_bounds_are_enforced,
+    env_values_are_not_shown_to_others,
 );

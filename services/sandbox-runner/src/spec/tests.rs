@@ -224,3 +224,37 @@ fn caches_set_their_env() {
     );
     assert!(!env.contains_key("npm_config_cache"));
 }
+
+#[test]
+fn env_values_are_shown_only_where_they_may_be() {
+    let mut s = spec();
+    s.env = [
+        ("DB_PASSWORD", "hunter2"),
+        ("GITHUB_TOKEN", "ghp_x"),
+        ("api_key", "k"),
+        ("DATABASE_URL", "postgres://u:p@db/x"),
+        ("PLAIN_URL", "https://example.test/x"),
+        ("MODE", "debug"),
+        ("ANY", "pdk_abc"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut shown = s.clone();
+    redact_env(&mut shown, true);
+    for k in [
+        "DB_PASSWORD",
+        "GITHUB_TOKEN",
+        "api_key",
+        "DATABASE_URL",
+        "ANY",
+    ] {
+        assert_eq!(shown.env[k], REDACTED, "{k}");
+    }
+    assert_eq!(shown.env["MODE"], "debug");
+    assert_eq!(shown.env["PLAIN_URL"], "https://example.test/x");
+    let mut hidden = s.clone();
+    redact_env(&mut hidden, false);
+    assert!(hidden.env.values().all(|v| v == REDACTED));
+    assert_eq!(hidden.env.len(), s.env.len(), "the keys stay visible");
+}
