@@ -62,17 +62,35 @@ impl Sandboxes {
             .await?
             .ok_or_else(not_found)?;
         let owner = record.owner_for(principal).to_owned();
-        let permission = match intent {
-            Intent::Read if owner == principal.id => return Ok(record),
-            Intent::Read => "sessions.read",
-            Intent::Manage => "sessions.manage_own",
-        };
-        // sessions.manage covers sessions.manage_own for anyone's sandbox;
-        // sessions.manage_own alone only for one's own.
-        self.admission
-            .require(principal, permission, &record.name(), &owner)
-            .await
-            .map_err(Error::from_status)?;
+        match intent {
+            // One's own: sessions.manage_own (which covers reading) or
+            // sessions.read, so a read-only key reads too.
+            Intent::Read if owner == principal.id => {
+                if !self
+                    .admission
+                    .allows(principal, "sessions.manage_own", &record.name(), &owner)
+                    .await
+                    .map_err(Error::from_status)?
+                {
+                    self.admission
+                        .require(principal, "sessions.read", &record.name(), &owner)
+                        .await
+                        .map_err(Error::from_status)?;
+                }
+            }
+            Intent::Read => self
+                .admission
+                .require(principal, "sessions.read", &record.name(), &owner)
+                .await
+                .map_err(Error::from_status)?,
+            // sessions.manage covers sessions.manage_own for anyone's
+            // sandbox; sessions.manage_own alone only for one's own.
+            Intent::Manage => self
+                .admission
+                .require(principal, "sessions.manage_own", &record.name(), &owner)
+                .await
+                .map_err(Error::from_status)?,
+        }
         Ok(record)
     }
 }
@@ -173,6 +191,12 @@ impl SandboxService for Sandboxes {
             .admission
             .allows(&caller, "sessions.read", &caller.organization, "")
             .await?;
+        if !sees_all {
+            // Own sandboxes only: that needs sessions.manage_own.
+            self.admission
+                .require(&caller, "sessions.manage_own", &caller.organization, "")
+                .await?;
+        }
         let limit = match req.page_size {
             n if n < 0 => return Err(Error::invalid("page_size must not be negative").into()),
             0 => DEFAULT_PAGE,

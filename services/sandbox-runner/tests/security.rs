@@ -627,6 +627,81 @@ async fn env_values_are_not_shown_to_others(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 16: a read-only key reads sandboxes (sessions.read), and
+/// manages none.
+async fn read_only_keys_read_sandboxes(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("ro")).await;
+    let sb = create(&mut env.sandboxes(&org.owner), spec("web"))
+        .await
+        .expect("create");
+    let read_only = mint_key(
+        &env.stack,
+        &org.developer,
+        &org.id,
+        &org.developer_member,
+        "",
+        &["read-only"],
+    )
+    .await
+    .expect("read-only key")
+    .secret;
+    let mut client = env.sandboxes(&read_only);
+    client
+        .get_sandbox(GetSandboxRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("a read-only key gets a sandbox");
+    let listed = client
+        .list_sandboxes(ListSandboxesRequest::default())
+        .await
+        .expect("a read-only key lists sandboxes")
+        .into_inner();
+    assert_eq!(listed.sandboxes.len(), 1);
+    client
+        .get_usage(GetUsageRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("usage");
+    let mut watch = client
+        .watch_sandbox(WatchSandboxRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(watch.message().await.expect("first").is_some());
+    let err = client
+        .stop_sandbox(StopSandboxRequest {
+            name: sb.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a read-only key stopped a sandbox");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // A key scoped to something else reads nothing.
+    let narrow = mint_key(
+        &env.stack,
+        &org.developer,
+        &org.id,
+        &org.developer_member,
+        "",
+        &["projects.read"],
+    )
+    .await
+    .expect("narrow key")
+    .secret;
+    let err = env
+        .sandboxes(&narrow)
+        .list_sandboxes(ListSandboxesRequest::default())
+        .await
+        .expect_err("a projects.read key listed sandboxes");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
@@ -635,4 +710,5 @@ backend_tests!(
     downloads_never_follow_planted_links,
     disk_bounds_are_enforced,
     env_values_are_not_shown_to_others,
+    read_only_keys_read_sandboxes,
 );
