@@ -152,7 +152,7 @@ fn start_error(service: &str, e: &(dyn std::error::Error + Send + Sync)) -> CliE
 /// Starts identity, authz and audit (each unless skipped), pointing each
 /// at the others.
 pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
-    std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+    paddock_shared::db::private_dir(&opts.data_dir).map_err(|e| {
         CliError::new(
             Code::FailedPrecondition,
             format!("cannot create data dir {}: {e}", opts.data_dir.display()),

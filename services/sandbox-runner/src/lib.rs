@@ -152,7 +152,7 @@ fn worker_id(config: &Config) -> Result<String, StartError> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
         _ => {
             let id = format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            std::fs::create_dir_all(&config.data_dir)?;
+            paddock_shared::db::private_dir(&config.data_dir)?;
             std::fs::write(&path, &id)?;
             Ok(id)
         }
@@ -166,7 +166,7 @@ pub async fn start_on(
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
     let addr = listener.local_addr()?;
-    std::fs::create_dir_all(&config.data_dir)?;
+    paddock_shared::db::private_dir(&config.data_dir)?;
     let worker = worker_id(config)?;
     let db = Database::connect(
         "sandbox_runner",

@@ -556,6 +556,9 @@ impl Runner {
         let (workspace, token) = tokio::try_join!(workspace, token)?;
 
         let mut credentials = Vec::new();
+        if !resolved.spec.credentials.is_empty() {
+            self.layout.prepare_credentials(&record.id).await?;
+        }
         for (i, mount) in resolved.spec.credentials.iter().enumerate() {
             let credential = if mount.credential.contains('/') {
                 mount.credential.clone()
@@ -934,7 +937,7 @@ impl Runner {
             // The token expires with the TTL anyway; retry at reconcile.
             tracing::warn!(sandbox = record.id, code = ?s.code(), "cannot revoke the session token");
         }
-        self.layout.remove_credentials(&record.id);
+        self.layout.remove_credentials(&record.id).await;
         if !record.spec.keep_workspace {
             self.layout.remove_workspace(&record.org, &record.id).await;
         }

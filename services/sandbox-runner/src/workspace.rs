@@ -113,6 +113,22 @@ impl Layout {
             .map_err(|e| Error::FailedPrecondition(format!("cannot mount the kept workspace: {e}")))
     }
 
+    /// Makes the sandbox's credentials directory: a small tmpfs of its own
+    /// (0700), so values never touch the disk and the sandbox's mountinfo
+    /// shows no host path for its credential files. Where tmpfs cannot be
+    /// mounted (the runner is not root) it is a plain 0700 directory.
+    pub async fn prepare_credentials(&self, id: &str) -> Result<()> {
+        let dir = self.credentials_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the credentials directory", e))?;
+        if !is_mount_point(&dir)
+            && let Err(e) = mount_tmpfs(&dir).await
+        {
+            tracing::warn!(sandbox = id, error = %e, "credentials stay on disk: cannot mount a tmpfs");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("securing the credentials directory", e))
+    }
+
     /// Writes a credential value into a file only the sandbox user can read,
     /// in a directory only the runner can enter. Returns the host path.
     pub fn write_credential(
@@ -140,8 +156,13 @@ impl Layout {
     }
 
     /// Removes the credential files of a sandbox.
-    pub fn remove_credentials(&self, id: &str) {
+    pub async fn remove_credentials(&self, id: &str) {
         let dir = self.credentials_dir(id);
+        if is_mount_point(&dir)
+            && let Err(e) = run("umount", &["-l"], &dir, None).await
+        {
+            tracing::warn!(sandbox = id, error = %e, "cannot unmount the credentials tmpfs");
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -182,6 +203,22 @@ fn is_mount_point(dir: &Path) -> bool {
         (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
         _ => false,
     }
+}
+
+async fn mount_tmpfs(dir: &Path) -> std::result::Result<(), String> {
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m,mode=0700,nosuid,nodev,noexec",
+            "tmpfs",
+        ],
+        dir,
+        None,
+    )
+    .await
 }
 
 /// Runs `program args... path [target]`; the error is its stderr.

@@ -103,6 +103,24 @@ async fn hardening_from_inside(backend: Backend) {
         "{text}"
     );
 
+    // Nothing in the sandbox's mounts names a host path of the runner's
+    // (workspace and credentials come from file systems of their own).
+    let mounts = exec(
+        &mut client,
+        &sandbox.name,
+        &["cat", "/proc/self/mountinfo"],
+        None,
+    )
+    .await
+    .expect("mountinfo")
+    .out();
+    let data_dir = env.config.data_dir.display().to_string();
+    assert!(!mounts.contains(&data_dir), "{mounts}");
+    assert!(
+        !mounts.contains("credentials") && !mounts.contains("workspaces"),
+        "{mounts}"
+    );
+
     // The session token works while the sandbox runs and not after.
     let token_out = exec(
         &mut client,

@@ -5,6 +5,7 @@
 //! Queries use `$1` placeholders, which both backends accept; times are
 //! unix microseconds in BIGINT columns, so one set of SQL serves both.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -97,9 +98,18 @@ impl Database {
                 ));
             }
             None => {
-                std::fs::create_dir_all(data_dir)?;
+                private_dir(data_dir)?;
                 let path = data_dir.join(format!("{service}.db"));
-                Self::sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await?
+                let db = Self::sqlite(&format!("sqlite://{}?mode=rwc", path.display())).await?;
+                // Only the service's user reads its data (the WAL and shared
+                // memory files hold rows too).
+                for suffix in ["", "-wal", "-shm"] {
+                    let file = data_dir.join(format!("{service}.db{suffix}"));
+                    if file.exists() {
+                        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                    }
+                }
+                db
             }
         };
         db.migrate(migrations).await?;
@@ -153,5 +163,38 @@ impl Database {
             tx.commit().await?;
         }
         Ok(())
+    }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it private to its
+/// owner (0700): data dirs hold databases, keys and tokens.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data dirs are 0700 and database files 0600, even where the umask
+    /// would make them readable to every user on the host.
+    #[tokio::test]
+    async fn data_is_private_to_its_owner() {
+        let parent = tempfile::tempdir().expect("dir");
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let db = Database::connect("probe", &dir, None, &[(1, "CREATE TABLE t (x INTEGER)")])
+            .await
+            .expect("connect");
+        sqlx::query("INSERT INTO t (x) VALUES (1)")
+            .execute(&db.pool)
+            .await
+            .expect("write");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("probe.db")), 0o600);
+        db.pool.close().await;
     }
 }
