@@ -187,6 +187,7 @@ fn reason_name(reason: i32) -> &'static str {
         Ok(EndReason::StoppedByUser) => "stopped_by_user",
         Ok(EndReason::RunnerLost) => "runner_lost",
         Ok(EndReason::StartFailed) => "start_failed",
+        Ok(EndReason::OrganizationDeleted) => "organization_deleted",
         _ => "",
     }
 }

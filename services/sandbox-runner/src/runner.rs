@@ -943,6 +943,55 @@ impl Runner {
         }
     }
 
+    // ---- organization deletion ------------------------------------------
+
+    /// Leaves nothing of a deleted organization on this worker: its
+    /// sandboxes are stopped (their containers, networks, guard rules,
+    /// credential files and session tokens go with them), their records and
+    /// workspaces (kept ones too) are deleted, and its cache volumes are
+    /// removed. Idempotent: a purge cut short is run again.
+    pub async fn purge_organization(self: &Arc<Self>, org: &str) -> Result<()> {
+        let records = store::of_org_on_worker(&self.db.pool, org, &self.worker).await?;
+        for record in &records {
+            if record.is_live() {
+                self.stop(
+                    None,
+                    record.clone(),
+                    self.tuning.stop_grace,
+                    EndReason::OrganizationDeleted,
+                )
+                .await?;
+            }
+            self.layout.remove_workspace(&record.org, &record.id).await;
+            self.layout.remove_credentials(&record.id).await;
+            let mut tx = self.db.begin_write().await?;
+            store::delete(&mut tx, &record.id).await?;
+            tx.commit().await?;
+        }
+        self.layout.remove_org_workspaces(org);
+        if let Ok(engine) = self.engine() {
+            for volume in engine.cache_volumes(&self.worker, org).await? {
+                engine.remove_volume(&volume).await?;
+            }
+        }
+        if !records.is_empty() {
+            self.audit(
+                None,
+                "organization.purge",
+                &format!("organizations/{org}"),
+                Outcome::Success,
+                serde_json::json!({"worker": self.worker, "sandboxes": records.len()}),
+            )
+            .await;
+        }
+        tracing::info!(
+            org,
+            sandboxes = records.len(),
+            "purged a deleted organization"
+        );
+        Ok(())
+    }
+
     // ---- reconciliation -------------------------------------------------
 
     /// Brings the store and the engine into agreement after a (re)start:

@@ -248,6 +248,18 @@ pub async fn live_on_worker(pool: &AnyPool, worker: &str) -> Result<Vec<Record>>
     rows.into_iter().map(Record::from_row).collect()
 }
 
+/// Every sandbox of `org` on this worker, live or ended.
+pub async fn of_org_on_worker(pool: &AnyPool, org: &str, worker: &str) -> Result<Vec<Record>> {
+    let rows: Vec<Row> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM sandboxes WHERE org_id = $1 AND worker_id = $2"
+    )))
+    .bind(org)
+    .bind(worker)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Record::from_row).collect()
+}
+
 /// Live sandboxes of the organization and of one of its agents.
 pub async fn count_live(conn: &mut AnyConnection, org: &str, agent: &str) -> Result<(i64, i64)> {
     let (in_org, of_agent): (i64, Option<i64>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -113,6 +113,16 @@ impl Layout {
             .map_err(|e| Error::FailedPrecondition(format!("cannot mount the kept workspace: {e}")))
     }
 
+    /// Removes what is left of an organization's workspaces directory.
+    pub fn remove_org_workspaces(&self, org: &str) {
+        let dir = self.root.join("workspaces").join(org);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(org, error = %e, "cannot remove the organization's workspaces");
+        }
+    }
+
     /// Makes the sandbox's credentials directory: a small tmpfs of its own
     /// (0700), so values never touch the disk and the sandbox's mountinfo
     /// shows no host path for its credential files. Where tmpfs cannot be
