@@ -1263,7 +1263,225 @@ async fn only_security_managers_change_audit_settings(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// A second key of the organization's owner; returns (secret, key name).
+async fn second_owner_key(stack: &Stack, owner: &str, org: &str) -> (String, String) {
+    let me = stack
+        .identity(owner)
+        .who_am_i(paddock_proto::identity::v1::WhoAmIRequest {})
+        .await
+        .expect("whoami")
+        .into_inner()
+        .principal
+        .expect("principal")
+        .name;
+    let key = paddock_testkit::fixtures::mint_key(stack, owner, org, &me, "", &[])
+        .await
+        .expect("mint a key");
+    (key.secret, key.api_key.expect("key").name)
+}
+
+/// The next message of a tail, waiting at most `secs`.
+async fn next(
+    stream: &mut tonic::Streaming<TailEventsResponse>,
+    secs: u64,
+) -> Result<Option<TailEventsResponse>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(secs), stream.message())
+        .await
+        .expect("the tail answers in time")
+}
+
+async fn revoking_a_key_ends_its_tails(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    let (key, key_name) = second_owner_key(&stack, &owner, "acme").await;
+    let mut revoked_tail = stack
+        .audit(&key)
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    let mut other_tail = stack
+        .audit(&owner)
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    let first = append_n(&stack, "acme", 1).await;
+    let got = next(&mut revoked_tail, 5)
+        .await
+        .expect("ok")
+        .expect("event");
+    assert_eq!(got.event.expect("event").id, first[0].id);
+
+    stack
+        .identity(&owner)
+        .revoke_api_key(paddock_proto::identity::v1::RevokeApiKeyRequest { name: key_name })
+        .await
+        .expect("revoke");
+    // Identity pushes the revocation; the 5 s re-check is the fallback.
+    let end = next(&mut revoked_tail, 20)
+        .await
+        .expect_err("the tail ends with an error");
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("revoked"), "{}", end.message());
+    assert!(
+        end.metadata().get("paddock-key-organization").is_none(),
+        "no service-only metadata"
+    );
+
+    // The other key's tail goes on.
+    let second = append_n(&stack, "acme", 1).await;
+    let got = next(&mut other_tail, 5).await.expect("ok").expect("event");
+    assert_eq!(got.event.expect("event").id, first[0].id);
+    let got = next(&mut other_tail, 5).await.expect("ok").expect("event");
+    assert_eq!(got.event.expect("event").id, second[0].id);
+    stack.shutdown().await;
+}
+
+async fn tails_are_capped_per_caller_and_organization(backend: Backend) {
+    let mut stack = Stack::start_quiet_audit(backend).await;
+    stack.stop_audit().await;
+    stack.audit_config.max_tails_per_caller = 2;
+    stack.audit_config.max_tails_per_org = 3;
+    stack.restart_audit().await;
+    let owner = org(&stack, "acme").await;
+    let admin = member(&stack, &owner, "acme", "admin").await;
+    let other = org(&stack, "globex").await;
+    let open = |token: String| {
+        let mut client = stack.audit(&token);
+        async move {
+            client
+                .tail_events(TailEventsRequest::default())
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let first = open(owner.clone()).await.expect("first");
+    let _second = open(owner.clone()).await.expect("second");
+    let third = open(owner.clone())
+        .await
+        .expect_err("a third of one caller");
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    assert!(
+        third.message().contains("2 per caller"),
+        "{}",
+        third.message()
+    );
+    let _admins = open(admin.clone()).await.expect("another caller");
+    let full = open(admin.clone())
+        .await
+        .expect_err("the organization's cap");
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("3 per organization"),
+        "{}",
+        full.message()
+    );
+    // Another organization has its own count.
+    let _globex = open(other.clone()).await.expect("another organization");
+
+    // A closed tail gives its place back (once the server sees it go).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open(admin.clone()).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the place is given back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    stack.shutdown().await;
+}
+
+async fn tails_never_skip_or_repeat_events(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    append_n(&stack, "acme", 3).await;
+    let open = |cursor: &str| {
+        let mut client = stack.audit(&owner);
+        let after_cursor = cursor.to_owned();
+        async move {
+            client
+                .tail_events(TailEventsRequest {
+                    after_cursor,
+                    ..Default::default()
+                })
+                .await
+                .expect("tail")
+                .into_inner()
+        }
+    };
+    // One tail read as events come, one from a cursor, one not read at
+    // all while hundreds of commits go by (it falls behind the in-process
+    // broadcast and must catch up from the database).
+    let mut live = open("").await;
+    let mut resumed = open("0000000000000001").await;
+    let mut idle = open("").await;
+    // Large events fill the idle tail's flow-control window early.
+    let total = 600usize;
+    let padding = serde_json::json!({ "pad": "x".repeat(16 * 1024) }).to_string();
+    let writer = {
+        let mut svc = stack.audit_as_service();
+        tokio::spawn(async move {
+            for i in 0..total {
+                // One, two or three events per commit.
+                let n = 1 + i % 3;
+                let events: Vec<AuditEvent> = (0..n)
+                    .map(|_| AuditEvent {
+                        details_json: padding.clone(),
+                        ..event("acme", "test.event")
+                    })
+                    .collect();
+                svc.append_events(AppendEventsRequest { events })
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    let appended: i64 = (0..total).map(|i| 1 + (i % 3) as i64).sum();
+    let head = 3 + appended;
+    async fn collect(
+        stream: &mut tonic::Streaming<TailEventsResponse>,
+        from: i64,
+        head: i64,
+    ) -> Vec<i64> {
+        let mut seen = Vec::new();
+        while seen.last().copied().unwrap_or(from) < head {
+            let msg = next(stream, 30).await.expect("ok").expect("event");
+            seen.push(msg.event.expect("event").sequence);
+        }
+        seen
+    }
+    let live_seen = collect(&mut live, 3, head).await;
+    writer.await.expect("writer");
+    let resumed_seen = collect(&mut resumed, 1, head).await;
+    let idle_seen = collect(&mut idle, 3, head).await;
+    assert_eq!(live_seen, (4..=head).collect::<Vec<_>>());
+    assert_eq!(resumed_seen, (2..=head).collect::<Vec<_>>());
+    assert_eq!(idle_seen, (4..=head).collect::<Vec<_>>());
+    // Nothing more arrives after the head.
+    let extra = append_n(&stack, "acme", 1).await;
+    for stream in [&mut live, &mut resumed, &mut idle] {
+        let msg = next(stream, 5).await.expect("ok").expect("event");
+        let event = msg.event.expect("event");
+        assert_eq!(
+            (event.sequence, event.id.as_str()),
+            (head + 1, extra[0].id.as_str())
+        );
+    }
+    stack.shutdown().await;
+}
+
 backend_tests!(
+    revoking_a_key_ends_its_tails,
+    tails_are_capped_per_caller_and_organization,
+    tails_never_skip_or_repeat_events,
     retention_deletes_old_events_and_keeps_the_chain_verifiable,
     tampering_after_retention_is_named,
     retention_never_deletes_across_a_broken_link,

@@ -42,6 +42,12 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
+/// The bearer token the caller was admitted with, in the request's
+/// extensions: long-lived streams authenticate it again while they run
+/// ([`crate::streams`]). Never logged.
+#[derive(Debug, Clone)]
+pub struct CallerToken(pub Secret<String>);
+
 /// The caller of a request the layer admitted.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
     req.extensions()
@@ -53,6 +59,12 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
 /// Resolves a bearer token to a principal.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>>;
+
+    /// The changes that make principals stale, as they arrive (none for an
+    /// authenticator that is not told about them).
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
 }
 
 /// Answers permission checks.
@@ -79,6 +91,16 @@ impl Invalidation {
         }
     }
 
+    /// Whether the change may concern `p`.
+    pub fn touches(&self, p: &Principal) -> bool {
+        match self {
+            Invalidation::Reset => true,
+            Invalidation::Key(id) => &p.key_id == id,
+            Invalidation::Principal(id) => &p.id == id,
+            Invalidation::Organization(org) => &p.organization == org,
+        }
+    }
+
     pub fn into_target(self) -> Target {
         match self {
             Invalidation::Reset => Target::Reset(true),
@@ -89,14 +111,32 @@ impl Invalidation {
     }
 }
 
-/// Resolved principals by token hash, for at most [`CACHE_TTL`].
-#[derive(Default)]
+/// Resolved principals by token hash, for at most [`CACHE_TTL`]; each
+/// change it is told about is passed on to [`PrincipalCache::subscribe`]rs.
 pub struct PrincipalCache {
     entries: RwLock<HashMap<String, (Principal, Instant)>>,
+    changes: tokio::sync::broadcast::Sender<Invalidation>,
+}
+
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            changes: tokio::sync::broadcast::channel(Self::CHANGES_BUFFER).0,
+        }
+    }
 }
 
 impl PrincipalCache {
     const MAX_ENTRIES: usize = 100_000;
+    /// Changes kept for a slow subscriber; one that lags further is told
+    /// so and treats it as a reset.
+    const CHANGES_BUFFER: usize = 1024;
+
+    /// The changes this cache is told about from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Invalidation> {
+        self.changes.subscribe()
+    }
 
     fn get(&self, token_hash: &str) -> Option<Principal> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -117,15 +157,19 @@ impl PrincipalCache {
         entries.insert(token_hash, (principal, Instant::now()));
     }
 
-    /// Drops every cached principal the change touches.
+    /// Drops every cached principal the change touches, then tells the
+    /// subscribers (after the drop, so that what they look up again is
+    /// fresh).
     pub fn invalidate(&self, change: &Invalidation) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        match change {
-            Invalidation::Reset => entries.clear(),
-            Invalidation::Key(id) => entries.retain(|_, (p, _)| &p.key_id != id),
-            Invalidation::Principal(id) => entries.retain(|_, (p, _)| &p.id != id),
-            Invalidation::Organization(org) => entries.retain(|_, (p, _)| &p.organization != org),
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            match change {
+                Invalidation::Reset => entries.clear(),
+                _ => entries.retain(|_, (p, _)| !change.touches(p)),
+            }
         }
+        // No subscriber is not an error.
+        let _ = self.changes.send(change.clone());
     }
 }
 
@@ -170,6 +214,10 @@ impl<A: Authenticator> Authenticator for CachedAuthenticator<A> {
             self.cache.put(key, principal.clone());
             Ok(principal)
         })
+    }
+
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        Some(self.cache.subscribe())
     }
 }
 
@@ -487,6 +535,12 @@ impl Admission {
         }
     }
 
+    /// The authenticator calls are admitted with (long-lived streams
+    /// authenticate their caller again through it).
+    pub fn authenticator(&self) -> Arc<dyn Authenticator> {
+        self.authn.clone()
+    }
+
     /// Records refusals through `sink`, as `source` (the service's name).
     pub fn with_audit(mut self, source: &'static str, sink: Arc<dyn RefusalSink>) -> Self {
         self.audit = Some((source, sink));
@@ -767,6 +821,10 @@ where
                     req.extensions_mut().insert(ctx);
                     if let Some(p) = principal {
                         req.extensions_mut().insert(Caller(p));
+                        if let Ok(token) = bearer_token(req.headers()) {
+                            let token = CallerToken(Secret::new(token.to_owned()));
+                            req.extensions_mut().insert(token);
+                        }
                     }
                     inner.call(req).await
                 }
