@@ -346,6 +346,8 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             usage_interval: Duration::from_secs(5),
             scan_interval: Duration::from_secs(2),
             sandbox_endpoints: Vec::new(),
+            max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
+            max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
         };
         let token = service_token(&args.data_dir)?;
         match paddock_sandbox_runner::start(&config, &token).await {

@@ -873,7 +873,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        assert_eq!(decode_cursor(&encode_cursor(7)).ok(), Some(7));
+        assert_eq!(decode_cursor(&crate::tail::encode_cursor(7)).ok(), Some(7));
         assert!(decode_cursor("7").is_err());
         assert!(decode_cursor("ffffffffffffffff").is_err());
     }

@@ -36,6 +36,9 @@ pub struct Sandboxes {
     pub admission: Admission,
     /// True once the server is shutting down: watch streams end.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Admits WatchSandbox streams within their caps; they, and execs,
+    /// end once their caller's credentials stop being valid.
+    pub watches: paddock_shared::streams::Streams,
 }
 
 /// What the caller wants to do with a sandbox.
@@ -253,6 +256,7 @@ impl SandboxService for Sandboxes {
         request: Request<WatchSandboxRequest>,
     ) -> Result<Response<Self::WatchSandboxStream>, Status> {
         let caller = principal(&request)?;
+        let guard = self.watches.open(&request)?;
         let record = self
             .authorized(&caller, &request.get_ref().name, Intent::Read)
             .await?;
@@ -276,7 +280,7 @@ impl SandboxService for Sandboxes {
         let stream = async_stream(first, rx, async move {
             let _ = closing.wait_for(|c| *c).await;
         });
-        Ok(Response::new(stream))
+        Ok(Response::new(guard.serve(stream)))
     }
 
     type ExecStream = ExecStream;
@@ -286,6 +290,7 @@ impl SandboxService for Sandboxes {
         request: Request<Streaming<ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let caller = principal(&request)?;
+        let guard = paddock_shared::streams::guard(self.admission.authenticator(), &request)?;
         let mut input = request.into_inner();
         let start = match input.next().await {
             Some(Ok(ExecRequest {
@@ -299,7 +304,7 @@ impl SandboxService for Sandboxes {
         exec::validate(&start)?;
         let record = self.running(&caller, &start.sandbox).await?;
         let stream = exec::run(self.runner.clone(), caller, record, start, input).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(guard.serve(stream)))
     }
 
     async fn upload_files(
