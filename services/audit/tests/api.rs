@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::audit::v1::*;
 use paddock_proto::identity::v1::{AcceptInviteRequest, CreateInviteRequest};
 use paddock_testkit::{AuditClient, Backend, Stack, backend_tests};
@@ -1478,7 +1479,69 @@ async fn tails_never_skip_or_repeat_events(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// Calls QueryEvents `n` times from `local` (a loopback address) with
+/// tokens naming key `key_id` and random secrets; each is refused.
+async fn bad_secrets(stack: &Stack, local: &str, key_id: &str, n: usize) {
+    let channel = tonic::transport::Endpoint::from_shared(stack.audit_endpoint.clone())
+        .expect("endpoint")
+        .local_address(Some(local.parse().expect("ip")))
+        .connect_lazy();
+    for _ in 0..n {
+        let token =
+            paddock_shared::token::mint_with_id(paddock_shared::token::TokenKind::ApiKey, key_id);
+        let refused =
+            AuditServiceClient::with_interceptor(channel.clone(), paddock_testkit::bearer(&token))
+                .query_events(QueryEventsRequest::default())
+                .await;
+        assert_eq!(code(refused), Code::Unauthenticated);
+    }
+}
+
+async fn auth_failures_are_budgeted_per_source_and_key(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    let key_id = paddock_shared::token::parse(&owner)
+        .expect("token")
+        .id
+        .to_owned();
+    let budget = paddock_shared::audit::SOURCE_EVENTS_PER_MINUTE as usize;
+    let failures = |events: Vec<AuditEvent>| {
+        events
+            .into_iter()
+            .filter(|e| e.action == "auth.fail")
+            .collect::<Vec<_>>()
+    };
+    let mut client = stack.audit(&owner);
+    let flood = EventFilter {
+        action_prefix: "auth.fail".into(),
+        ..Default::default()
+    };
+    // A burst from one address: at most the budget reaches the chain (all
+    // of it, unless the burst outlasted a minute).
+    bad_secrets(&stack, "127.0.0.1", &key_id, budget + 30).await;
+    let recorded = failures(query(&mut client, flood.clone()).await);
+    assert!(
+        recorded.len() <= budget && recorded.len() > budget / 2,
+        "{} of {} recorded",
+        recorded.len(),
+        budget + 30
+    );
+    assert!(
+        recorded
+            .iter()
+            .all(|e| e.actor.as_ref().is_some_and(|a| a.key_id == key_id))
+    );
+    // Another source naming the same key has a budget of its own.
+    bad_secrets(&stack, "127.0.0.2", &key_id, 3).await;
+    let after = failures(query(&mut client, flood).await);
+    assert_eq!(after.len(), recorded.len() + 3);
+    let v = verify(&mut client, 0, 0).await;
+    assert!(v.intact, "{v:?}");
+    stack.shutdown().await;
+}
+
 backend_tests!(
+    auth_failures_are_budgeted_per_source_and_key,
     revoking_a_key_ends_its_tails,
     tails_are_capped_per_caller_and_organization,
     tails_never_skip_or_repeat_events,

@@ -501,6 +501,9 @@ pub struct Admission {
     authn: Arc<dyn Authenticator>,
     authz: Arc<dyn Authorizer>,
     audit: Option<(&'static str, Arc<dyn RefusalSink>)>,
+    /// Budgets of the failed authentications charged to organizations'
+    /// chains, per source address and key id.
+    sources: Arc<crate::audit::SourceBudgets>,
 }
 
 fn kind_of(p: &Principal) -> PrincipalKind {
@@ -532,6 +535,7 @@ impl Admission {
             authn,
             authz,
             audit: None,
+            sources: Arc::default(),
         }
     }
 
@@ -556,6 +560,22 @@ impl Admission {
         status: &Status,
         details: serde_json::Value,
     ) {
+        self.record_refusal(principal, action, resource, status, details, None)
+            .await
+    }
+
+    /// Records one refusal, if this admission audits; one that `charge`s a
+    /// (peer address, key id) goes to the organization's chain only within
+    /// that source's budget.
+    async fn record_refusal(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        resource: &str,
+        status: &Status,
+        details: serde_json::Value,
+        charge: Option<(Option<std::net::IpAddr>, &str)>,
+    ) {
         let Some((source, sink)) = &self.audit else {
             return;
         };
@@ -567,6 +587,15 @@ impl Admission {
         let mut event = crate::outbox::event(source, principal, action, resource, outcome);
         event.error_code = crate::names::code_name(status.code()).to_owned();
         event.details_json = details.to_string();
+        // Anyone who knows a key id can make these: a flood of them must
+        // not flood the organization's chain. (Those of no organization
+        // are the platform chain's, budgeted by the sink.)
+        if let Some((peer, key_id)) = charge
+            && !event.organization.is_empty()
+            && !self.sources.charge(peer, key_id, &mut event)
+        {
+            return;
+        }
         sink.record(event).await;
     }
 
@@ -846,8 +875,21 @@ where
                     });
                     let details =
                         serde_json::json!({"method": req.uri().path(), "reason": status.message()});
+                    let peer = req
+                        .extensions()
+                        .get::<tonic::transport::server::TcpConnectInfo>()
+                        .and_then(|c| c.remote_addr())
+                        .map(|a| a.ip());
+                    let key_id = principal.as_ref().map_or("", |p| p.key_id.as_str());
                     admission
-                        .audit_refusal(principal.as_ref(), "auth.fail", &resource, &status, details)
+                        .record_refusal(
+                            principal.as_ref(),
+                            "auth.fail",
+                            &resource,
+                            &status,
+                            details,
+                            Some((peer, key_id)),
+                        )
                         .await;
                     Ok(status.into_http())
                 }
