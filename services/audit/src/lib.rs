@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../migrations/0002_settings.sql")),
     (3, include_str!("../migrations/0003_fewer_indexes.sql")),
     (4, include_str!("../migrations/0004_actor_names.sql")),
+    (5, include_str!("../migrations/0005_sealed_chains.sql")),
 ];
 
 pub use retention::RetentionRun;

@@ -101,7 +101,11 @@ impl paddock_shared::auth::RefusalSink for OwnRefusals {
             };
             let (done, committed) = oneshot::channel();
             let job = AppendJob {
-                events: vec![Pending { org, event }],
+                events: vec![Pending {
+                    org,
+                    event,
+                    seals: false,
+                }],
                 done,
             };
             if self.appends.send(job).await.is_err() {
@@ -371,7 +375,9 @@ impl AuditService for Audit {
         let mut pending = Vec::with_capacity(events.len());
         for (i, mut event) in events.into_iter().enumerate() {
             let org = validate_event(i, &mut event)?;
-            pending.push(Pending { org, event });
+            // Only a service principal gets here (checked above).
+            let seals = crate::store::seals(&event);
+            pending.push(Pending { org, event, seals });
         }
         let (done, committed) = oneshot::channel();
         let stopped = || Status::unavailable("the audit service is stopping");
@@ -395,6 +401,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
+        self.readable(org).await?;
         self.query_in(org, req).await.map(Response::new)
     }
 
@@ -403,9 +410,10 @@ impl AuditService for Audit {
         request: Request<QueryPlatformEventsRequest>,
     ) -> Result<Response<QueryPlatformEventsResponse>, Status> {
         let req = request.into_inner();
+        let org = self.platform_readable(&req.organization).await?;
         let page = self
             .query_in(
-                PLATFORM_ORG,
+                &org,
                 QueryEventsRequest {
                     parent: String::new(),
                     filter: req.filter,
@@ -426,9 +434,10 @@ impl AuditService for Audit {
         request: Request<VerifyPlatformChainRequest>,
     ) -> Result<Response<VerifyPlatformChainResponse>, Status> {
         let req = request.into_inner();
+        let org = self.platform_readable(&req.organization).await?;
         let result = self
             .verify_in(
-                PLATFORM_ORG,
+                &org,
                 VerifyChainRequest {
                     parent: String::new(),
                     from_sequence: req.from_sequence,
@@ -451,6 +460,7 @@ impl AuditService for Audit {
         let guard = self.tail_streams.open(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
+        self.readable(&org).await?;
         let filter = filter(req.filter)?;
         let cursor = if req.after_cursor.is_empty() {
             None
@@ -477,6 +487,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
+        self.readable(org).await?;
         self.verify_in(org, req).await.map(Response::new)
     }
 
@@ -489,6 +500,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
+        self.readable(&org).await?;
         let filter = filter(req.filter)?;
         let store = self.store.clone();
         let mut closing = self.closing.clone();
@@ -531,6 +543,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = settings_org(&caller, &req.name)?;
+        self.readable(org).await?;
         let settings = self.store.settings(org).await?;
         Ok(Response::new(GetAuditSettingsResponse {
             settings: Some(settings_message(org, settings)),
@@ -547,6 +560,7 @@ impl AuditService for Audit {
             .settings
             .ok_or_else(|| Error::invalid("settings is required"))?;
         let org = settings_org(&caller, &wanted.name)?;
+        self.readable(org).await?;
         for path in req.update_mask.map(|m| m.paths).unwrap_or_default() {
             if path != "retention_days" {
                 return Err(Error::invalid(format!(
@@ -616,6 +630,38 @@ fn settings_message(org: &str, s: Settings) -> AuditSettings {
 }
 
 impl Audit {
+    /// Refuses the chain of a deleted organization to everyone in an
+    /// organization (a later one with the same id included), as if it did
+    /// not exist; only the platform reads it (QueryPlatformEvents).
+    async fn readable(&self, org: &str) -> Result<()> {
+        if self.store.sealed(org).await? {
+            return Err(Error::not_found(names::org_name(org)));
+        }
+        Ok(())
+    }
+
+    /// The chain the platform reads: its own, or a sealed organization's
+    /// (`organization`, as `organizations/{id}` or the id); a live
+    /// organization's is its members' alone.
+    async fn platform_readable(&self, organization: &str) -> Result<String> {
+        if organization.is_empty() {
+            return Ok(PLATFORM_ORG.to_owned());
+        }
+        let name = if organization.starts_with("organizations/") {
+            organization.to_owned()
+        } else {
+            names::org_name(organization)
+        };
+        let org = names::parse_org(&name)?.to_owned();
+        if !self.store.sealed(&org).await? {
+            return Err(Error::not_found(format!(
+                "sealed audit chain of {} (the platform reads an organization's chain once the organization is deleted)",
+                names::truncate(&name)
+            )));
+        }
+        Ok(org)
+    }
+
     /// One page of `org`'s events.
     async fn query_in(
         &self,

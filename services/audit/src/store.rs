@@ -153,6 +153,17 @@ fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {
 pub struct Pending {
     pub org: String,
     pub event: AuditEvent,
+    /// Appending it seals the chain: identity's `organization.delete`,
+    /// appended by a service principal (see [`seals`]).
+    pub seals: bool,
+}
+
+/// Whether `event`, appended by a service principal, seals its
+/// organization's chain: identity's record of the organization's deletion.
+pub fn seals(event: &AuditEvent) -> bool {
+    event.action == "organization.delete"
+        && event.source_service == "identity"
+        && event.organization != paddock_shared::audit::PLATFORM_CHAIN
 }
 
 /// What one commit appended to one chain: the new events, oldest first
@@ -179,9 +190,14 @@ async fn append_in(
     let mut counts = vec![0; batches.len()];
     let mut by_org: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
     let mut seen = HashSet::new();
+    // Event ids that seal their chain.
+    let mut sealing = HashSet::new();
     for (batch, events) in batches.into_iter().enumerate() {
         for p in events {
             if seen.insert(p.event.id.clone()) {
+                if p.seals {
+                    sealing.insert(p.event.id.clone());
+                }
                 by_org.entry(p.org).or_default().push((batch, p.event));
             }
         }
@@ -247,6 +263,19 @@ async fn append_in(
             hash.clone_from(&event.hash);
             if followed {
                 update.events.push(event.clone());
+            }
+            if sealing.contains(&event.id) {
+                // The first seal counts; the chain goes on (later events
+                // of the organization are still chained).
+                sqlx::query(
+                    "INSERT INTO sealed_chains (org_id, seal_time, event_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (org_id) DO NOTHING",
+                )
+                .bind(&org)
+                .bind(paddock_shared::time::now_micros())
+                .bind(&event.id)
+                .execute(&mut *conn)
+                .await?;
             }
             chained.push((org_index, event));
         }
@@ -589,6 +618,16 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// Whether `org`'s chain is sealed (its organization was deleted).
+    pub async fn sealed(&self, org: &str) -> Result<bool> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT event_id FROM sealed_chains WHERE org_id = $1")
+                .bind(org)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
     /// The last sequence and hash of `org`'s chain (0 and the genesis hash
     /// before its first event).
     pub async fn head(&self, org: &str) -> Result<(i64, String)> {
@@ -682,6 +721,7 @@ impl Store {
             vec![vec![Pending {
                 org: org.to_owned(),
                 event: change,
+                seals: false,
             }]],
             &HashSet::new(),
             &|_| false,

@@ -214,16 +214,32 @@ struct Tail {
 impl Tail {
     /// Sends one event (unless `check` finds it does not match the
     /// filter); false once the client has left.
+    ///
+    /// The event that seals the chain (the organization was deleted) ends
+    /// the tail: nobody in an organization reads the chain after it.
     async fn send(&mut self, event: paddock_proto::audit::v1::AuditEvent, check: bool) -> bool {
         self.scanned = event.sequence;
-        if check && !self.filter.matches(&event, self.backend) {
-            return true;
+        let sealed = crate::store::seals(&event);
+        if !check || self.filter.matches(&event, self.backend) {
+            let item = TailEventsResponse {
+                cursor: encode_cursor(event.sequence),
+                event: Some(event),
+            };
+            if self.tx.send(Ok(item)).await.is_err() {
+                return false;
+            }
         }
-        let item = TailEventsResponse {
-            cursor: encode_cursor(event.sequence),
-            event: Some(event),
-        };
-        self.tx.send(Ok(item)).await.is_ok()
+        if sealed {
+            let name = paddock_shared::names::org_name(&self.org);
+            let _ = self
+                .tx
+                .send(Err(Status::not_found(format!(
+                    "{name} not found: the organization was deleted and its audit chain sealed"
+                ))))
+                .await;
+            return false;
+        }
+        true
     }
 
     /// Passes on a commit's events that follow the last one looked at;

@@ -1540,7 +1540,143 @@ async fn auth_failures_are_budgeted_per_source_and_key(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// The platform's view of a deleted organization's sealed chain.
+async fn sealed_events(stack: &Stack, org: &str) -> Result<Vec<AuditEvent>, tonic::Status> {
+    stack
+        .audit(stack.bootstrap_token().expose())
+        .query_platform_events(QueryPlatformEventsRequest {
+            organization: format!("organizations/{org}"),
+            oldest_first: true,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().events)
+}
+
+async fn deleting_an_organization_seals_its_chain(backend: Backend) {
+    // Identity delivers its events here: its organization.delete seals.
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    let other = org(&stack, "globex").await;
+    let mut tail = stack
+        .audit(&owner)
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    // The platform reads no live organization's chain.
+    assert_eq!(code(sealed_events(&stack, "acme").await), Code::NotFound);
+
+    stack
+        .identity(&owner)
+        .delete_organization(paddock_proto::identity::v1::DeleteOrganizationRequest {
+            name: "organizations/acme".into(),
+        })
+        .await
+        .expect("delete the organization");
+    // Sealed once identity's outbox delivered the deletion.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let sealed = loop {
+        match sealed_events(&stack, "acme").await {
+            Ok(events) => break events,
+            Err(s) if s.code() == Code::NotFound => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the chain is sealed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    };
+    let delete = sealed.last().expect("events");
+    assert_eq!(
+        (delete.action.as_str(), delete.source_service.as_str()),
+        ("organization.delete", "identity")
+    );
+    // The open tail ends: its key is gone, and the chain is sealed.
+    let ended = loop {
+        match next(&mut tail, 20).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the tail ends with an error"),
+            Err(s) => break s,
+        }
+    };
+    assert!(
+        matches!(ended.code(), Code::NotFound | Code::Unauthenticated),
+        "{ended:?}"
+    );
+
+    // What arrives later (a runner's sandbox.end after the purge) is still
+    // chained, and the platform verifies the whole chain.
+    let late = AuditEvent {
+        source_service: "sandbox-runner".into(),
+        ..event("acme", "sandbox.end")
+    };
+    assert_eq!(append(&stack, vec![late.clone()]).await, 1);
+    let after = sealed_events(&stack, "acme").await.expect("platform reads");
+    assert_eq!(after.last().map(|e| e.id.as_str()), Some(late.id.as_str()));
+    let verified = stack
+        .audit(stack.bootstrap_token().expose())
+        .verify_platform_chain(VerifyPlatformChainRequest {
+            organization: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("verify")
+        .into_inner()
+        .result
+        .expect("result");
+    assert!(verified.intact, "{verified:?}");
+    assert_eq!(verified.verified, after.len() as i64);
+
+    // Only identity's record of a deletion seals: another service's event
+    // of that name leaves a chain open.
+    let forged = AuditEvent {
+        source_service: "sandbox-runner".into(),
+        ..event("globex", "organization.delete")
+    };
+    assert_eq!(append(&stack, vec![forged]).await, 1);
+    assert_eq!(code(sealed_events(&stack, "globex").await), Code::NotFound);
+    let mut globex = stack.audit(&other);
+    assert!(!query(&mut globex, EventFilter::default()).await.is_empty());
+
+    // A later organization with the same id (if identity lets one be made)
+    // never reads the sealed chain.
+    let again = stack
+        .identity(stack.bootstrap_token().expose())
+        .create_organization(paddock_proto::identity::v1::CreateOrganizationRequest {
+            organization_id: "acme".into(),
+            display_name: "Acme again".into(),
+            owner_email: "new@acme.test".into(),
+        })
+        .await;
+    match again {
+        Ok(created) => {
+            let mut c = stack.audit(&created.into_inner().owner_key_secret);
+            let refused = [
+                code(c.query_events(QueryEventsRequest::default()).await),
+                code(c.verify_chain(VerifyChainRequest::default()).await),
+                code(c.tail_events(TailEventsRequest::default()).await),
+                code(c.export_events(ExportEventsRequest::default()).await),
+                code(
+                    c.get_audit_settings(GetAuditSettingsRequest::default())
+                        .await,
+                ),
+            ];
+            assert_eq!(refused, [Code::NotFound; 5]);
+        }
+        Err(s) => assert!(
+            matches!(s.code(), Code::AlreadyExists | Code::FailedPrecondition),
+            "{s:?}"
+        ),
+    }
+    stack.shutdown().await;
+}
+
 backend_tests!(
+    deleting_an_organization_seals_its_chain,
     auth_failures_are_budgeted_per_source_and_key,
     revoking_a_key_ends_its_tails,
     tails_are_capped_per_caller_and_organization,
