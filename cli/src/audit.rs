@@ -40,6 +40,9 @@ pub enum AuditCommand {
         /// needs the bootstrap token.
         #[arg(long)]
         platform: bool,
+        /// With --platform: the sealed chain of this deleted organization.
+        #[arg(long = "org", requires = "platform")]
+        org: Option<String>,
     },
     /// Follow new events as they are stored, one per line.
     Tail {
@@ -60,6 +63,9 @@ pub enum AuditCommand {
         /// The platform chain; needs the bootstrap token.
         #[arg(long)]
         platform: bool,
+        /// With --platform: the sealed chain of this deleted organization.
+        #[arg(long = "org", requires = "platform")]
+        org: Option<String>,
     },
     /// Every matching event, oldest first, as NDJSON on stdout.
     Export {
@@ -82,6 +88,15 @@ pub enum SettingsCommand {
         #[arg(long, value_parser = clap::value_parser!(i32).range(0..=36_500))]
         retention_days: i32,
     },
+}
+
+/// `--org acme` or `--org organizations/acme`, as a resource name.
+fn organization_name(org: &str) -> String {
+    if org.starts_with("organizations/") {
+        org.to_owned()
+    } else {
+        format!("organizations/{org}")
+    }
 }
 
 /// `--outcome`.
@@ -332,7 +347,9 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             limit,
             oldest_first,
             platform,
+            org,
         } => {
+            let organization = org.as_deref().map(organization_name).unwrap_or_default();
             let filter = filter.into_filter()?;
             let mut events = Vec::new();
             let mut page_token = String::new();
@@ -351,6 +368,7 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
                         page_size: req.page_size,
                         page_token: req.page_token,
                         oldest_first: req.oldest_first,
+                        organization: organization.clone(),
                     })
                     .await
                     .map(|r| {
@@ -386,7 +404,13 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             let filter = filter.into_filter()?;
             tail(global, &mut c, filter, after.unwrap_or_default(), json_out).await
         }
-        AuditCommand::Verify { from, to, platform } => {
+        AuditCommand::Verify {
+            from,
+            to,
+            platform,
+            org,
+        } => {
+            let organization = org.as_deref().map(organization_name).unwrap_or_default();
             if from < 0 || to < 0 || (to != 0 && from > to) {
                 return Err(CliError::usage(
                     "--from and --to must be sequences with --from <= --to",
@@ -401,6 +425,7 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
                 c.verify_platform_chain(VerifyPlatformChainRequest {
                     from_sequence: req.from_sequence,
                     to_sequence: req.to_sequence,
+                    organization,
                 })
                 .await
                 .map(|r| r.into_inner().result.unwrap_or_default())

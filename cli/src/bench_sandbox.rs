@@ -139,6 +139,8 @@ async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliEr
         usage_interval: Duration::from_secs(5),
         scan_interval: Duration::from_secs(2),
         sandbox_endpoints: Vec::new(),
+        max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
+        max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
     };
     let runner = paddock_sandbox_runner::start(&runner_config, &service)
         .await

@@ -260,6 +260,8 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
             identity_endpoint: identity_endpoint.clone(),
             authz_endpoint: authz_endpoint.clone(),
             retention_interval: Duration::from_secs(3600),
+            max_tails_per_caller: paddock_shared::streams::Limits::default().per_principal,
+            max_tails_per_org: paddock_shared::streams::Limits::default().per_organization,
         };
         match paddock_audit::start_on(listener, &config, &token).await {
             Ok(h) => Some(h),
@@ -344,6 +346,8 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             usage_interval: Duration::from_secs(5),
             scan_interval: Duration::from_secs(2),
             sandbox_endpoints: Vec::new(),
+            max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
+            max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
         };
         let token = service_token(&args.data_dir)?;
         match paddock_sandbox_runner::start(&config, &token).await {

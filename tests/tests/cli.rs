@@ -758,6 +758,35 @@ fn platform_chain_commands(backend: Backend) {
     let owner = create_org(&dev, "acme", "alice@acme.test");
     dev.paddock(Some(&owner), &["audit", "query", "--platform"])
         .failure("PERMISSION_DENIED");
+    // A live organization's chain is its members' alone; a deleted one's
+    // is sealed, and the platform reads and verifies it.
+    dev.paddock(
+        Some(&bootstrap),
+        &["audit", "query", "--platform", "--org", "acme"],
+    )
+    .failure("NOT_FOUND");
+    let deleted = dev.paddock(Some(&owner), &["org", "delete", "--yes"]);
+    assert_eq!(deleted.code, 0, "{deleted:#?}");
+    let sealed = dev.paddock_until(
+        Some(&bootstrap),
+        &["audit", "query", "--platform", "--org", "acme"],
+        std::time::Duration::from_secs(15),
+        |o| o.code == 0 && o.stdout.contains("organization.delete"),
+    );
+    let sealed = sealed.json();
+    assert!(
+        sealed
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|e| e["organization"] == "organizations/acme"),
+        "{sealed:#}"
+    );
+    let verified = dev.paddock(
+        Some(&bootstrap),
+        &["audit", "verify", "--platform", "--org", "acme"],
+    );
+    assert_eq!(verified.code, 0, "{verified:#?}");
 }
 
 e2e_tests!(

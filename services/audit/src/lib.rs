@@ -8,6 +8,7 @@
 mod retention;
 mod service;
 mod store;
+mod tail;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use paddock_shared::auth::{
 use paddock_shared::db::{Database, Migration};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
+use paddock_shared::streams::{Limits, Streams};
 
 use crate::service::Audit;
 
@@ -30,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../migrations/0002_settings.sql")),
     (3, include_str!("../migrations/0003_fewer_indexes.sql")),
     (4, include_str!("../migrations/0004_actor_names.sql")),
+    (5, include_str!("../migrations/0005_sealed_chains.sql")),
 ];
 
 pub use retention::RetentionRun;
@@ -80,6 +83,20 @@ pub struct Config {
         value_parser = paddock_shared::time::parse_duration
     )]
     pub retention_interval: Duration,
+    /// Audit tails (TailEvents streams) one caller may have open at once.
+    #[arg(
+        long = "max-tails-per-caller",
+        env = "PADDOCK_AUDIT_MAX_TAILS_PER_CALLER",
+        default_value_t = Limits::default().per_principal
+    )]
+    pub max_tails_per_caller: usize,
+    /// Audit tails one organization may have open at once.
+    #[arg(
+        long = "max-tails-per-org",
+        env = "PADDOCK_AUDIT_MAX_TAILS_PER_ORG",
+        default_value_t = Limits::default().per_organization
+    )]
+    pub max_tails_per_org: usize,
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -112,7 +129,7 @@ pub async fn start_on(
         &config.identity_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let authn = CachedAuthenticator::new(identity);
+    let authn = Arc::new(CachedAuthenticator::new(identity));
     let watch = authn.inner().watch(authn.cache());
     let authz = RemoteAuthz::new(auth::authz_client(
         &config.authz_endpoint,
@@ -123,9 +140,17 @@ pub async fn start_on(
         store::Store { db: db.clone() },
         config.retention_interval.max(Duration::from_millis(10)),
     );
-    let audit = Audit::new(db, closing_rx);
-    let admission = Admission::new(Arc::new(authn), Arc::new(authz))
-        .with_audit("audit", Arc::new(audit.refusal_sink()));
+    let tails = Streams::new(
+        "audit tails",
+        authn.clone(),
+        Limits {
+            per_principal: config.max_tails_per_caller,
+            per_organization: config.max_tails_per_org,
+        },
+    );
+    let audit = Audit::new(db, closing_rx, tails);
+    let admission =
+        Admission::new(authn, Arc::new(authz)).with_audit("audit", Arc::new(audit.refusal_sink()));
 
     let name = <AuditServiceServer<Audit> as tonic::server::NamedService>::NAME;
     let (_health, routes) = server::health_and_reflection(&[name]).await?;

@@ -4,7 +4,6 @@
 //! inside the caller's organization (another organization is NOT_FOUND).
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use futures_util::Stream;
 use paddock_proto::audit::v1::audit_service_server::AuditService;
@@ -17,20 +16,20 @@ use paddock_shared::audit::{GENESIS_HASH, event_hash};
 use paddock_shared::auth;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, validate_text};
+use paddock_shared::streams::Streams;
 use paddock_shared::time::{now_micros, timestamp, timestamp_micros};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::store::{Appender, Filter, Order, Pending, Settings, Store};
+use crate::tail::Tails;
 
 const MAX_APPEND: usize = 1000;
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 1000;
 /// Rows per read of the chain walk, tail and export.
 const BATCH: i64 = 500;
-/// How often a tail looks for events appended by another replica.
-const TAIL_POLL: Duration = Duration::from_millis(500);
 const MAX_DETAILS_BYTES: usize = 64 * 1024;
 const MAX_FIELD_CHARS: usize = 1024;
 
@@ -38,22 +37,31 @@ pub struct Audit {
     store: Store,
     /// The group committer: appends go through it, one at a time.
     appends: mpsc::Sender<AppendJob>,
-    /// Counts commits of appends; tails wake on each change.
-    appended: watch::Sender<u64>,
+    /// What the committer appends, for the tails.
+    tails: Tails,
+    /// Admits tails within their caps and ends them when their caller's
+    /// credentials stop being valid.
+    tail_streams: Streams,
     /// Turns true when the server shuts down; ends the streams.
     closing: watch::Receiver<bool>,
 }
 
 impl Audit {
-    pub fn new(db: paddock_shared::db::Database, closing: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        db: paddock_shared::db::Database,
+        closing: watch::Receiver<bool>,
+        tail_streams: Streams,
+    ) -> Self {
+        let tails = Tails::new(db.backend);
         let store = Store { db };
-        let appended = watch::channel(0).0;
         let (appends, jobs) = mpsc::channel(MAX_GROUP_REQUESTS);
-        tokio::spawn(group_commit(store.clone(), jobs, appended.clone()));
+        tokio::spawn(group_commit(store.clone(), jobs, tails.clone()));
+        tails.spawn_replica_watch(store.clone(), closing.clone());
         Self {
             store,
             appends,
-            appended,
+            tails,
+            tail_streams,
             closing,
         }
     }
@@ -93,7 +101,11 @@ impl paddock_shared::auth::RefusalSink for OwnRefusals {
             };
             let (done, committed) = oneshot::channel();
             let job = AppendJob {
-                events: vec![Pending { org, event }],
+                events: vec![Pending {
+                    org,
+                    event,
+                    seals: false,
+                }],
                 done,
             };
             if self.appends.send(job).await.is_err() {
@@ -121,11 +133,7 @@ const MAX_GROUP_EVENTS: usize = 5000;
 /// queued meanwhile into it: one durable commit (fsync) serves them all,
 /// and appends in this process never race for a chain head. Ends when the
 /// service is dropped.
-async fn group_commit(
-    store: Store,
-    mut jobs: mpsc::Receiver<AppendJob>,
-    appended: watch::Sender<u64>,
-) {
+async fn group_commit(store: Store, mut jobs: mpsc::Receiver<AppendJob>, tails: Tails) {
     let mut appender: Option<Appender> = None;
     while let Some(first) = jobs.recv().await {
         let mut total = first.events.len();
@@ -141,11 +149,12 @@ async fn group_commit(
         }
         let (batches, replies): (Vec<_>, Vec<_>) =
             group.into_iter().map(|j| (j.events, j.done)).unzip();
+        let follow = |org: &str| tails.follows(org);
         let result = match appender.as_mut() {
-            Some(a) => a.append(batches).await,
+            Some(a) => a.append(batches, &follow).await,
             None => match store.appender().await {
                 Ok(mut a) => {
-                    let result = a.append(batches).await;
+                    let result = a.append(batches, &follow).await;
                     appender = Some(a);
                     result
                 }
@@ -157,10 +166,8 @@ async fn group_commit(
             appender = None;
         }
         match result {
-            Ok(counts) => {
-                if counts.iter().any(|n| *n > 0) {
-                    appended.send_modify(|n| *n = n.wrapping_add(1));
-                }
+            Ok((counts, updates)) => {
+                tails.publish(updates.into_iter().collect());
                 for (reply, count) in replies.into_iter().zip(counts) {
                     let _ = reply.send(Ok(count));
                 }
@@ -329,11 +336,6 @@ fn decode_page(token: &str, order: Order) -> Result<Option<i64>> {
     Ok(Some(sequence))
 }
 
-/// A tail cursor: the sequence of the last event delivered.
-fn encode_cursor(sequence: i64) -> String {
-    format!("{sequence:016x}")
-}
-
 fn decode_cursor(cursor: &str) -> Result<i64> {
     let bad = || Error::invalid("invalid after_cursor");
     if cursor.len() != 16 {
@@ -373,7 +375,9 @@ impl AuditService for Audit {
         let mut pending = Vec::with_capacity(events.len());
         for (i, mut event) in events.into_iter().enumerate() {
             let org = validate_event(i, &mut event)?;
-            pending.push(Pending { org, event });
+            // Only a service principal gets here (checked above).
+            let seals = crate::store::seals(&event);
+            pending.push(Pending { org, event, seals });
         }
         let (done, committed) = oneshot::channel();
         let stopped = || Status::unavailable("the audit service is stopping");
@@ -397,6 +401,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
+        self.readable(org).await?;
         self.query_in(org, req).await.map(Response::new)
     }
 
@@ -405,9 +410,10 @@ impl AuditService for Audit {
         request: Request<QueryPlatformEventsRequest>,
     ) -> Result<Response<QueryPlatformEventsResponse>, Status> {
         let req = request.into_inner();
+        let org = self.platform_readable(&req.organization).await?;
         let page = self
             .query_in(
-                PLATFORM_ORG,
+                &org,
                 QueryEventsRequest {
                     parent: String::new(),
                     filter: req.filter,
@@ -428,9 +434,10 @@ impl AuditService for Audit {
         request: Request<VerifyPlatformChainRequest>,
     ) -> Result<Response<VerifyPlatformChainResponse>, Status> {
         let req = request.into_inner();
+        let org = self.platform_readable(&req.organization).await?;
         let result = self
             .verify_in(
-                PLATFORM_ORG,
+                &org,
                 VerifyChainRequest {
                     parent: String::new(),
                     from_sequence: req.from_sequence,
@@ -450,75 +457,27 @@ impl AuditService for Audit {
         request: Request<TailEventsRequest>,
     ) -> Result<Response<Self::TailEventsStream>, Status> {
         let caller = caller(&request)?;
+        let guard = self.tail_streams.open(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
+        self.readable(&org).await?;
         let filter = filter(req.filter)?;
         let cursor = if req.after_cursor.is_empty() {
-            self.store.head(&org).await?.0
+            None
         } else {
-            decode_cursor(&req.after_cursor)?
+            Some(decode_cursor(&req.after_cursor)?)
         };
-        let store = self.store.clone();
-        let mut appended = self.appended.subscribe();
-        let mut closing = self.closing.clone();
-        let (tx, rx) = mpsc::channel(BATCH as usize);
-        tokio::spawn(async move {
-            // Every sequence up to `scanned` has been looked at, matching or
-            // not, so a selective filter does not rescan the same events.
-            let mut scanned = cursor;
-            loop {
-                // Mark the current append count seen before reading, so an
-                // append committed after the read wakes the next wait.
-                appended.borrow_and_update();
-                let head = match store.head(&org).await {
-                    Ok((head, _)) => head,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                while scanned < head {
-                    let events = match store
-                        .read(
-                            &org,
-                            &filter,
-                            Some(scanned),
-                            Some(head),
-                            Order::Oldest,
-                            BATCH,
-                        )
-                        .await
-                    {
-                        Ok(events) => events,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    };
-                    let full = events.len() as i64 == BATCH;
-                    for event in events {
-                        scanned = event.sequence;
-                        let item = TailEventsResponse {
-                            cursor: encode_cursor(event.sequence),
-                            event: Some(event),
-                        };
-                        if !send(&tx, Ok(item)).await {
-                            return;
-                        }
-                    }
-                    if !full {
-                        scanned = head;
-                    }
-                }
-                tokio::select! {
-                    _ = closing.wait_for(|c| *c) => return,
-                    _ = tx.closed() => return,
-                    _ = appended.changed() => {}
-                    _ = tokio::time::sleep(TAIL_POLL) => {}
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let rx = self
+            .tails
+            .start(
+                self.store.clone(),
+                org,
+                filter,
+                cursor,
+                self.closing.clone(),
+            )
+            .await?;
+        Ok(Response::new(guard.serve(ReceiverStream::new(rx))))
     }
 
     async fn verify_chain(
@@ -528,6 +487,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?;
+        self.readable(org).await?;
         self.verify_in(org, req).await.map(Response::new)
     }
 
@@ -540,6 +500,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = parent_org(&caller, &req.parent)?.to_owned();
+        self.readable(&org).await?;
         let filter = filter(req.filter)?;
         let store = self.store.clone();
         let mut closing = self.closing.clone();
@@ -582,6 +543,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let org = settings_org(&caller, &req.name)?;
+        self.readable(org).await?;
         let settings = self.store.settings(org).await?;
         Ok(Response::new(GetAuditSettingsResponse {
             settings: Some(settings_message(org, settings)),
@@ -598,6 +560,7 @@ impl AuditService for Audit {
             .settings
             .ok_or_else(|| Error::invalid("settings is required"))?;
         let org = settings_org(&caller, &wanted.name)?;
+        self.readable(org).await?;
         for path in req.update_mask.map(|m| m.paths).unwrap_or_default() {
             if path != "retention_days" {
                 return Err(Error::invalid(format!(
@@ -633,7 +596,10 @@ impl AuditService for Audit {
                 change,
             )
             .await?;
-        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        // Appended outside the committer: tell the tails.
+        if self.tails.follows(org) {
+            self.tails.publish_head(org, self.store.head(org).await?.0);
+        }
         Ok(Response::new(UpdateAuditSettingsResponse {
             settings: Some(settings_message(org, settings)),
         }))
@@ -664,6 +630,38 @@ fn settings_message(org: &str, s: Settings) -> AuditSettings {
 }
 
 impl Audit {
+    /// Refuses the chain of a deleted organization to everyone in an
+    /// organization (a later one with the same id included), as if it did
+    /// not exist; only the platform reads it (QueryPlatformEvents).
+    async fn readable(&self, org: &str) -> Result<()> {
+        if self.store.sealed(org).await? {
+            return Err(Error::not_found(names::org_name(org)));
+        }
+        Ok(())
+    }
+
+    /// The chain the platform reads: its own, or a sealed organization's
+    /// (`organization`, as `organizations/{id}` or the id); a live
+    /// organization's is its members' alone.
+    async fn platform_readable(&self, organization: &str) -> Result<String> {
+        if organization.is_empty() {
+            return Ok(PLATFORM_ORG.to_owned());
+        }
+        let name = if organization.starts_with("organizations/") {
+            organization.to_owned()
+        } else {
+            names::org_name(organization)
+        };
+        let org = names::parse_org(&name)?.to_owned();
+        if !self.store.sealed(&org).await? {
+            return Err(Error::not_found(format!(
+                "sealed audit chain of {} (the platform reads an organization's chain once the organization is deleted)",
+                names::truncate(&name)
+            )));
+        }
+        Ok(org)
+    }
+
     /// One page of `org`'s events.
     async fn query_in(
         &self,
@@ -921,7 +919,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        assert_eq!(decode_cursor(&encode_cursor(7)).ok(), Some(7));
+        assert_eq!(decode_cursor(&crate::tail::encode_cursor(7)).ok(), Some(7));
         assert!(decode_cursor("7").is_err());
         assert!(decode_cursor("ffffffffffffffff").is_err());
     }

@@ -41,6 +41,31 @@ pub struct Filter {
     pub trace_id: String,
 }
 
+impl Filter {
+    /// Whether `event` matches, as [`Store::read`] decides it in SQL (an
+    /// actor is a principal id or a display name; SQLite's LIKE ignores
+    /// ASCII case, and stored actions are lowercase).
+    pub fn matches(&self, event: &AuditEvent, backend: Backend) -> bool {
+        let actor = event.actor.as_ref();
+        let time = event.time.as_ref().map_or(0, timestamp_micros);
+        let prefix_matches = match backend {
+            Backend::Sqlite => event
+                .action
+                .to_ascii_lowercase()
+                .starts_with(&self.action_prefix.to_ascii_lowercase()),
+            Backend::Postgres => event.action.starts_with(&self.action_prefix),
+        };
+        (self.actor.is_empty()
+            || actor.is_some_and(|a| a.principal_id == self.actor || a.display_name == self.actor))
+            && prefix_matches
+            && (self.resource.is_empty() || event.resource == self.resource)
+            && (self.outcome == 0 || event.outcome == self.outcome)
+            && self.start_time.is_none_or(|start| time >= start)
+            && self.end_time.is_none_or(|end| time < end)
+            && (self.trace_id.is_empty() || event.trace_id == self.trace_id)
+    }
+}
+
 /// Which way a read walks the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -128,7 +153,31 @@ fn event_from_row(row: &AnyRow) -> Result<AuditEvent> {
 pub struct Pending {
     pub org: String,
     pub event: AuditEvent,
+    /// Appending it seals the chain: identity's `organization.delete`,
+    /// appended by a service principal (see [`seals`]).
+    pub seals: bool,
 }
+
+/// Whether `event`, appended by a service principal, seals its
+/// organization's chain: identity's record of the organization's deletion.
+pub fn seals(event: &AuditEvent) -> bool {
+    event.action == "organization.delete"
+        && event.source_service == "identity"
+        && event.organization != paddock_shared::audit::PLATFORM_CHAIN
+}
+
+/// What one commit appended to one chain: the new events, oldest first
+/// (only for chains somebody follows, see [`Appender::append`]), and the
+/// chain's head after it.
+#[derive(Debug, Clone, Default)]
+pub struct ChainUpdate {
+    pub events: Vec<AuditEvent>,
+    pub head: i64,
+}
+
+/// The result of one append: how many events of each batch were new, the
+/// names recorded, and the updates of the chains `follow` selected.
+type Appended = (Vec<usize>, Vec<String>, Vec<(String, ChainUpdate)>);
 
 /// The body of [`Store::append`], inside the caller's transaction `conn`.
 async fn append_in(
@@ -136,13 +185,19 @@ async fn append_in(
     backend: Backend,
     batches: Vec<Vec<Pending>>,
     known_names: &HashSet<String>,
-) -> Result<(Vec<usize>, Vec<String>)> {
+    follow: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Appended> {
     let mut counts = vec![0; batches.len()];
     let mut by_org: BTreeMap<String, Vec<(usize, AuditEvent)>> = BTreeMap::new();
     let mut seen = HashSet::new();
+    // Event ids that seal their chain.
+    let mut sealing = HashSet::new();
     for (batch, events) in batches.into_iter().enumerate() {
         for p in events {
             if seen.insert(p.event.id.clone()) {
+                if p.seals {
+                    sealing.insert(p.event.id.clone());
+                }
                 by_org.entry(p.org).or_default().push((batch, p.event));
             }
         }
@@ -190,9 +245,12 @@ async fn append_in(
 
     let mut chained: Vec<(usize, AuditEvent)> = Vec::new();
     let mut orgs = Vec::with_capacity(by_org.len());
+    let mut updates = Vec::new();
     for ((org, events), (mut sequence, mut hash)) in by_org.into_iter().zip(heads) {
         let before = sequence;
         let org_index = orgs.len();
+        let followed = follow(&org);
+        let mut update = ChainUpdate::default();
         for (batch, mut event) in events {
             if stored.contains(&event.id) {
                 continue;
@@ -203,7 +261,27 @@ async fn append_in(
             event.previous_hash = std::mem::take(&mut hash);
             event.hash = event_hash(&event);
             hash.clone_from(&event.hash);
+            if followed {
+                update.events.push(event.clone());
+            }
+            if sealing.contains(&event.id) {
+                // The first seal counts; the chain goes on (later events
+                // of the organization are still chained).
+                sqlx::query(
+                    "INSERT INTO sealed_chains (org_id, seal_time, event_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT (org_id) DO NOTHING",
+                )
+                .bind(&org)
+                .bind(paddock_shared::time::now_micros())
+                .bind(&event.id)
+                .execute(&mut *conn)
+                .await?;
+            }
             chained.push((org_index, event));
+        }
+        if followed && sequence != before {
+            update.head = sequence;
+            updates.push((org.clone(), update));
         }
         if sequence != before {
             sqlx::query("UPDATE chain_heads SET sequence = $1, hash = $2 WHERE org_id = $3")
@@ -275,7 +353,7 @@ async fn append_in(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok((counts, names))
+    Ok((counts, names, updates))
 }
 
 /// The key of a (organization, display name, principal id) triple in
@@ -358,15 +436,24 @@ impl Appender {
     /// upsert of each head row takes its row lock (PostgreSQL) or the
     /// database's write lock (SQLite) before the head is read, so two
     /// appenders never chain onto the same head.
-    pub async fn append(&mut self, batches: Vec<Vec<Pending>>) -> Result<Vec<usize>> {
+    ///
+    /// For the chains `follow` selects (those with open tails) it also
+    /// returns what the commit appended, for the tails to pass on without
+    /// reading it back.
+    pub async fn append(
+        &mut self,
+        batches: Vec<Vec<Pending>>,
+        follow: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Vec<usize>, Vec<(String, ChainUpdate)>)> {
         let mut tx = sqlx::Connection::begin(&mut *self.conn).await?;
-        let (counts, names) = append_in(&mut tx, self.backend, batches, &self.known_names).await?;
+        let (counts, names, updates) =
+            append_in(&mut tx, self.backend, batches, &self.known_names, follow).await?;
         tx.commit().await?;
         if self.known_names.len() + names.len() > KNOWN_NAMES {
             self.known_names.clear();
         }
         self.known_names.extend(names);
-        Ok(counts)
+        Ok((counts, updates))
     }
 }
 
@@ -531,6 +618,16 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// Whether `org`'s chain is sealed (its organization was deleted).
+    pub async fn sealed(&self, org: &str) -> Result<bool> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT event_id FROM sealed_chains WHERE org_id = $1")
+                .bind(org)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(row.is_some())
+    }
+
     /// The last sequence and hash of `org`'s chain (0 and the genesis hash
     /// before its first event).
     pub async fn head(&self, org: &str) -> Result<(i64, String)> {
@@ -624,8 +721,10 @@ impl Store {
             vec![vec![Pending {
                 org: org.to_owned(),
                 event: change,
+                seals: false,
             }]],
             &HashSet::new(),
+            &|_| false,
         )
         .await?;
         tx.commit().await?;

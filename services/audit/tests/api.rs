@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::audit::v1::*;
 use paddock_proto::identity::v1::{AcceptInviteRequest, CreateInviteRequest};
 use paddock_testkit::{AuditClient, Backend, Stack, backend_tests};
@@ -1263,7 +1264,423 @@ async fn only_security_managers_change_audit_settings(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// A second key of the organization's owner; returns (secret, key name).
+async fn second_owner_key(stack: &Stack, owner: &str, org: &str) -> (String, String) {
+    let me = stack
+        .identity(owner)
+        .who_am_i(paddock_proto::identity::v1::WhoAmIRequest {})
+        .await
+        .expect("whoami")
+        .into_inner()
+        .principal
+        .expect("principal")
+        .name;
+    let key = paddock_testkit::fixtures::mint_key(stack, owner, org, &me, "", &[])
+        .await
+        .expect("mint a key");
+    (key.secret, key.api_key.expect("key").name)
+}
+
+/// The next message of a tail, waiting at most `secs`.
+async fn next(
+    stream: &mut tonic::Streaming<TailEventsResponse>,
+    secs: u64,
+) -> Result<Option<TailEventsResponse>, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(secs), stream.message())
+        .await
+        .expect("the tail answers in time")
+}
+
+async fn revoking_a_key_ends_its_tails(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    let (key, key_name) = second_owner_key(&stack, &owner, "acme").await;
+    let mut revoked_tail = stack
+        .audit(&key)
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    let mut other_tail = stack
+        .audit(&owner)
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    let first = append_n(&stack, "acme", 1).await;
+    let got = next(&mut revoked_tail, 5)
+        .await
+        .expect("ok")
+        .expect("event");
+    assert_eq!(got.event.expect("event").id, first[0].id);
+
+    stack
+        .identity(&owner)
+        .revoke_api_key(paddock_proto::identity::v1::RevokeApiKeyRequest { name: key_name })
+        .await
+        .expect("revoke");
+    // Identity pushes the revocation; the 5 s re-check is the fallback.
+    let end = next(&mut revoked_tail, 20)
+        .await
+        .expect_err("the tail ends with an error");
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("revoked"), "{}", end.message());
+    assert!(
+        end.metadata().get("paddock-key-organization").is_none(),
+        "no service-only metadata"
+    );
+
+    // The other key's tail goes on.
+    let second = append_n(&stack, "acme", 1).await;
+    let got = next(&mut other_tail, 5).await.expect("ok").expect("event");
+    assert_eq!(got.event.expect("event").id, first[0].id);
+    let got = next(&mut other_tail, 5).await.expect("ok").expect("event");
+    assert_eq!(got.event.expect("event").id, second[0].id);
+    stack.shutdown().await;
+}
+
+async fn tails_are_capped_per_caller_and_organization(backend: Backend) {
+    let mut stack = Stack::start_quiet_audit(backend).await;
+    stack.stop_audit().await;
+    stack.audit_config.max_tails_per_caller = 2;
+    stack.audit_config.max_tails_per_org = 3;
+    stack.restart_audit().await;
+    let owner = org(&stack, "acme").await;
+    let admin = member(&stack, &owner, "acme", "admin").await;
+    let other = org(&stack, "globex").await;
+    let open = |token: String| {
+        let mut client = stack.audit(&token);
+        async move {
+            client
+                .tail_events(TailEventsRequest::default())
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let first = open(owner.clone()).await.expect("first");
+    let _second = open(owner.clone()).await.expect("second");
+    let third = open(owner.clone())
+        .await
+        .expect_err("a third of one caller");
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    assert!(
+        third.message().contains("2 per caller"),
+        "{}",
+        third.message()
+    );
+    let _admins = open(admin.clone()).await.expect("another caller");
+    let full = open(admin.clone())
+        .await
+        .expect_err("the organization's cap");
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("3 per organization"),
+        "{}",
+        full.message()
+    );
+    // Another organization has its own count.
+    let _globex = open(other.clone()).await.expect("another organization");
+
+    // A closed tail gives its place back (once the server sees it go).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open(admin.clone()).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the place is given back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    stack.shutdown().await;
+}
+
+async fn tails_never_skip_or_repeat_events(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    append_n(&stack, "acme", 3).await;
+    let open = |cursor: &str| {
+        let mut client = stack.audit(&owner);
+        let after_cursor = cursor.to_owned();
+        async move {
+            client
+                .tail_events(TailEventsRequest {
+                    after_cursor,
+                    ..Default::default()
+                })
+                .await
+                .expect("tail")
+                .into_inner()
+        }
+    };
+    // One tail read as events come, one from a cursor, one not read at
+    // all while hundreds of commits go by (it falls behind the in-process
+    // broadcast and must catch up from the database).
+    let mut live = open("").await;
+    let mut resumed = open("0000000000000001").await;
+    let mut idle = open("").await;
+    // Large events fill the idle tail's flow-control window early.
+    let total = 600usize;
+    let padding = serde_json::json!({ "pad": "x".repeat(16 * 1024) }).to_string();
+    let writer = {
+        let mut svc = stack.audit_as_service();
+        tokio::spawn(async move {
+            for i in 0..total {
+                // One, two or three events per commit.
+                let n = 1 + i % 3;
+                let events: Vec<AuditEvent> = (0..n)
+                    .map(|_| AuditEvent {
+                        details_json: padding.clone(),
+                        ..event("acme", "test.event")
+                    })
+                    .collect();
+                svc.append_events(AppendEventsRequest { events })
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    let appended: i64 = (0..total).map(|i| 1 + (i % 3) as i64).sum();
+    let head = 3 + appended;
+    async fn collect(
+        stream: &mut tonic::Streaming<TailEventsResponse>,
+        from: i64,
+        head: i64,
+    ) -> Vec<i64> {
+        let mut seen = Vec::new();
+        while seen.last().copied().unwrap_or(from) < head {
+            let msg = next(stream, 30).await.expect("ok").expect("event");
+            seen.push(msg.event.expect("event").sequence);
+        }
+        seen
+    }
+    let live_seen = collect(&mut live, 3, head).await;
+    writer.await.expect("writer");
+    let resumed_seen = collect(&mut resumed, 1, head).await;
+    let idle_seen = collect(&mut idle, 3, head).await;
+    assert_eq!(live_seen, (4..=head).collect::<Vec<_>>());
+    assert_eq!(resumed_seen, (2..=head).collect::<Vec<_>>());
+    assert_eq!(idle_seen, (4..=head).collect::<Vec<_>>());
+    // Nothing more arrives after the head.
+    let extra = append_n(&stack, "acme", 1).await;
+    for stream in [&mut live, &mut resumed, &mut idle] {
+        let msg = next(stream, 5).await.expect("ok").expect("event");
+        let event = msg.event.expect("event");
+        assert_eq!(
+            (event.sequence, event.id.as_str()),
+            (head + 1, extra[0].id.as_str())
+        );
+    }
+    stack.shutdown().await;
+}
+
+/// Calls QueryEvents `n` times from `local` (a loopback address) with
+/// tokens naming key `key_id` and random secrets; each is refused.
+async fn bad_secrets(stack: &Stack, local: &str, key_id: &str, n: usize) {
+    let channel = tonic::transport::Endpoint::from_shared(stack.audit_endpoint.clone())
+        .expect("endpoint")
+        .local_address(Some(local.parse().expect("ip")))
+        .connect_lazy();
+    for _ in 0..n {
+        let token =
+            paddock_shared::token::mint_with_id(paddock_shared::token::TokenKind::ApiKey, key_id);
+        let refused =
+            AuditServiceClient::with_interceptor(channel.clone(), paddock_testkit::bearer(&token))
+                .query_events(QueryEventsRequest::default())
+                .await;
+        assert_eq!(code(refused), Code::Unauthenticated);
+    }
+}
+
+async fn auth_failures_are_budgeted_per_source_and_key(backend: Backend) {
+    let stack = Stack::start_quiet_audit(backend).await;
+    let owner = org(&stack, "acme").await;
+    let key_id = paddock_shared::token::parse(&owner)
+        .expect("token")
+        .id
+        .to_owned();
+    let budget = paddock_shared::audit::SOURCE_EVENTS_PER_MINUTE as usize;
+    let failures = |events: Vec<AuditEvent>| {
+        events
+            .into_iter()
+            .filter(|e| e.action == "auth.fail")
+            .collect::<Vec<_>>()
+    };
+    let mut client = stack.audit(&owner);
+    let flood = EventFilter {
+        action_prefix: "auth.fail".into(),
+        ..Default::default()
+    };
+    // A burst from one address: at most the budget reaches the chain (all
+    // of it, unless the burst outlasted a minute).
+    bad_secrets(&stack, "127.0.0.1", &key_id, budget + 30).await;
+    let recorded = failures(query(&mut client, flood.clone()).await);
+    assert!(
+        recorded.len() <= budget && recorded.len() > budget / 2,
+        "{} of {} recorded",
+        recorded.len(),
+        budget + 30
+    );
+    assert!(
+        recorded
+            .iter()
+            .all(|e| e.actor.as_ref().is_some_and(|a| a.key_id == key_id))
+    );
+    // Another source naming the same key has a budget of its own.
+    bad_secrets(&stack, "127.0.0.2", &key_id, 3).await;
+    let after = failures(query(&mut client, flood).await);
+    assert_eq!(after.len(), recorded.len() + 3);
+    let v = verify(&mut client, 0, 0).await;
+    assert!(v.intact, "{v:?}");
+    stack.shutdown().await;
+}
+
+/// The platform's view of a deleted organization's sealed chain.
+async fn sealed_events(stack: &Stack, org: &str) -> Result<Vec<AuditEvent>, tonic::Status> {
+    stack
+        .audit(stack.bootstrap_token().expose())
+        .query_platform_events(QueryPlatformEventsRequest {
+            organization: format!("organizations/{org}"),
+            oldest_first: true,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().events)
+}
+
+async fn deleting_an_organization_seals_its_chain(backend: Backend) {
+    // Identity delivers its events here: its organization.delete seals.
+    let stack = Stack::start(backend).await;
+    let owner = org(&stack, "acme").await;
+    let other = org(&stack, "globex").await;
+    let mut tail = stack
+        .audit(&owner)
+        .tail_events(TailEventsRequest::default())
+        .await
+        .expect("tail")
+        .into_inner();
+    // The platform reads no live organization's chain.
+    assert_eq!(code(sealed_events(&stack, "acme").await), Code::NotFound);
+
+    stack
+        .identity(&owner)
+        .delete_organization(paddock_proto::identity::v1::DeleteOrganizationRequest {
+            name: "organizations/acme".into(),
+        })
+        .await
+        .expect("delete the organization");
+    // Sealed once identity's outbox delivered the deletion.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let sealed = loop {
+        match sealed_events(&stack, "acme").await {
+            Ok(events) => break events,
+            Err(s) if s.code() == Code::NotFound => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the chain is sealed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    };
+    let delete = sealed.last().expect("events");
+    assert_eq!(
+        (delete.action.as_str(), delete.source_service.as_str()),
+        ("organization.delete", "identity")
+    );
+    // The open tail ends: its key is gone, and the chain is sealed.
+    let ended = loop {
+        match next(&mut tail, 20).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the tail ends with an error"),
+            Err(s) => break s,
+        }
+    };
+    assert!(
+        matches!(ended.code(), Code::NotFound | Code::Unauthenticated),
+        "{ended:?}"
+    );
+
+    // What arrives later (a runner's sandbox.end after the purge) is still
+    // chained, and the platform verifies the whole chain.
+    let late = AuditEvent {
+        source_service: "sandbox-runner".into(),
+        ..event("acme", "sandbox.end")
+    };
+    assert_eq!(append(&stack, vec![late.clone()]).await, 1);
+    let after = sealed_events(&stack, "acme").await.expect("platform reads");
+    assert_eq!(after.last().map(|e| e.id.as_str()), Some(late.id.as_str()));
+    let verified = stack
+        .audit(stack.bootstrap_token().expose())
+        .verify_platform_chain(VerifyPlatformChainRequest {
+            organization: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("verify")
+        .into_inner()
+        .result
+        .expect("result");
+    assert!(verified.intact, "{verified:?}");
+    assert_eq!(verified.verified, after.len() as i64);
+
+    // Only identity's record of a deletion seals: another service's event
+    // of that name leaves a chain open.
+    let forged = AuditEvent {
+        source_service: "sandbox-runner".into(),
+        ..event("globex", "organization.delete")
+    };
+    assert_eq!(append(&stack, vec![forged]).await, 1);
+    assert_eq!(code(sealed_events(&stack, "globex").await), Code::NotFound);
+    let mut globex = stack.audit(&other);
+    assert!(!query(&mut globex, EventFilter::default()).await.is_empty());
+
+    // A later organization with the same id (if identity lets one be made)
+    // never reads the sealed chain.
+    let again = stack
+        .identity(stack.bootstrap_token().expose())
+        .create_organization(paddock_proto::identity::v1::CreateOrganizationRequest {
+            organization_id: "acme".into(),
+            display_name: "Acme again".into(),
+            owner_email: "new@acme.test".into(),
+        })
+        .await;
+    match again {
+        Ok(created) => {
+            let mut c = stack.audit(&created.into_inner().owner_key_secret);
+            let refused = [
+                code(c.query_events(QueryEventsRequest::default()).await),
+                code(c.verify_chain(VerifyChainRequest::default()).await),
+                code(c.tail_events(TailEventsRequest::default()).await),
+                code(c.export_events(ExportEventsRequest::default()).await),
+                code(
+                    c.get_audit_settings(GetAuditSettingsRequest::default())
+                        .await,
+                ),
+            ];
+            assert_eq!(refused, [Code::NotFound; 5]);
+        }
+        Err(s) => assert!(
+            matches!(s.code(), Code::AlreadyExists | Code::FailedPrecondition),
+            "{s:?}"
+        ),
+    }
+    stack.shutdown().await;
+}
+
 backend_tests!(
+    deleting_an_organization_seals_its_chain,
+    auth_failures_are_budgeted_per_source_and_key,
+    revoking_a_key_ends_its_tails,
+    tails_are_capped_per_caller_and_organization,
+    tails_never_skip_or_repeat_events,
     retention_deletes_old_events_and_keeps_the_chain_verifiable,
     tampering_after_retention_is_named,
     retention_never_deletes_across_a_broken_link,

@@ -29,6 +29,7 @@ use paddock_shared::db::{Database, Migration};
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
+use paddock_shared::streams::{Limits, Streams};
 use tonic_health::ServingStatus;
 
 use crate::runner::{Runner, Tuning};
@@ -105,6 +106,20 @@ pub struct Config {
     /// where its network allows.
     #[arg(long = "sandbox-endpoint", value_parser = parse_endpoint)]
     pub sandbox_endpoints: Vec<(String, String)>,
+    /// WatchSandbox streams one caller may have open at once.
+    #[arg(
+        long = "max-watches-per-caller",
+        env = "PADDOCK_SANDBOX_MAX_WATCHES_PER_CALLER",
+        default_value_t = Limits::default().per_principal
+    )]
+    pub max_watches_per_caller: usize,
+    /// WatchSandbox streams one organization may have open at once.
+    #[arg(
+        long = "max-watches-per-org",
+        env = "PADDOCK_SANDBOX_MAX_WATCHES_PER_ORG",
+        default_value_t = Limits::default().per_organization
+    )]
+    pub max_watches_per_org: usize,
 }
 
 /// Parses `--sandbox-endpoint NAME=URL`.
@@ -237,10 +252,19 @@ pub async fn start_on(
     health
         .set_service_status(name, ServingStatus::NotServing)
         .await;
+    let watches = Streams::new(
+        "sandbox watches",
+        authn.clone(),
+        Limits {
+            per_principal: config.max_watches_per_caller,
+            per_organization: config.max_watches_per_org,
+        },
+    );
     let sandboxes = Sandboxes {
         runner: runner.clone(),
         admission: admission.clone(),
         closing: closing_rx,
+        watches,
     };
     let routes = routes.add_service(
         SandboxServiceServer::new(sandboxes).max_decoding_message_size(server::MAX_MESSAGE_BYTES),

@@ -35,6 +35,9 @@ pub struct Sandboxes {
     pub admission: Admission,
     /// True once the server is shutting down: watch streams end.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// Admits WatchSandbox streams within their caps; they, and execs,
+    /// end once their caller's credentials stop being valid.
+    pub watches: paddock_shared::streams::Streams,
 }
 
 /// What the caller wants to do with a sandbox.
@@ -307,6 +310,7 @@ impl SandboxService for Sandboxes {
         request: Request<WatchSandboxRequest>,
     ) -> Result<Response<Self::WatchSandboxStream>, Status> {
         let caller = principal(&request)?;
+        let guard = self.watches.open(&request)?;
         let record = self
             .authorized(&caller, &request.get_ref().name, Intent::Read)
             .await?;
@@ -337,8 +341,7 @@ impl SandboxService for Sandboxes {
                 r
             })
         });
-        let stream: BoxStream<WatchSandboxResponse> = Box::pin(stream);
-        Ok(Response::new(stream))
+        Ok(Response::new(guard.serve(stream)))
     }
 
     type ExecStream = ExecStream;
@@ -348,6 +351,7 @@ impl SandboxService for Sandboxes {
         request: Request<Streaming<ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let caller = principal(&request)?;
+        let guard = paddock_shared::streams::guard(self.admission.authenticator(), &request)?;
         let mut input = request.into_inner();
         let start = match input.next().await {
             Some(Ok(ExecRequest {
@@ -361,7 +365,7 @@ impl SandboxService for Sandboxes {
         exec::validate(&start)?;
         let record = self.running(&caller, &start.sandbox).await?;
         let stream = exec::run(self.runner.clone(), caller, record, start, input).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(guard.serve(stream)))
     }
 
     async fn upload_files(

@@ -852,7 +852,124 @@ async fn ttl_expires(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Revoking a key ends the watches and execs opened with it; watches are
+/// capped per caller and per organization.
+async fn streams_end_with_their_key_and_are_capped(backend: Backend) {
+    let mut env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("rev")).await;
+    let minted = mint_key(&env.stack, &org.owner, &org.id, &org.owner_member, "", &[])
+        .await
+        .expect("a second owner key");
+    let key = minted.secret;
+    let mut client = env.sandboxes(&org.owner);
+    let sb = create(&mut client, spec("web")).await.expect("create");
+
+    let mut with_key = env.sandboxes(&key);
+    let mut watch = with_key
+        .watch_sandbox(WatchSandboxRequest {
+            name: sb.name.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("first state").expect("state");
+    // An interactive exec that waits on its stdin: no output, no end.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ExecRequest {
+        message: Some(exec_request::Message::Start(ExecStart {
+            sandbox: sb.name.clone(),
+            command: vec!["sh".into(), "-c".into(), "echo ready; cat".into()],
+            stdin: true,
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("start");
+    let mut exec = with_key
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("exec")
+        .into_inner();
+    let ready = exec.message().await.expect("output").expect("message");
+    assert!(matches!(
+        ready.message,
+        Some(exec_response::Message::Stdout(_))
+    ));
+
+    env.stack
+        .identity(&org.owner)
+        .revoke_api_key(RevokeApiKeyRequest {
+            name: minted.api_key.expect("key").name,
+        })
+        .await
+        .expect("revoke");
+    // Identity pushes the revocation; the 5 s re-check is the fallback.
+    for (what, end) in [
+        (
+            "watch",
+            tokio::time::timeout(Duration::from_secs(20), watch.message())
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+        (
+            "exec",
+            tokio::time::timeout(Duration::from_secs(20), exec.message())
+                .await
+                .map(|r| r.map(|_| ())),
+        ),
+    ] {
+        let end = end
+            .unwrap_or_else(|_| panic!("the {what} ends in time"))
+            .expect_err("ends with an error");
+        assert_eq!(end.code(), Code::Unauthenticated, "{what}: {end:?}");
+        assert!(
+            end.message().contains("revoked"),
+            "{what}: {}",
+            end.message()
+        );
+    }
+    drop(tx);
+
+    // Caps: one watch per caller, two per organization.
+    env.crash_runner().await;
+    env.config.max_watches_per_caller = 1;
+    env.config.max_watches_per_org = 2;
+    env.restart_runner().await;
+    let watch_as = |token: &str| {
+        let mut client = env.sandboxes(token);
+        let name = sb.name.clone();
+        async move {
+            client
+                .watch_sandbox(WatchSandboxRequest { name })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let _owner_watch = watch_as(&org.owner).await.expect("owner watch");
+    let again = watch_as(&org.owner)
+        .await
+        .expect_err("a second of one caller");
+    assert_eq!(again.code(), Code::ResourceExhausted);
+    assert!(
+        again.message().contains("1 per caller"),
+        "{}",
+        again.message()
+    );
+    let _admin_watch = watch_as(&org.admin).await.expect("admin watch");
+    let full = watch_as(&org.developer)
+        .await
+        .expect_err("the organization's cap");
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(
+        full.message().contains("2 per organization"),
+        "{}",
+        full.message()
+    );
+    env.shutdown().await;
+}
+
 backend_tests!(
+    streams_end_with_their_key_and_are_capped,
     hardening_from_inside,
     limits_are_enforced,
     stop_is_graceful_then_forced,

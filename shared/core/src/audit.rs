@@ -22,9 +22,57 @@ pub const PLATFORM_EVENTS_PER_MINUTE: u32 = 120;
 #[derive(Debug)]
 pub struct PlatformBudget {
     per_minute: u32,
-    /// (window start, recorded in the window, held back since the last
-    /// recorded event)
-    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+    state: std::sync::Mutex<Window>,
+}
+
+/// One budget's current minute.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: std::time::Instant,
+    /// Recorded in this window.
+    recorded: u32,
+    /// Held back since the last recorded event.
+    held: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            recorded: 0,
+            held: 0,
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.start.elapsed() >= std::time::Duration::from_secs(60)
+    }
+
+    /// `Some(held back before it)` to record the next event, `None` to
+    /// hold it back.
+    fn admit(&mut self, per_minute: u32) -> Option<u64> {
+        if self.expired() {
+            self.start = std::time::Instant::now();
+            self.recorded = 0;
+        }
+        if self.recorded >= per_minute {
+            self.held += 1;
+            return None;
+        }
+        self.recorded += 1;
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// Notes on an event how many like it were held back before it.
+fn note_suppressed(event: &mut AuditEvent, held: u64) {
+    if held > 0
+        && let Ok(serde_json::Value::Object(mut details)) =
+            serde_json::from_str::<serde_json::Value>(&event.details_json)
+    {
+        details.insert("suppressed_before".into(), held.into());
+        event.details_json = serde_json::Value::Object(details).to_string();
+    }
 }
 
 impl Default for PlatformBudget {
@@ -37,7 +85,7 @@ impl PlatformBudget {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
-            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+            state: std::sync::Mutex::new(Window::new()),
         }
     }
 
@@ -45,17 +93,7 @@ impl PlatformBudget {
     /// it)`, or `None` to hold it back.
     pub fn admit(&self) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (start, recorded, held) = &mut *state;
-        if start.elapsed() >= std::time::Duration::from_secs(60) {
-            *start = std::time::Instant::now();
-            *recorded = 0;
-        }
-        if *recorded >= self.per_minute {
-            *held += 1;
-            return None;
-        }
-        *recorded += 1;
-        Some(std::mem::take(held))
+        state.admit(self.per_minute)
     }
 
     /// Prepares `event` for the platform chain, or returns false to drop it.
@@ -64,13 +102,76 @@ impl PlatformBudget {
             return false;
         };
         event.organization = PLATFORM_CHAIN.to_owned();
-        if held > 0
-            && let Ok(serde_json::Value::Object(mut details)) =
-                serde_json::from_str::<serde_json::Value>(&event.details_json)
-        {
-            details.insert("suppressed_before".into(), held.into());
-            event.details_json = serde_json::Value::Object(details).to_string();
+        note_suppressed(event, held);
+        true
+    }
+}
+
+/// Failed authentications one source may add to an organization's chain per
+/// minute, per key id it names.
+pub const SOURCE_EVENTS_PER_MINUTE: u32 = PLATFORM_EVENTS_PER_MINUTE;
+
+/// The platform chain's budget for the failed authentications charged to an
+/// organization's chain (a token naming one of its keys with a wrong
+/// secret): anyone who knows a key id can send those, so each (source
+/// address, key id) gets [`SOURCE_EVENTS_PER_MINUTE`], and what is held back
+/// is counted on the next event let through, as in [`PlatformBudget`].
+#[derive(Debug)]
+pub struct SourceBudgets {
+    per_minute: u32,
+    windows: std::sync::Mutex<std::collections::HashMap<String, Window>>,
+}
+
+impl Default for SourceBudgets {
+    fn default() -> Self {
+        Self::new(SOURCE_EVENTS_PER_MINUTE)
+    }
+}
+
+impl SourceBudgets {
+    /// Sources tracked at most; beyond that (after dropping the idle ones)
+    /// new sources share one budget, so memory stays bounded.
+    const MAX_SOURCES: usize = 10_000;
+    const OVERFLOW: &str = "";
+
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether to record `event`, a refusal from `source` (the peer's
+    /// address, if known) naming `key_id`; notes the count held back
+    /// before it.
+    pub fn charge(
+        &self,
+        source: Option<std::net::IpAddr>,
+        key_id: &str,
+        event: &mut AuditEvent,
+    ) -> bool {
+        let key = format!(
+            "{}\u{1f}{key_id}",
+            source.map(|s| s.to_string()).unwrap_or_default()
+        );
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if !windows.contains_key(&key) && windows.len() >= Self::MAX_SOURCES {
+            // Idle sources with nothing held back have nothing to report.
+            windows.retain(|_, w| !(w.expired() && w.held == 0));
+        }
+        let key = if windows.contains_key(&key) || windows.len() < Self::MAX_SOURCES {
+            key
+        } else {
+            Self::OVERFLOW.to_owned()
+        };
+        let Some(held) = windows
+            .entry(key)
+            .or_insert_with(Window::new)
+            .admit(self.per_minute)
+        else {
+            return false;
+        };
+        note_suppressed(event, held);
         true
     }
 }
@@ -131,7 +232,7 @@ mod budget_tests {
         assert_eq!(budget.admit(), None);
         assert_eq!(budget.admit(), None);
         // A new window lets events through with the count of those held.
-        budget.state.lock().expect("lock").0 -= std::time::Duration::from_secs(61);
+        budget.state.lock().expect("lock").start -= std::time::Duration::from_secs(61);
         let mut event = AuditEvent {
             details_json: "{}".into(),
             ..Default::default()
@@ -139,6 +240,52 @@ mod budget_tests {
         assert!(budget.charge(&mut event));
         assert_eq!(event.organization, PLATFORM_CHAIN);
         assert_eq!(event.details_json, r#"{"suppressed_before":2}"#);
+    }
+}
+
+#[cfg(test)]
+mod source_budget_tests {
+    use super::*;
+
+    fn refusal() -> AuditEvent {
+        AuditEvent {
+            organization: "organizations/acme".into(),
+            details_json: "{}".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_source_and_key_has_its_own_budget_and_count() {
+        let budgets = SourceBudgets::new(2);
+        let a: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: std::net::IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..2 {
+            assert!(budgets.charge(Some(a), "k1", &mut refusal()));
+        }
+        for _ in 0..3 {
+            assert!(!budgets.charge(Some(a), "k1", &mut refusal()));
+        }
+        // Another address, or another key id from the same one, is not held.
+        assert!(budgets.charge(Some(b), "k1", &mut refusal()));
+        assert!(budgets.charge(Some(a), "k2", &mut refusal()));
+        // The next minute lets one through, with the count held before it,
+        // and the event stays in its organization's chain.
+        let key = format!("{a}\u{1f}k1");
+        budgets
+            .windows
+            .lock()
+            .expect("lock")
+            .get_mut(&key)
+            .expect("window")
+            .start -= std::time::Duration::from_secs(61);
+        let mut next = refusal();
+        assert!(budgets.charge(Some(a), "k1", &mut next));
+        assert_eq!(next.details_json, r#"{"suppressed_before":3}"#);
+        assert_eq!(next.organization, "organizations/acme");
+        let mut after = refusal();
+        assert!(budgets.charge(Some(a), "k1", &mut after));
+        assert_eq!(after.details_json, "{}", "counted once");
     }
 }
 

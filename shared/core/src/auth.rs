@@ -42,6 +42,12 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
+/// The bearer token the caller was admitted with, in the request's
+/// extensions: long-lived streams authenticate it again while they run
+/// ([`crate::streams`]). Never logged.
+#[derive(Debug, Clone)]
+pub struct CallerToken(pub Secret<String>);
+
 /// The caller of a request the layer admitted.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
     req.extensions()
@@ -53,6 +59,12 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<&Principal, Status> {
 /// Resolves a bearer token to a principal.
 pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, token: String) -> BoxFuture<'_, Result<Principal, Status>>;
+
+    /// The changes that make principals stale, as they arrive (none for an
+    /// authenticator that is not told about them).
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
 }
 
 /// Answers permission checks.
@@ -79,6 +91,16 @@ impl Invalidation {
         }
     }
 
+    /// Whether the change may concern `p`.
+    pub fn touches(&self, p: &Principal) -> bool {
+        match self {
+            Invalidation::Reset => true,
+            Invalidation::Key(id) => &p.key_id == id,
+            Invalidation::Principal(id) => &p.id == id,
+            Invalidation::Organization(org) => &p.organization == org,
+        }
+    }
+
     pub fn into_target(self) -> Target {
         match self {
             Invalidation::Reset => Target::Reset(true),
@@ -89,14 +111,32 @@ impl Invalidation {
     }
 }
 
-/// Resolved principals by token hash, for at most [`CACHE_TTL`].
-#[derive(Default)]
+/// Resolved principals by token hash, for at most [`CACHE_TTL`]; each
+/// change it is told about is passed on to [`PrincipalCache::subscribe`]rs.
 pub struct PrincipalCache {
     entries: RwLock<HashMap<String, (Principal, Instant)>>,
+    changes: tokio::sync::broadcast::Sender<Invalidation>,
+}
+
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            changes: tokio::sync::broadcast::channel(Self::CHANGES_BUFFER).0,
+        }
+    }
 }
 
 impl PrincipalCache {
     const MAX_ENTRIES: usize = 100_000;
+    /// Changes kept for a slow subscriber; one that lags further is told
+    /// so and treats it as a reset.
+    const CHANGES_BUFFER: usize = 1024;
+
+    /// The changes this cache is told about from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Invalidation> {
+        self.changes.subscribe()
+    }
 
     fn get(&self, token_hash: &str) -> Option<Principal> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
@@ -117,15 +157,19 @@ impl PrincipalCache {
         entries.insert(token_hash, (principal, Instant::now()));
     }
 
-    /// Drops every cached principal the change touches.
+    /// Drops every cached principal the change touches, then tells the
+    /// subscribers (after the drop, so that what they look up again is
+    /// fresh).
     pub fn invalidate(&self, change: &Invalidation) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        match change {
-            Invalidation::Reset => entries.clear(),
-            Invalidation::Key(id) => entries.retain(|_, (p, _)| &p.key_id != id),
-            Invalidation::Principal(id) => entries.retain(|_, (p, _)| &p.id != id),
-            Invalidation::Organization(org) => entries.retain(|_, (p, _)| &p.organization != org),
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            match change {
+                Invalidation::Reset => entries.clear(),
+                _ => entries.retain(|_, (p, _)| !change.touches(p)),
+            }
         }
+        // No subscriber is not an error.
+        let _ = self.changes.send(change.clone());
     }
 }
 
@@ -170,6 +214,10 @@ impl<A: Authenticator> Authenticator for CachedAuthenticator<A> {
             self.cache.put(key, principal.clone());
             Ok(principal)
         })
+    }
+
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        Some(self.cache.subscribe())
     }
 }
 
@@ -453,6 +501,9 @@ pub struct Admission {
     authn: Arc<dyn Authenticator>,
     authz: Arc<dyn Authorizer>,
     audit: Option<(&'static str, Arc<dyn RefusalSink>)>,
+    /// Budgets of the failed authentications charged to organizations'
+    /// chains, per source address and key id.
+    sources: Arc<crate::audit::SourceBudgets>,
 }
 
 fn kind_of(p: &Principal) -> PrincipalKind {
@@ -484,7 +535,14 @@ impl Admission {
             authn,
             authz,
             audit: None,
+            sources: Arc::default(),
         }
+    }
+
+    /// The authenticator calls are admitted with (long-lived streams
+    /// authenticate their caller again through it).
+    pub fn authenticator(&self) -> Arc<dyn Authenticator> {
+        self.authn.clone()
     }
 
     /// Records refusals through `sink`, as `source` (the service's name).
@@ -502,6 +560,22 @@ impl Admission {
         status: &Status,
         details: serde_json::Value,
     ) {
+        self.record_refusal(principal, action, resource, status, details, None)
+            .await
+    }
+
+    /// Records one refusal, if this admission audits; one that `charge`s a
+    /// (peer address, key id) goes to the organization's chain only within
+    /// that source's budget.
+    async fn record_refusal(
+        &self,
+        principal: Option<&Principal>,
+        action: &str,
+        resource: &str,
+        status: &Status,
+        details: serde_json::Value,
+        charge: Option<(Option<std::net::IpAddr>, &str)>,
+    ) {
         let Some((source, sink)) = &self.audit else {
             return;
         };
@@ -513,6 +587,15 @@ impl Admission {
         let mut event = crate::outbox::event(source, principal, action, resource, outcome);
         event.error_code = crate::names::code_name(status.code()).to_owned();
         event.details_json = details.to_string();
+        // Anyone who knows a key id can make these: a flood of them must
+        // not flood the organization's chain. (Those of no organization
+        // are the platform chain's, budgeted by the sink.)
+        if let Some((peer, key_id)) = charge
+            && !event.organization.is_empty()
+            && !self.sources.charge(peer, key_id, &mut event)
+        {
+            return;
+        }
         sink.record(event).await;
     }
 
@@ -767,6 +850,10 @@ where
                     req.extensions_mut().insert(ctx);
                     if let Some(p) = principal {
                         req.extensions_mut().insert(Caller(p));
+                        if let Ok(token) = bearer_token(req.headers()) {
+                            let token = CallerToken(Secret::new(token.to_owned()));
+                            req.extensions_mut().insert(token);
+                        }
                     }
                     inner.call(req).await
                 }
@@ -788,8 +875,21 @@ where
                     });
                     let details =
                         serde_json::json!({"method": req.uri().path(), "reason": status.message()});
+                    let peer = req
+                        .extensions()
+                        .get::<tonic::transport::server::TcpConnectInfo>()
+                        .and_then(|c| c.remote_addr())
+                        .map(|a| a.ip());
+                    let key_id = principal.as_ref().map_or("", |p| p.key_id.as_str());
                     admission
-                        .audit_refusal(principal.as_ref(), "auth.fail", &resource, &status, details)
+                        .record_refusal(
+                            principal.as_ref(),
+                            "auth.fail",
+                            &resource,
+                            &status,
+                            details,
+                            Some((peer, key_id)),
+                        )
                         .await;
                     Ok(status.into_http())
                 }

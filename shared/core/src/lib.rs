@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod rbac;
 pub mod secret;
 pub mod server;
+pub mod streams;
 pub mod telemetry;
 pub mod time;
 pub mod token;

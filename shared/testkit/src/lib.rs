@@ -237,6 +237,8 @@ impl Stack {
             identity_endpoint: identity.endpoint(),
             authz_endpoint: authz.endpoint(),
             retention_interval: Duration::from_secs(3600),
+            max_tails_per_caller: paddock_shared::streams::Limits::default().per_principal,
+            max_tails_per_org: paddock_shared::streams::Limits::default().per_organization,
         };
         let audit = paddock_audit::start_on(audit_listener, &audit_config, &service_token)
             .await

@@ -60,6 +60,8 @@ pub fn runner_config(
         usage_interval: Duration::from_secs(1),
         scan_interval: Duration::from_millis(300),
         sandbox_endpoints: vec![("MCP".into(), "http://127.0.0.1:7180".into())],
+        max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
+        max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
     }
 }
 
