@@ -231,10 +231,15 @@ async fn measure_all(
                 name: format!("{parent}/securitySettings"),
                 max_sandboxes: room,
                 max_sandboxes_per_agent: room,
+                allowed_images: vec![image.to_owned()],
                 ..Default::default()
             }),
             update_mask: Some(prost_types::FieldMask {
-                paths: vec!["max_sandboxes".into(), "max_sandboxes_per_agent".into()],
+                paths: vec![
+                    "max_sandboxes".into(),
+                    "max_sandboxes_per_agent".into(),
+                    "allowed_images".into(),
+                ],
             }),
         })
         .await

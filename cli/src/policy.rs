@@ -358,6 +358,14 @@ pub struct SecuritySetArgs {
     /// Let sandboxes run as root (uid 0).
     #[arg(long, value_name = "BOOL")]
     allow_root_user: Option<bool>,
+    /// An image sandboxes may run: a reference or a glob (node:22, node:*,
+    /// ghcr.io/acme/*; * for any); repeat. Replaces the list. None is
+    /// approved until an owner approves some.
+    #[arg(long = "allow-image", value_name = "IMAGE")]
+    images: Vec<String>,
+    /// Approve no image again.
+    #[arg(long, conflicts_with = "images")]
+    clear_images: bool,
 }
 
 impl SecuritySetArgs {
@@ -412,6 +420,10 @@ impl SecuritySetArgs {
             }
         }
         s.hardening = Some(h);
+        if self.clear_images || !self.images.is_empty() {
+            s.allowed_images = self.images.clone();
+            paths.push("allowed_images".into());
+        }
         if paths.is_empty() {
             return Err(CliError::usage(
                 "nothing to set: pass at least one flag, e.g. --max-memory 8g or --max-network allowlist (see paddock security set --help)",
@@ -676,6 +688,7 @@ pub fn settings_fields(s: &SecuritySettings) -> Vec<(&'static str, String)> {
     fields.push(("unconfined seccomp", relaxed(h.unconfined_seccomp)));
     fields.push(("writable root fs", relaxed(h.writable_root_filesystem)));
     fields.push(("root user", relaxed(h.allow_root_user)));
+    fields.push(("allowed images", list_cell(s.allowed_images.clone())));
     fields.push((
         "updated",
         updated_cell(s.update_time.as_ref(), &s.updated_by),

@@ -22,6 +22,12 @@ fn setup(dev: &Dev) -> String {
         .json();
     dev.paddock(Some(&owner), &["project", "create", "web"])
         .json();
+    // No image runs until the owner approves it.
+    dev.paddock(
+        Some(&owner),
+        &["security", "set", "--allow-image", "paddock-test-*"],
+    )
+    .json();
     owner
 }
 

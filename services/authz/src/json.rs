@@ -94,6 +94,7 @@ pub fn security_settings(s: &SecuritySettings) -> Value {
             "writable_root_filesystem": h.writable_root_filesystem,
             "allow_root_user": h.allow_root_user,
         },
+        "allowed_images": s.allowed_images,
         "update_time": time(s.update_time.as_ref()),
         "updated_by": s.updated_by,
     })

@@ -528,6 +528,7 @@ pub const SETTINGS_LEAVES: &[&str] = &[
     "hardening.unconfined_seccomp",
     "hardening.writable_root_filesystem",
     "hardening.allow_root_user",
+    "allowed_images",
 ];
 
 /// The leaves an update mask names: every leaf for an empty mask, a
@@ -636,6 +637,7 @@ pub fn merge_settings(
             "hardening.allow_root_user" => {
                 hardening.allow_root_user = input_hardening.allow_root_user
             }
+            "allowed_images" => out.allowed_images = input.allowed_images.clone(),
             _ => {}
         }
     }
@@ -750,7 +752,9 @@ pub fn validate_settings(s: &SecuritySettings) -> Result<SecuritySettings> {
         }
     }
     hardening.allowed_capabilities = caps;
+    let allowed_images = validate_images(&s.allowed_images)?;
     let out = SecuritySettings {
+        allowed_images,
         name: s.name.clone(),
         max: Some(max),
         max_sandboxes: s.max_sandboxes,
@@ -766,6 +770,34 @@ pub fn validate_settings(s: &SecuritySettings) -> Result<SecuritySettings> {
             "max_sandboxes_per_agent {} exceeds max_sandboxes {}",
             filled.max_sandboxes_per_agent, filled.max_sandboxes
         )));
+    }
+    Ok(out)
+}
+
+/// Most image patterns one organization may approve.
+const MAX_IMAGES: usize = 256;
+
+/// Checks approved image patterns: printable, no spaces, bounded;
+/// duplicates dropped.
+fn validate_images(images: &[String]) -> Result<Vec<String>> {
+    if images.len() > MAX_IMAGES {
+        return Err(Error::invalid(format!(
+            "allowed_images has {} entries; at most {MAX_IMAGES}",
+            images.len()
+        )));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, image) in images.iter().enumerate() {
+        let image = image.trim();
+        if image.is_empty() || image.len() > 255 || !image.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid(format!(
+                "allowed_images[{i}] {:?} is not an image reference or pattern (e.g. node:22, node:*, ghcr.io/acme/*)",
+                names::truncate(image)
+            )));
+        }
+        if !out.iter().any(|o| o == image) {
+            out.push(image.to_owned());
+        }
     }
     Ok(out)
 }

@@ -265,10 +265,10 @@ impl Engine {
     ) -> Result<Option<crate::users::UserIds>, Error> {
         let info = match self.docker.inspect_image(image).await {
             Ok(info) => info,
+            // NOT_FOUND, for the caller to answer as it must (a missing
+            // image and a forbidden one look alike to a tenant).
             Err(e) if is_not_found(&e) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "image {image} is not on this worker; load or pull it first"
-                )));
+                return Err(Error::not_found(format!("image {image} on this worker")));
             }
             Err(e) => return Err(self.fail("inspecting the image", e)),
         };

@@ -312,9 +312,34 @@ impl Runner {
         // resolves to uid 0 (root, 0, 00, 0:0, a uid-0 name) runs as the
         // sandbox user, like an image that names no user.
         let relax = settings.hardening.clone().unwrap_or_default();
-        let image_user = engine
-            .image_user(&resolved.spec.image, &self.worker)
-            .await?;
+        // Images are the worker's, shared by every tenant: an organization
+        // runs only the ones its owner approved, and an image that is not
+        // approved is answered exactly like one that is not there.
+        let image = &resolved.spec.image;
+        let unavailable = || {
+            Error::FailedPrecondition(format!(
+                "image {} is not available to organization {org}: it is not on this worker or \
+                 not among the organization's approved images (`paddock security set --allow-image`)",
+                truncate(image)
+            ))
+        };
+        if !settings
+            .allowed_images
+            .iter()
+            .any(|pattern| paddock_shared::names::glob_matches(pattern, image))
+        {
+            let err = unavailable();
+            self.refused(caller, &org, &spec, &err).await;
+            return Err(err);
+        }
+        let image_user = match engine.image_user(image, &self.worker).await {
+            Err(Error::NotFound(_)) => {
+                let err = unavailable();
+                self.refused(caller, &org, &spec, &err).await;
+                return Err(err);
+            }
+            other => other?,
+        };
         let ids = match image_user {
             Some(u) if !u.is_root() => UserIds {
                 uid: u.uid,

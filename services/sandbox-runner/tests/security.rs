@@ -702,6 +702,74 @@ async fn read_only_keys_read_sandboxes(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 13: an organization runs only the images its owner approved,
+/// and a forbidden image is answered exactly like a missing one.
+async fn images_are_approved_per_organization(backend: Backend) {
+    let env = Env::start(backend).await;
+    // No image approved: the default.
+    let bare = paddock_testkit::fixtures::setup_org(&env.stack, &fresh_id("img")).await;
+    let mut client = env.sandboxes(&bare.owner);
+    let answer = |image: &str, err: tonic::Status| {
+        assert_eq!(err.code(), Code::FailedPrecondition, "{image}: {err:?}");
+        err.message().replace(image, "IMAGE")
+    };
+    let mut s = spec("web");
+    s.image = IMAGE.into();
+    let forbidden = answer(
+        IMAGE,
+        create(&mut client, s).await.expect_err("not approved"),
+    );
+    let mut s = spec("web");
+    s.image = "no-such-image:1".into();
+    let missing = answer(
+        "no-such-image:1",
+        create(&mut client, s.clone()).await.expect_err("missing"),
+    );
+    assert_eq!(
+        forbidden, missing,
+        "a forbidden image is told apart from a missing one"
+    );
+
+    // Approving a pattern approves what it matches, and only that.
+    approve_images(&env.stack, &bare, &["paddock-test-busybox:*"]).await;
+    let mut s = spec("web");
+    s.image = IMAGE.into();
+    create(&mut client, s).await.expect("approved image");
+    let users = tokio::task::spawn_blocking(paddock_testkit::image::user_images)
+        .await
+        .expect("user images");
+    let mut s = spec("web");
+    s.image = users[0].1.clone();
+    let err = create(&mut client, s)
+        .await
+        .expect_err("an image outside the pattern");
+    assert_eq!(answer(&users[0].1, err), missing);
+    // Still missing even where everything is approved: same answer.
+    approve_images(&env.stack, &bare, &["*"]).await;
+    let mut s = spec("web");
+    s.image = "no-such-image:1".into();
+    let err = create(&mut client, s).await.expect_err("missing");
+    assert_eq!(answer("no-such-image:1", err), missing);
+    // Only the owner approves images.
+    let err = env
+        .stack
+        .policy(&bare.admin)
+        .update_security_settings(UpdateSecuritySettingsRequest {
+            settings: Some(SecuritySettings {
+                name: format!("{}/securitySettings", bare.name),
+                allowed_images: vec!["*".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["allowed_images".into()],
+            }),
+        })
+        .await
+        .expect_err("an admin approved images");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
@@ -711,4 +779,5 @@ backend_tests!(
     disk_bounds_are_enforced,
     env_values_are_not_shown_to_others,
     read_only_keys_read_sandboxes,
+    images_are_approved_per_organization,
 );

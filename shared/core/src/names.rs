@@ -167,3 +167,45 @@ mod tests {
         assert!(normalize_email("ab.c").is_err());
     }
 }
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of
+/// characters (none included) and everything else for itself.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("node:22", "node:22"));
+        assert!(!glob_matches("node:22", "node:22-alpine"));
+        assert!(glob_matches("node:*", "node:22-alpine"));
+        assert!(!glob_matches("node:*", "evil/node:22"));
+        assert!(glob_matches("*", "anything/at:all"));
+        assert!(glob_matches("ghcr.io/acme/*", "ghcr.io/acme/tool:1"));
+        assert!(!glob_matches("ghcr.io/acme/*", "ghcr.io/acme-evil/tool:1"));
+        assert!(glob_matches("a*b*c", "abc"));
+        assert!(glob_matches("a*b*c", "a-b-b-c"));
+        assert!(!glob_matches("a*b*c", "a-c"));
+        assert!(!glob_matches("ab*ba", "aba"));
+        assert!(!glob_matches("", "x"));
+    }
+}

@@ -21,6 +21,33 @@ use tonic::transport::Channel;
 pub use paddock_testkit::fixtures::*;
 
 pub const IMAGE: &str = paddock_testkit::image::IMAGE;
+
+/// The testkit's organization, whose owner approved the test images
+/// (`paddock-test-*`; no image is approved by default).
+pub async fn setup_org(stack: &Stack, id: &str) -> Org {
+    let org = paddock_testkit::fixtures::setup_org(stack, id).await;
+    approve_images(stack, &org, &["paddock-test-*"]).await;
+    org
+}
+
+/// Sets the organization's approved images (as its owner).
+pub async fn approve_images(stack: &Stack, org: &Org, images: &[&str]) {
+    use paddock_proto::authz::v1::{SecuritySettings, UpdateSecuritySettingsRequest};
+    stack
+        .policy(&org.owner)
+        .update_security_settings(UpdateSecuritySettingsRequest {
+            settings: Some(SecuritySettings {
+                name: format!("{}/securitySettings", org.name),
+                allowed_images: images.iter().map(|i| (*i).to_owned()).collect(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["allowed_images".into()],
+            }),
+        })
+        .await
+        .expect("approve the test images");
+}
 pub const DOCKER: &str = "unix:///var/run/docker.sock";
 
 pub type SandboxClient = SandboxServiceClient<InterceptedService<Channel, BearerAuth>>;
