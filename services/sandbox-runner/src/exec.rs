@@ -394,4 +394,29 @@ mod tests {
         host.kill().expect("kill");
         let _ = host.wait();
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever container id Docker (or a confused caller) supplies, a
+        /// host process outside every container is never signalled.
+        #[test]
+        fn no_container_id_reaches_a_host_process(container in "[0-9a-f]{0,70}|.{0,80}") {
+            let mut host = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep");
+            let pid = rustix::process::Pid::from_raw(host.id() as i32).expect("pid");
+            let sent = signal_in_container(pid, &container, rustix::process::Signal::KILL);
+            let alive = host.try_wait().expect("wait").is_none();
+            let _ = host.kill();
+            let _ = host.wait();
+            proptest::prop_assert!(sent.is_err());
+            proptest::prop_assert!(alive, "the host process was killed");
+        }
+    }
 }

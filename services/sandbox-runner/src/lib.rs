@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
-mod download;
+pub mod download;
 mod egress;
 mod exec;
 pub mod files;
