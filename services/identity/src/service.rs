@@ -1008,17 +1008,37 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        // The keys the member minted for agents go with them: a removed
+        // admin must not keep acting through an agent key they hold.
+        let revoked: Vec<(String,)> = sqlx::query_as(
+            "UPDATE api_keys SET revoke_time = $1 WHERE org_id = $2 AND created_by = $3 AND revoke_time IS NULL RETURNING id",
+        )
+        .bind(now_micros())
+        .bind(&org)
+        .bind(child_name(&org, "members", &id))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let revoked: Vec<String> = revoked.into_iter().map(|(key,)| key).collect();
         sqlx::query("DELETE FROM members WHERE id = $1")
             .bind(&id)
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        let key_names: Vec<String> = revoked
+            .iter()
+            .map(|key| child_name(&org, "apiKeys", key))
+            .collect();
+        let details = json!({"role": role, "revoked_api_keys": key_names});
         self.commit_audited(
             tx,
-            audited(Some(&caller), "member.remove", &name, json!({"role": role})),
+            audited(Some(&caller), "member.remove", &name, details),
         )
         .await?;
         self.publish(Invalidation::Principal(id));
+        for key in revoked {
+            self.publish(Invalidation::Key(key));
+        }
         Ok(Response::new(DeleteMemberResponse {}))
     }
 
@@ -1340,19 +1360,19 @@ impl IdentityService for Identity {
                 .ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
             (id, spec.owner.clone(), role)
         } else {
-            let (o, member_id) = parse_child(&spec.owner, "members")
+            let (o, _) = parse_child(&spec.owner, "members")
                 .map_err(|_| Error::invalid("owner must be a member or agent resource name"))?;
-            let row: Option<(String,)> =
-                sqlx::query_as("SELECT role FROM members WHERE org_id = $1 AND id = $2")
-                    .bind(&org)
-                    .bind(member_id)
-                    .fetch_optional(&self.db.pool)
-                    .await
-                    .map_err(Error::from)?;
-            let (role,) = row
-                .filter(|_| o == org)
-                .ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
-            (member_id.to_owned(), spec.owner.clone(), role)
+            if o != org {
+                return Err(Error::not_found(names::truncate(&spec.owner)).into());
+            }
+            // A key acts as its owner in every check and in the audit trail:
+            // minting one for another person would let the minter act as
+            // them (an admin as the owner), and outlive the minter.
+            return Err(Error::PermissionDenied(format!(
+                "cannot mint a key owned by another member ({}): members mint their own keys; api_keys.manage covers keys for agents only",
+                names::truncate(&spec.owner)
+            ))
+            .into());
         };
         let key_resource = child_name(&org, "apiKeys", "-");
         self.admission
