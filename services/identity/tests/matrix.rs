@@ -48,6 +48,16 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "OOOO",
     ),
     (
+        "/paddock.identity.v1.IdentityService/ListInvites",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/RevokeInvite",
+        "ODDD",
+        "NDDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/ListMembers",
         "OOOD",
         "NNND",
@@ -359,6 +369,30 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                     key_display_name: String::new(),
                 })
                 .await,
+            )
+        }
+        "ListInvites" => code(
+            c.list_invites(ListInvitesRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "RevokeInvite" => {
+            let invite = owner
+                .clone()
+                .create_invite(CreateInviteRequest {
+                    parent: org,
+                    email: format!("{}@x.test", fresh_id("r")),
+                    role: "developer".into(),
+                    ttl: None,
+                })
+                .await
+                .expect("invite")
+                .into_inner();
+            code(
+                c.revoke_invite(RevokeInviteRequest { name: invite.name })
+                    .await,
             )
         }
         "ListMembers" => code(

@@ -189,7 +189,187 @@ async fn removing_a_member_revokes_the_keys_they_minted(backend: Backend) {
     stack.shutdown().await;
 }
 
+async fn invite(stack: &Stack, token: &str, email: &str, role: &str) -> CreateInviteResponse {
+    stack
+        .identity(token)
+        .create_invite(CreateInviteRequest {
+            parent: String::new(),
+            email: email.into(),
+            role: role.into(),
+            ttl: None,
+        })
+        .await
+        .expect("invite")
+        .into_inner()
+}
+
+async fn accept(stack: &Stack, code: &str) -> Result<AcceptInviteResponse, tonic::Status> {
+    stack
+        .anonymous_identity()
+        .accept_invite(AcceptInviteRequest {
+            code: code.into(),
+            key_display_name: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn assert_revoked(result: Result<AcceptInviteResponse, tonic::Status>) {
+    let err = result.expect_err("a dead invite was accepted");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("revoked"), "{}", err.message());
+}
+
+async fn list_invites(stack: &Stack, token: &str, show_inactive: bool) -> Vec<Invite> {
+    stack
+        .identity(token)
+        .list_invites(ListInvitesRequest {
+            show_inactive,
+            ..Default::default()
+        })
+        .await
+        .expect("list invites")
+        .into_inner()
+        .invites
+}
+
+async fn invites_die_with_their_inviter(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let acme = setup_org(&stack, "acme").await;
+    let (second, second_token) =
+        add_member(&stack, &acme.owner, "acme", "second@acme.test", "owner").await;
+    let as_owner = invite(&stack, &second_token, "o@acme.test", "owner").await;
+    stack
+        .identity(&acme.owner)
+        .delete_member(DeleteMemberRequest {
+            name: second.name.clone(),
+        })
+        .await
+        .expect("remove the inviter");
+    assert_revoked(accept(&stack, &as_owner.code).await);
+    let removed = events_with(&stack, &acme.owner, "member.remove").await;
+    let details: serde_json::Value =
+        serde_json::from_str(&removed[0].details_json).expect("details");
+    assert_eq!(
+        details["revoked_invites"],
+        serde_json::json!([as_owner.name]),
+        "{details}"
+    );
+
+    // Demoted below the invited role: that invite dies, lower ones live.
+    let (third, third_token) =
+        add_member(&stack, &acme.owner, "acme", "third@acme.test", "owner").await;
+    let as_admin = invite(&stack, &third_token, "a@acme.test", "admin").await;
+    let as_dev = invite(&stack, &third_token, "d@acme.test", "developer").await;
+    stack
+        .identity(&acme.owner)
+        .update_member(UpdateMemberRequest {
+            member: Some(Member {
+                name: third.name.clone(),
+                role: "developer".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .expect("demote the inviter");
+    assert_revoked(accept(&stack, &as_admin.code).await);
+    let joined = accept(&stack, &as_dev.code)
+        .await
+        .expect("an invite within the inviter's new role stays valid");
+    assert_eq!(joined.member.expect("member").role, "developer");
+    stack.shutdown().await;
+}
+
+async fn invites_are_listed_without_codes_and_revocable(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let acme = setup_org(&stack, "acme").await;
+    let globex = setup_org(&stack, "globex").await;
+    let owner = whoami(&stack, &acme.owner).await;
+    let pending = invite(&stack, &acme.owner, "p@acme.test", "developer").await;
+    let revoked = invite(&stack, &acme.owner, "r@acme.test", "admin").await;
+
+    // setup_org's invites were accepted: only the two pending ones show.
+    let listed = list_invites(&stack, &acme.owner, false).await;
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{listed:?}");
+    assert!(names.contains(&pending.name.as_str()) && names.contains(&revoked.name.as_str()));
+    let p = listed
+        .iter()
+        .find(|i| i.name == pending.name)
+        .expect("pending invite");
+    assert_eq!(p.email, "p@acme.test");
+    assert_eq!(p.role, "developer");
+    assert_eq!(p.inviter, owner.name);
+    assert_eq!(p.state(), InviteState::Pending);
+    assert_eq!(p.expire_time, pending.expire_time);
+    // The id is the code's public part; the secret part appears nowhere.
+    let secret_part = &pending.code[16..48];
+    let shown = format!("{listed:?}");
+    assert!(
+        !shown.contains(secret_part) && !shown.contains(&pending.code),
+        "an invite code leaked: {shown}"
+    );
+
+    let globex_err = stack
+        .identity(&globex.owner)
+        .revoke_invite(RevokeInviteRequest {
+            name: revoked.name.clone(),
+        })
+        .await
+        .expect_err("another organization's invite");
+    assert_eq!(globex_err.code(), Code::NotFound);
+    let done = stack
+        .identity(&acme.owner)
+        .revoke_invite(RevokeInviteRequest {
+            name: revoked.name.clone(),
+        })
+        .await
+        .expect("revoke")
+        .into_inner()
+        .invite
+        .expect("invite");
+    assert_eq!(done.state(), InviteState::Revoked);
+    assert!(done.revoke_time.is_some());
+    assert_revoked(accept(&stack, &revoked.code).await);
+    // Gone from the pending list, still there with --all.
+    let listed = list_invites(&stack, &acme.owner, false).await;
+    assert_eq!(
+        listed.iter().map(|i| &i.name).collect::<Vec<_>>(),
+        vec![&pending.name]
+    );
+    let all = list_invites(&stack, &acme.owner, true).await;
+    assert!(
+        all.iter()
+            .any(|i| i.name == revoked.name && i.state() == InviteState::Revoked)
+    );
+    assert!(all.iter().any(|i| i.state() == InviteState::Accepted));
+    // An accepted invite cannot be revoked; its member is removed instead.
+    accept(&stack, &pending.code).await.expect("accept");
+    let err = stack
+        .identity(&acme.owner)
+        .revoke_invite(RevokeInviteRequest {
+            name: pending.name.clone(),
+        })
+        .await
+        .expect_err("accepted");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // A developer cannot see invites at all.
+    assert_eq!(
+        code(
+            stack
+                .identity(&acme.developer)
+                .list_invites(ListInvitesRequest::default())
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    stack.shutdown().await;
+}
+
 backend_tests!(
     nobody_mints_a_key_for_another_member,
     removing_a_member_revokes_the_keys_they_minted,
+    invites_die_with_their_inviter,
+    invites_are_listed_without_codes_and_revocable,
 );
