@@ -501,6 +501,20 @@ impl IdentityService for Identity {
         let now = now_micros();
         let owner_id = new_principal_id('m');
         let mut tx = self.db.begin_write().await.map_err(Error::from)?;
+        // A deleted organization's id stays taken: whatever another service
+        // still holds under it must never reach a new tenant.
+        let tombstone: Option<(i64,)> =
+            sqlx::query_as("SELECT delete_time FROM deleted_organizations WHERE id = $1")
+                .bind(&org)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+        if tombstone.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "organization id {org} was used before and cannot be reused"
+            ))
+            .into());
+        }
         sqlx::query("INSERT INTO organizations (id, display_name, max_key_lifetime_secs, allow_non_expiring_keys, create_time) VALUES ($1, $2, $3, 0, $4)")
             .bind(&org)
             .bind(&req.display_name)
@@ -694,6 +708,14 @@ impl IdentityService for Identity {
         if done.rows_affected() == 0 {
             return Err(Error::not_found(org_name(&org)).into());
         }
+        // The tombstone commits with the delete: the other services purge
+        // from it, so no deletion is ever missed.
+        sqlx::query("INSERT INTO deleted_organizations (id, delete_time) VALUES ($1, $2)")
+            .bind(&org)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
         self.commit_audited(
             tx,
             audited(
@@ -706,6 +728,34 @@ impl IdentityService for Identity {
         .await?;
         self.publish(Invalidation::Organization(org_name(&org)));
         Ok(Response::new(DeleteOrganizationResponse {}))
+    }
+
+    async fn list_deleted_organizations(
+        &self,
+        request: Request<ListDeletedOrganizationsRequest>,
+    ) -> Result<Response<ListDeletedOrganizationsResponse>, Status> {
+        // Services only (declared internal): tombstones of every organization.
+        let req = request.into_inner();
+        let page = page(req.page_size, &req.page_token)?;
+        let mut rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, delete_time FROM deleted_organizations WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(&page.after)
+        .bind(page.size + 1)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(Error::from)?;
+        let next_page_token = next_page(&mut rows, &page, |r| r.0.clone());
+        Ok(Response::new(ListDeletedOrganizationsResponse {
+            organizations: rows
+                .into_iter()
+                .map(|(id, at)| DeletedOrganization {
+                    name: org_name(&id),
+                    delete_time: Some(timestamp(at)),
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn create_invite(

@@ -38,6 +38,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "NDDD",
     ),
     (
+        "/paddock.identity.v1.IdentityService/ListDeletedOrganizations",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/CreateInvite",
         "ODDD",
         "NDDD",
@@ -342,6 +347,10 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 )
             }
         }
+        "ListDeletedOrganizations" => code(
+            c.list_deleted_organizations(ListDeletedOrganizationsRequest::default())
+                .await,
+        ),
         "CreateInvite" => code(
             c.create_invite(CreateInviteRequest {
                 parent: org,
