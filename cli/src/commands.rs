@@ -349,7 +349,8 @@ pub enum MemberCommand {
         email: String,
         role: String,
     },
-    /// Remove a member and revoke all of their keys.
+    /// Remove a member: deletes their keys and revokes the agent keys and
+    /// invites they made.
     Remove {
         /// The member's email or full resource name.
         email: String,
@@ -374,6 +375,7 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
             let expires = output::ts_cell(resp.expire_time.as_ref());
             if ctx.json() {
                 print_json(&json!({
+                    "name": resp.name,
                     "code": resp.code,
                     "email": resp.email,
                     "role": resp.role,
@@ -387,6 +389,10 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
                 );
                 outln!("code: {}", resp.code);
                 outln!("they join with: paddock member accept CODE");
+                outln!(
+                    "revoke it with: paddock invite revoke {}",
+                    names::short(&resp.name)
+                );
             }
             Ok(())
         }

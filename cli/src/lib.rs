@@ -18,6 +18,7 @@ mod commands;
 mod credential;
 mod dev;
 mod error;
+mod invite;
 mod names;
 mod output;
 mod policy;
@@ -103,6 +104,9 @@ pub enum Command {
     /// Members: invite, accept an invite, list, change roles, remove.
     #[command(subcommand)]
     Member(commands::MemberCommand),
+    /// Invites: list them (never their codes) and revoke pending ones.
+    #[command(subcommand)]
+    Invite(invite::InviteCommand),
     /// AI-agent identities.
     #[command(subcommand)]
     Agent(commands::AgentCommand),
@@ -204,6 +208,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Bench(cmd) => bench::run(&global, cmd).await,
         Command::Org(c) => commands::org(&mut ctx(), c).await,
         Command::Member(c) => commands::member(&mut ctx(), c).await,
+        Command::Invite(c) => invite::run(&mut ctx(), c).await,
         Command::Agent(c) => commands::agent(&mut ctx(), c).await,
         Command::Project(c) => commands::project(&mut ctx(), c).await,
         Command::Key(c) => commands::key(&mut ctx(), c).await,

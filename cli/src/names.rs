@@ -10,6 +10,7 @@ pub const AGENTS: &str = "agents";
 pub const PROJECTS: &str = "projects";
 pub const API_KEYS: &str = "apiKeys";
 pub const CREDENTIALS: &str = "credentials";
+pub const INVITES: &str = "invites";
 
 /// `organizations/{org}`.
 pub fn org_name(org: &str) -> String {
@@ -97,6 +98,7 @@ fn singular(collection: &str) -> &str {
         PROJECTS => "project",
         API_KEYS => "API key",
         CREDENTIALS => "credential",
+        INVITES => "invite",
         other => other,
     }
 }

@@ -115,6 +115,43 @@ fn invite_and_accept(backend: Backend) {
     );
 }
 
+fn invite_list_and_revoke(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = create_org(&dev, "acme", "alice@acme.test");
+    let invite = dev
+        .paddock(
+            Some(&owner),
+            &["member", "invite", "carol@acme.test", "--role", "admin"],
+        )
+        .json();
+    let code = invite["code"].as_str().expect("invite code");
+    let name = invite["name"].as_str().expect("invite name");
+    let id = name.rsplit('/').next().expect("invite id");
+
+    let listed = dev.paddock(Some(&owner), &["invite", "list"]);
+    assert!(
+        !listed.stdout.contains(&code[16..]),
+        "invite list printed the code: {listed:#?}"
+    );
+    let listed = listed.json();
+    let invites = listed["invites"].as_array().expect("invites");
+    assert_eq!(invites.len(), 1, "{listed:#}");
+    assert_eq!(invites[0]["name"], name, "{listed:#}");
+    assert_eq!(invites[0]["email"], "carol@acme.test", "{listed:#}");
+    assert_eq!(invites[0]["state"], "pending", "{listed:#}");
+
+    let revoked = dev.paddock(Some(&owner), &["invite", "revoke", id]).json();
+    assert_eq!(revoked["state"], "revoked", "{revoked:#}");
+    let refused = dev.paddock(None, &["member", "accept", code]);
+    assert_eq!(
+        refused.code, 1,
+        "a revoked invite was accepted: {refused:#?}"
+    );
+    assert!(refused.stderr.contains("revoked"), "{refused:#?}");
+    let listed = dev.paddock(Some(&owner), &["invite", "list"]).json();
+    assert_eq!(listed["invites"], serde_json::json!([]), "{listed:#}");
+}
+
 fn project_lifecycle(backend: Backend) {
     let dev = Dev::start(backend);
     let owner = create_org(&dev, "acme", "alice@acme.test");
@@ -797,6 +834,7 @@ e2e_tests!(
     audit_tail_follows,
     org_create_and_whoami,
     invite_and_accept,
+    invite_list_and_revoke,
     project_lifecycle,
     scoped_keys_and_roles,
     revoked_and_bad_tokens,

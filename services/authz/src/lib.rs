@@ -5,7 +5,8 @@
 //! against bitsets compiled once, so they cost the same for any
 //! organization size. Policies and settings live in authz's own database;
 //! every change and every refusal of authz's admission goes to the audit
-//! service through the transactional outbox.
+//! service through the transactional outbox. The organization reaper
+//! deletes a deleted organization's policies and settings.
 #![forbid(unsafe_code)]
 
 mod decide;
@@ -30,6 +31,7 @@ use paddock_shared::auth::{
     self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity,
 };
 use paddock_shared::db::{Database, Migration};
+use paddock_shared::org_reaper;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
@@ -106,10 +108,9 @@ pub async fn start_on(
         MIGRATIONS,
     )
     .await?;
-    let identity = RemoteIdentity::new(auth::identity_client(
-        &config.identity_endpoint,
-        BearerAuth::new(service_token)?,
-    )?);
+    let identity_client =
+        auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?;
+    let identity = RemoteIdentity::new(identity_client.clone());
     let authn = CachedAuthenticator::new(identity);
     let watch = authn.inner().watch(authn.cache());
     let forwarder = match &config.audit_endpoint {
@@ -132,13 +133,33 @@ pub async fn start_on(
             AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
         )
         .add_service(
-            PolicyServiceServer::new(Policies { db, audit_wake })
-                .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+            PolicyServiceServer::new(Policies {
+                db: db.clone(),
+                audit_wake,
+            })
+            .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
         );
-    let mut background = vec![watch];
+    let reaper = org_reaper::spawn_org_reaper(
+        identity_client,
+        db.clone(),
+        "authz",
+        purge_organization(db.clone()),
+        None,
+        org_reaper::DEFAULT_INTERVAL,
+    );
+    let mut background = vec![watch, reaper];
     background.extend(forwarder.map(Forwarder::spawn));
     tracing::info!(%addr, "authz listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background(background))
+}
+
+/// What the org reaper runs for a deleted organization: its agent policies
+/// and security settings go.
+fn purge_organization(db: Database) -> org_reaper::Purge {
+    Arc::new(move |org: String| {
+        let db = db.clone();
+        Box::pin(async move { store::purge_organization(&db, &org).await })
+    })
 }
 
 /// Answers checks in process, for the authz server's own admission.

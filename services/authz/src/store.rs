@@ -4,6 +4,7 @@
 //! one policy never lose each other's fields.
 
 use paddock_proto::authz::v1::{AgentPolicy, NetworkMode, SecuritySettings};
+use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::hex;
 use paddock_shared::time::timestamp;
@@ -164,4 +165,20 @@ pub async fn put_security_settings(
         .await?,
     };
     Ok(done.rows_affected() == 1)
+}
+
+/// Deletes every policy and the security settings of a deleted
+/// organization (the org reaper calls it; deleting nothing is fine).
+pub async fn purge_organization(db: &Database, org: &str) -> Result<()> {
+    let mut tx = db.begin_write().await?;
+    for table in ["agent_policies", "security_settings"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE org_id = $1"
+        )))
+        .bind(org)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

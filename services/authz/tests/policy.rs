@@ -806,7 +806,75 @@ async fn changes_and_refusals_are_audited(backend: Backend) {
     stack.shutdown().await;
 }
 
+/// Deleting an organization purges its policies and security settings (the
+/// org reaper, woken by identity's push): what authz answers for its agents
+/// is the built-in defaults again.
+async fn a_deleted_organizations_policies_are_purged(backend: Backend) {
+    let stack = Stack::start(backend).await;
+    let acme = setup_org(&stack, "acme").await;
+    update_policy(
+        &stack,
+        &acme.owner,
+        AgentPolicy {
+            name: BOT.into(),
+            max: limits(GIB),
+            ..Default::default()
+        },
+        &["max.memory_bytes"],
+    )
+    .await
+    .expect("policy");
+    update_settings(
+        &stack,
+        &acme.owner,
+        SecuritySettings {
+            max_sandboxes: 7,
+            ..Default::default()
+        },
+        &["max_sandboxes"],
+    )
+    .await
+    .expect("settings");
+    let stored = |eff: &GetEffectivePolicyResponse| {
+        (
+            eff.policy
+                .as_ref()
+                .and_then(|p| p.max.as_ref())
+                .map(|m| m.memory_bytes),
+            eff.settings.as_ref().map(|s| s.max_sandboxes),
+        )
+    };
+    let before = effective(&stack, "organizations/acme/agents/bot")
+        .await
+        .expect("effective");
+    assert_eq!(stored(&before), (Some(GIB), Some(7)));
+    stack
+        .identity(&acme.owner)
+        .delete_organization(paddock_proto::identity::v1::DeleteOrganizationRequest {
+            name: acme.name.clone(),
+        })
+        .await
+        .expect("delete organization");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let eff = effective(&stack, "organizations/acme/agents/bot")
+            .await
+            .expect("effective");
+        if stored(&eff) != stored(&before) || Instant::now() > deadline {
+            break eff;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        stored(&after),
+        (Some(4 * GIB), Some(20)),
+        "the deleted organization's policy and settings are gone"
+    );
+    stack.shutdown().await;
+}
+
 backend_tests!(
+    a_deleted_organizations_policies_are_purged,
     policies_have_defaults_and_update_by_mask,
     settings_bound_policies_and_the_effective_policy,
     other_organizations_are_not_found,

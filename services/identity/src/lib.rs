@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         3,
         include_str!("../migrations/0003_credentials_and_session_tokens.sql"),
     ),
+    (4, include_str!("../migrations/0004_invite_revocation.sql")),
+    (
+        5,
+        include_str!("../migrations/0005_organization_tombstones.sql"),
+    ),
 ];
 
 /// Configuration of the identity service.

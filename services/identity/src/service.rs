@@ -4,6 +4,7 @@
 //! (anything else is NOT_FOUND), check ownership and escalation, then work.
 
 mod credentials;
+mod invites;
 mod session_tokens;
 
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use paddock_proto::audit::v1::{Actor, AuditEvent, Outcome};
+use paddock_proto::audit::v1::{AuditEvent, Outcome};
 use paddock_proto::identity::v1::identity_service_server::IdentityService;
 use paddock_proto::identity::v1::*;
 use paddock_shared::auth::{self, Admission, Authenticator, Invalidation, PrincipalCache};
@@ -500,6 +501,20 @@ impl IdentityService for Identity {
         let now = now_micros();
         let owner_id = new_principal_id('m');
         let mut tx = self.db.begin_write().await.map_err(Error::from)?;
+        // A deleted organization's id stays taken: whatever another service
+        // still holds under it must never reach a new tenant.
+        let tombstone: Option<(i64,)> =
+            sqlx::query_as("SELECT delete_time FROM deleted_organizations WHERE id = $1")
+                .bind(&org)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::from)?;
+        if tombstone.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "organization id {org} was used before and cannot be reused"
+            ))
+            .into());
+        }
         sqlx::query("INSERT INTO organizations (id, display_name, max_key_lifetime_secs, allow_non_expiring_keys, create_time) VALUES ($1, $2, $3, 0, $4)")
             .bind(&org)
             .bind(&req.display_name)
@@ -693,6 +708,14 @@ impl IdentityService for Identity {
         if done.rows_affected() == 0 {
             return Err(Error::not_found(org_name(&org)).into());
         }
+        // The tombstone commits with the delete: the other services purge
+        // from it, so no deletion is ever missed.
+        sqlx::query("INSERT INTO deleted_organizations (id, delete_time) VALUES ($1, $2)")
+            .bind(&org)
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::from)?;
         self.commit_audited(
             tx,
             audited(
@@ -707,173 +730,71 @@ impl IdentityService for Identity {
         Ok(Response::new(DeleteOrganizationResponse {}))
     }
 
+    async fn list_deleted_organizations(
+        &self,
+        request: Request<ListDeletedOrganizationsRequest>,
+    ) -> Result<Response<ListDeletedOrganizationsResponse>, Status> {
+        // Services only (declared internal): tombstones of every organization.
+        let req = request.into_inner();
+        let page = page(req.page_size, &req.page_token)?;
+        let mut rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, delete_time FROM deleted_organizations WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(&page.after)
+        .bind(page.size + 1)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(Error::from)?;
+        let next_page_token = next_page(&mut rows, &page, |r| r.0.clone());
+        Ok(Response::new(ListDeletedOrganizationsResponse {
+            organizations: rows
+                .into_iter()
+                .map(|(id, at)| DeletedOrganization {
+                    name: org_name(&id),
+                    delete_time: Some(timestamp(at)),
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
     async fn create_invite(
         &self,
         request: Request<CreateInviteRequest>,
     ) -> Result<Response<CreateInviteResponse>, Status> {
         let caller = caller(&request)?;
-        let req = request.into_inner();
-        let org = parent_org(&caller, &req.parent)?.to_owned();
-        let email = names::normalize_email(&req.email)?;
-        let role = parse_role(&req.role)?;
-        if role == Role::Agent {
-            return Err(Error::invalid(
-                "role agent is for AI-agent identities; create an agent instead",
-            )
-            .into());
-        }
-        check_grantable(&caller, role)?;
-        let ttl = match &req.ttl {
-            None => DEFAULT_INVITE_TTL,
-            Some(d) => time::duration(d)
-                .filter(|d| !d.is_zero() && *d <= MAX_INVITE_TTL)
-                .ok_or_else(|| Error::invalid("ttl must be between 1s and 30 days"))?,
-        };
-        let exists: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM members WHERE org_id = $1 AND email = $2")
-                .bind(&org)
-                .bind(&email)
-                .fetch_optional(&self.db.pool)
-                .await
-                .map_err(Error::from)?;
-        if exists.is_some() {
-            return Err(Error::AlreadyExists(format!("{email} is already a member")).into());
-        }
-        let (id, code) = token::mint(TokenKind::Invite);
-        let now = now_micros();
-        let expire = now.saturating_add(ttl.as_micros() as i64);
-        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
-        sqlx::query("INSERT INTO invites (id, org_id, code_hash, email, role, created_by, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(&id)
-            .bind(&org)
-            .bind(token::hash(&code))
-            .bind(&email)
-            .bind(role.as_str())
-            .bind(&caller.name)
-            .bind(now)
-            .bind(expire)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::from)?;
-        // The code is the credential: only its id is recorded.
-        let details = json!({"email": email, "role": role.as_str(), "invite_id": id, "expire_time_us": expire});
-        self.commit_audited(
-            tx,
-            audited(Some(&caller), "member.invite", &org_name(&org), details),
-        )
-        .await?;
-        Ok(Response::new(CreateInviteResponse {
-            code,
-            expire_time: Some(timestamp(expire)),
-            email,
-            role: role.as_str().to_owned(),
-        }))
+        Ok(Response::new(
+            invites::create(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn accept_invite(
         &self,
         request: Request<AcceptInviteRequest>,
     ) -> Result<Response<AcceptInviteResponse>, Status> {
-        let req = request.into_inner();
-        let parsed = token::parse(req.code.trim())
-            .map_err(|e| Error::invalid(format!("malformed invite code: {e}")))?;
-        if parsed.kind != TokenKind::Invite {
-            return Err(Error::invalid("not an invite code (expected pdi_…)").into());
-        }
-        let key_name = if req.key_display_name.is_empty() {
-            "default".to_owned()
-        } else {
-            req.key_display_name
-        };
-        validate_text("key_display_name", &key_name, 200)?;
-        let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT org_id, code_hash, email, role, expire_time, accept_time FROM invites WHERE id = $1",
-        )
-        .bind(parsed.id)
-        .fetch_optional(&self.db.pool)
-        .await
-        .map_err(Error::from)?;
-        let Some((org, _, email, role, expire, accepted)) = row.filter(|r| parsed.matches(&r.1))
-        else {
-            return Err(Error::NotFound("invite code not found".into()).into());
-        };
-        if accepted.is_some() {
-            return Err(
-                Error::FailedPrecondition("invite code has already been used".into()).into(),
-            );
-        }
-        if expire <= now_micros() {
-            return Err(Error::FailedPrecondition("invite code has expired".into()).into());
-        }
-        // The transaction writes first (SQLite then waits for the write lock
-        // instead of failing a read-to-write upgrade), and only one UPDATE
-        // sees accept_time NULL: single use even under races.
-        let now = now_micros();
-        let mut tx = self.db.begin_write().await.map_err(Error::from)?;
-        let claimed = sqlx::query(
-            "UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL AND expire_time > $1",
-        )
-        .bind(now)
-        .bind(parsed.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::from)?;
-        if claimed.rows_affected() != 1 {
-            return Err(
-                Error::FailedPrecondition("invite code has already been used".into()).into(),
-            );
-        }
-        let settings: Option<(i64,)> =
-            sqlx::query_as("SELECT max_key_lifetime_secs FROM organizations WHERE id = $1")
-                .bind(&org)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(Error::from)?;
-        let (max_secs,) = settings.ok_or_else(|| Error::not_found(org_name(&org)))?;
-        let member_id = new_principal_id('m');
-        sqlx::query("INSERT INTO members (id, org_id, email, role, create_time) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&member_id)
-            .bind(&org)
-            .bind(&email)
-            .bind(&role)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::from)?;
-        let expire = Some(now.saturating_add(max_secs.max(0).saturating_mul(1_000_000)));
-        let name = child_name(&org, "members", &member_id);
-        let (key, secret) = Self::insert_key(
-            &mut tx,
-            NewKey {
-                org: &org,
-                owner_id: &member_id,
-                display_name: &key_name,
-                role: "",
-                scope: &[],
-                expire,
-                created_by: &name,
-                sandbox: None,
-            },
-        )
-        .await?;
-        let mut event = audited(
-            None,
-            "member.join",
-            &name,
-            json!({"role": role, "invite_id": parsed.id, "api_key": key.0}),
-        );
-        event.actor = Some(Actor {
-            principal_id: member_id.clone(),
-            kind: PrincipalKind::Member.as_str_name().to_owned(),
-            display_name: email.clone(),
-            key_id: String::new(),
-        });
-        self.commit_audited(tx, event).await?;
-        Ok(Response::new(AcceptInviteResponse {
-            member: Some(member((member_id, org, email, role, now))),
-            api_key: Some(api_key(key, name)),
-            api_key_secret: secret,
-        }))
+        Ok(Response::new(
+            invites::accept(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_invites(
+        &self,
+        request: Request<ListInvitesRequest>,
+    ) -> Result<Response<ListInvitesResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            invites::list(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke_invite(
+        &self,
+        request: Request<RevokeInviteRequest>,
+    ) -> Result<Response<RevokeInviteResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            invites::revoke(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     async fn list_members(
@@ -970,7 +891,10 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
-        let details = json!({"role": role.as_str(), "previous_role": current.3});
+        let member_name = child_name(&org, "members", &id);
+        let revoked_invites =
+            invites::revoke_by_inviter(&mut tx, &org, &member_name, Some(role.as_str())).await?;
+        let details = json!({"role": role.as_str(), "previous_role": current.3, "revoked_invites": revoked_invites});
         self.commit_audited(
             tx,
             audited(Some(&caller), "member.update", &update.name, details),
@@ -1008,17 +932,37 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
+        // The keys the member minted for agents go with them: a removed
+        // admin must not keep acting through an agent key they hold.
+        let revoked: Vec<(String,)> = sqlx::query_as(
+            "UPDATE api_keys SET revoke_time = $1 WHERE org_id = $2 AND created_by = $3 AND revoke_time IS NULL RETURNING id",
+        )
+        .bind(now_micros())
+        .bind(&org)
+        .bind(child_name(&org, "members", &id))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::from)?;
+        let revoked: Vec<String> = revoked.into_iter().map(|(key,)| key).collect();
+        let revoked_invites =
+            invites::revoke_by_inviter(&mut tx, &org, &child_name(&org, "members", &id), None)
+                .await?;
         sqlx::query("DELETE FROM members WHERE id = $1")
             .bind(&id)
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
-        self.commit_audited(
-            tx,
-            audited(Some(&caller), "member.remove", &name, json!({"role": role})),
-        )
-        .await?;
+        let key_names: Vec<String> = revoked
+            .iter()
+            .map(|key| child_name(&org, "apiKeys", key))
+            .collect();
+        let details = json!({"role": role, "revoked_api_keys": key_names, "revoked_invites": revoked_invites});
+        self.commit_audited(tx, audited(Some(&caller), "member.remove", &name, details))
+            .await?;
         self.publish(Invalidation::Principal(id));
+        for key in revoked {
+            self.publish(Invalidation::Key(key));
+        }
         Ok(Response::new(DeleteMemberResponse {}))
     }
 
@@ -1141,7 +1085,12 @@ impl IdentityService for Identity {
             .execute(&mut *tx)
             .await
             .map_err(Error::from)?;
-        self.commit_audited(tx, audited(Some(&caller), "agent.delete", &name, json!({})))
+        // An agent with members.manage may have invited people.
+        let revoked_invites =
+            invites::revoke_by_inviter(&mut tx, org, &child_name(org, "agents", agent_id), None)
+                .await?;
+        let details = json!({"revoked_invites": revoked_invites});
+        self.commit_audited(tx, audited(Some(&caller), "agent.delete", &name, details))
             .await?;
         self.publish(Invalidation::Principal(id));
         Ok(Response::new(DeleteAgentResponse {}))
@@ -1340,19 +1289,19 @@ impl IdentityService for Identity {
                 .ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
             (id, spec.owner.clone(), role)
         } else {
-            let (o, member_id) = parse_child(&spec.owner, "members")
+            let (o, _) = parse_child(&spec.owner, "members")
                 .map_err(|_| Error::invalid("owner must be a member or agent resource name"))?;
-            let row: Option<(String,)> =
-                sqlx::query_as("SELECT role FROM members WHERE org_id = $1 AND id = $2")
-                    .bind(&org)
-                    .bind(member_id)
-                    .fetch_optional(&self.db.pool)
-                    .await
-                    .map_err(Error::from)?;
-            let (role,) = row
-                .filter(|_| o == org)
-                .ok_or_else(|| Error::not_found(names::truncate(&spec.owner)))?;
-            (member_id.to_owned(), spec.owner.clone(), role)
+            if o != org {
+                return Err(Error::not_found(names::truncate(&spec.owner)).into());
+            }
+            // A key acts as its owner in every check and in the audit trail:
+            // minting one for another person would let the minter act as
+            // them (an admin as the owner), and outlive the minter.
+            return Err(Error::PermissionDenied(format!(
+                "cannot mint a key owned by another member ({}): members mint their own keys; api_keys.manage covers keys for agents only",
+                names::truncate(&spec.owner)
+            ))
+            .into());
         };
         let key_resource = child_name(&org, "apiKeys", "-");
         self.admission

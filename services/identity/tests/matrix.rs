@@ -38,6 +38,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "NDDD",
     ),
     (
+        "/paddock.identity.v1.IdentityService/ListDeletedOrganizations",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/CreateInvite",
         "ODDD",
         "NDDD",
@@ -46,6 +51,16 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "/paddock.identity.v1.IdentityService/AcceptInvite",
         "OOOO",
         "OOOO",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/ListInvites",
+        "ODDD",
+        "NDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/RevokeInvite",
+        "ODDD",
+        "NDDD",
     ),
     (
         "/paddock.identity.v1.IdentityService/ListMembers",
@@ -332,6 +347,10 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 )
             }
         }
+        "ListDeletedOrganizations" => code(
+            c.list_deleted_organizations(ListDeletedOrganizationsRequest::default())
+                .await,
+        ),
         "CreateInvite" => code(
             c.create_invite(CreateInviteRequest {
                 parent: org,
@@ -359,6 +378,30 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                     key_display_name: String::new(),
                 })
                 .await,
+            )
+        }
+        "ListInvites" => code(
+            c.list_invites(ListInvitesRequest {
+                parent: org,
+                ..Default::default()
+            })
+            .await,
+        ),
+        "RevokeInvite" => {
+            let invite = owner
+                .clone()
+                .create_invite(CreateInviteRequest {
+                    parent: org,
+                    email: format!("{}@x.test", fresh_id("r")),
+                    role: "developer".into(),
+                    ttl: None,
+                })
+                .await
+                .expect("invite")
+                .into_inner();
+            code(
+                c.revoke_invite(RevokeInviteRequest { name: invite.name })
+                    .await,
             )
         }
         "ListMembers" => code(

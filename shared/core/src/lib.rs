@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod hex;
 pub mod names;
+pub mod org_reaper;
 pub mod outbox;
 pub mod rbac;
 pub mod secret;
