@@ -219,7 +219,7 @@ pub async fn start_on(
         worker.clone(),
         installation,
         config.docker_host.clone(),
-        identity_client,
+        identity_client.clone(),
         policy,
         config.data_dir.clone(),
         Tuning {
@@ -273,7 +273,21 @@ pub async fn start_on(
     // Connect to Docker now when it is there, so the first request after
     // start finds it; otherwise the watcher keeps trying.
     connect_engine(&runner, &health, name).await;
+    // A deleted organization leaves nothing on this worker.
+    let purge_runner = runner.clone();
+    let reaper = paddock_shared::org_reaper::spawn_org_reaper(
+        identity_client.clone(),
+        db.clone(),
+        "sandbox-runner",
+        Arc::new(move |org: String| {
+            let runner = purge_runner.clone();
+            Box::pin(async move { runner.purge_organization(&org).await })
+        }),
+        None,
+        paddock_shared::org_reaper::DEFAULT_INTERVAL,
+    );
     let mut background = vec![
+        reaper,
         authn.inner().watch(authn.cache()),
         tokio::spawn(watch_engine(runner.clone(), health, name)),
         tokio::spawn(heartbeat(runner.clone())),

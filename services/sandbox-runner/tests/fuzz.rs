@@ -27,14 +27,22 @@ fn assert_safe_archive(rewritten: &[u8]) {
         );
         assert_eq!(header.uid().expect("uid"), u64::from(UID));
         assert_eq!(header.gid().expect("gid"), u64::from(UID));
-        assert_eq!(header.mode().expect("mode") & 0o7000, 0, "{path:?} keeps special bits");
+        assert_eq!(
+            header.mode().expect("mode") & 0o7000,
+            0,
+            "{path:?} keeps special bits"
+        );
         let kind = header.entry_type();
         assert!(
             kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link(),
             "{path:?} is a {kind:?}"
         );
         if kind.is_symlink() {
-            let target = entry.link_name().expect("link").expect("target").into_owned();
+            let target = entry
+                .link_name()
+                .expect("link")
+                .expect("target")
+                .into_owned();
             let base = Path::new(WORKSPACE).join(&path);
             let resolved = lexical(base.parent().unwrap_or(Path::new(WORKSPACE)), &target);
             assert!(
@@ -43,9 +51,15 @@ fn assert_safe_archive(rewritten: &[u8]) {
             );
         }
         if kind.is_hard_link() {
-            let target = entry.link_name().expect("link").expect("target").into_owned();
+            let target = entry
+                .link_name()
+                .expect("link")
+                .expect("target")
+                .into_owned();
             assert!(
-                target.components().all(|c| matches!(c, Component::Normal(_))),
+                target
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_))),
                 "{path:?} hard-links to {target:?}"
             );
         }

@@ -770,6 +770,134 @@ async fn images_are_approved_per_organization(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Finding 3: deleting an organization leaves nothing behind on the
+/// worker (sandboxes, containers, networks, workspaces kept or not,
+/// credential files, cache volumes, records), and its id is never reused.
+async fn a_deleted_organization_leaves_nothing(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("gone")).await;
+    let other = setup_org(&env.stack, &fresh_id("stays")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let mut cached = spec("web");
+    cached.caches = vec!["pip".into()];
+    let running = create(&mut client, cached.clone()).await.expect("running");
+    let mut kept = spec("web");
+    kept.keep_workspace = true;
+    kept.command = vec!["true".into()];
+    let kept = create(&mut client, kept).await.expect("kept");
+    wait_ended(&mut client, &kept.name).await;
+    let survivor = create(&mut env.sandboxes(&other.owner), cached)
+        .await
+        .expect("other org");
+    let engine = env.engine();
+    let labelled = |org: String| {
+        let docker = engine.docker().clone();
+        async move {
+            let filters = std::collections::HashMap::from([(
+                "label".to_owned(),
+                vec![format!("paddock.org={org}")],
+            )]);
+            let containers = docker
+                .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                }))
+                .await
+                .expect("containers")
+                .len();
+            let volumes = docker
+                .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                    filters: Some(filters),
+                }))
+                .await
+                .expect("volumes")
+                .volumes
+                .unwrap_or_default()
+                .len();
+            (containers, volumes)
+        }
+    };
+    assert_eq!(labelled(org.id.clone()).await, (1, 1));
+    let workspaces = env.config.data_dir.join("workspaces").join(&org.id);
+    assert!(workspaces.exists());
+
+    env.stack
+        .identity(&org.owner)
+        .delete_organization(DeleteOrganizationRequest {
+            name: org.name.clone(),
+        })
+        .await
+        .expect("delete the organization");
+    // The runner hears of it (push, or the tombstone feed) and purges.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if labelled(org.id.clone()).await == (0, 0) && !workspaces.exists() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the organization was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = running;
+    // No record is left, not even for the platform's own reads.
+    let worker = env.worker();
+    let left: Vec<String> = {
+        let db = paddock_shared::db::Database::connect(
+            "sandbox_runner",
+            &env.config.data_dir,
+            env.config.database_url.as_deref(),
+            &[],
+        )
+        .await
+        .expect("runner db");
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM sandboxes WHERE org_id = $1 AND worker_id = $2")
+                .bind(&org.id)
+                .bind(&worker)
+                .fetch_all(&db.pool)
+                .await
+                .expect("query");
+        rows.into_iter().map(|r| r.0).collect()
+    };
+    assert!(left.is_empty(), "records left: {left:?}");
+    // The other organization is untouched.
+    assert_eq!(labelled(other.id.clone()).await, (1, 1));
+    let got = env
+        .sandboxes(&other.owner)
+        .get_sandbox(GetSandboxRequest {
+            name: survivor.name.clone(),
+        })
+        .await
+        .expect("the other org's sandbox")
+        .into_inner()
+        .sandbox
+        .expect("sandbox");
+    assert_eq!(got.state, SandboxState::Running as i32);
+    // And the id is never handed out again.
+    let err = env
+        .stack
+        .anonymous_identity()
+        .create_organization(CreateOrganizationRequest::default())
+        .await
+        .map(|_| ())
+        .expect_err("anonymous create");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut platform = env.stack.identity(env.stack.bootstrap_token().expose());
+    let err = platform
+        .create_organization(CreateOrganizationRequest {
+            organization_id: org.id.clone(),
+            owner_email: "evil@evil.test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a deleted id was reused");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
@@ -780,4 +908,5 @@ backend_tests!(
     env_values_are_not_shown_to_others,
     read_only_keys_read_sandboxes,
     images_are_approved_per_organization,
+    a_deleted_organization_leaves_nothing,
 );
