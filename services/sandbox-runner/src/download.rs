@@ -205,8 +205,8 @@ impl<W: Write> Archive<'_, W> {
             .map_err(write_err)?;
         let dup = rustix::io::dup(fd).map_err(|e| errno(path, e))?;
         let mut names = Vec::new();
-        let mut listing = rustix::fs::Dir::new(dup).map_err(|e| errno(path, e))?;
-        while let Some(item) = listing.next() {
+        let listing = rustix::fs::Dir::new(dup).map_err(|e| errno(path, e))?;
+        for item in listing {
             let item = item.map_err(|e| errno(path, e))?;
             let name = item.file_name().to_string_lossy().into_owned();
             if name != "." && name != ".." {

@@ -244,6 +244,42 @@ fn link_stays_inside(dir: &Path, target: &Path) -> bool {
     parts.first().map(|p| p == "workspace").unwrap_or(false)
 }
 
+/// A blocking `Read` over chunks sent from async code: an upload is
+/// checked while it arrives.
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl ChunkReader {
+    /// The sending half and the reader.
+    pub fn channel() -> (tokio::sync::mpsc::Sender<Vec<u8>>, ChunkReader) {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        (
+            tx,
+            ChunkReader {
+                rx,
+                current: std::io::Cursor::new(Vec::new()),
+            },
+        )
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.current.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = std::io::Cursor::new(chunk),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,41 +411,5 @@ mod tests {
         let mut bad = vec![0xffu8; 1024];
         bad[0] = b'x';
         assert!(check_archive(bad.as_slice(), "/workspace").is_err());
-    }
-}
-
-/// A blocking `Read` over chunks sent from async code: an upload is
-/// checked while it arrives.
-pub struct ChunkReader {
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    current: std::io::Cursor<Vec<u8>>,
-}
-
-impl ChunkReader {
-    /// The sending half and the reader.
-    pub fn channel() -> (tokio::sync::mpsc::Sender<Vec<u8>>, ChunkReader) {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        (
-            tx,
-            ChunkReader {
-                rx,
-                current: std::io::Cursor::new(Vec::new()),
-            },
-        )
-    }
-}
-
-impl std::io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let n = self.current.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.current = std::io::Cursor::new(chunk),
-                None => return Ok(0),
-            }
-        }
     }
 }
