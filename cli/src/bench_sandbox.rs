@@ -141,6 +141,7 @@ async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliEr
         sandbox_endpoints: Vec::new(),
         max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
         max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
+        sandbox_key: None,
     };
     let runner = paddock_sandbox_runner::start(&runner_config, &service)
         .await

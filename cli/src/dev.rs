@@ -348,6 +348,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             sandbox_endpoints: Vec::new(),
             max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
             max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
+            sandbox_key: None,
         };
         let token = service_token(&args.data_dir)?;
         match paddock_sandbox_runner::start(&config, &token).await {

@@ -1,195 +1,64 @@
-//! The key that seals stored credentials at rest.
-//!
-//! XChaCha20-Poly1305 with a random 192-bit nonce per value (random nonces
-//! of that size cannot realistically collide), and associated data binding
-//! each ciphertext to its organization and credential id: a value copied
-//! into another row fails to open instead of revealing one credential under
-//! another's name. Each row also records the key's fingerprint, so a value
-//! sealed under a different key is reported as exactly that.
+//! The key that seals stored credentials at rest: a [`SealingKey`] for
+//! credentials, each value bound to its organization and credential id
+//! (see `paddock_shared::seal`).
 //!
 //! The key comes from `--credential-key` / `PADDOCK_CREDENTIAL_KEY` (32
 //! bytes as base64 or hex), else from `{data_dir}/credential-key`, which is
 //! generated once (mode 0600) so that `paddock dev` works out of the box.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 
+#[cfg(test)]
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use paddock_shared::seal::{Purpose, SealingKey};
 use paddock_shared::secret::Secret;
+#[cfg(test)]
 use rand::Rng;
-use sha2::{Digest, Sha256};
+
+pub use paddock_shared::seal::{KeyError, KeySource, OpenError, Sealed};
 
 /// The key file's name under the data dir.
 pub const KEY_FILE: &str = "credential-key";
-const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 24;
-const TAG_LEN: usize = 16;
-const AAD_PREFIX: &[u8] = b"paddock.credential.v1\0";
 
-/// Why no key could be loaded. Messages never contain key material.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(
-        "invalid {0}: expected 32 bytes as base64 (44 characters) or hex (64 digits); generate one with `openssl rand -base64 32`"
-    )]
-    Malformed(String),
-    #[error("cannot read the credential key file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write the credential key file {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// Why a sealed value did not open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    #[error("the value was sealed with a different credential key")]
-    WrongKey,
-    #[error(
-        "the value does not authenticate: it was altered or moved from another credential's row"
-    )]
-    Corrupt,
-}
-
-/// Where the key came from, for the startup log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    Configured,
-    File(PathBuf),
-    Generated(PathBuf),
-}
+/// Stored credentials. The separators are those values were first sealed
+/// with: changing them would make every stored credential unreadable.
+pub static PURPOSE: Purpose = Purpose {
+    file: KEY_FILE,
+    flag: "--credential-key / PADDOCK_CREDENTIAL_KEY",
+    aad_prefix: b"paddock.credential.v1\0",
+    fingerprint_domain: b"paddock.credential-key.v1\0",
+};
 
 /// A loaded credential key. `Debug` shows only its fingerprint.
-pub struct CredentialKey {
-    cipher: XChaCha20Poly1305,
-    fingerprint: String,
-}
-
-impl std::fmt::Debug for CredentialKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialKey")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A sealed value as stored: nonce, ciphertext and tag, and the fingerprint
-/// of the key that sealed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    pub key_fingerprint: String,
-    pub bytes: Vec<u8>,
-}
+#[derive(Debug)]
+pub struct CredentialKey(SealingKey);
 
 impl CredentialKey {
-    fn from_bytes(key: &[u8; KEY_LEN]) -> Self {
-        let digest = Sha256::new()
-            .chain_update(b"paddock.credential-key.v1\0")
-            .chain_update(key)
-            .finalize();
-        Self {
-            cipher: XChaCha20Poly1305::new(&(*key).into()),
-            // A short one-way tag: enough to tell keys apart, useless to
-            // recover one.
-            fingerprint: paddock_shared::hex::encode(&digest[..8]),
-        }
-    }
-
-    /// Parses 32 bytes given as base64 (standard or URL-safe, padded or
-    /// not) or as 64 hex digits. `what` names the source in the error.
     pub fn parse(text: &str, what: &str) -> Result<Self, KeyError> {
-        let text = text.trim();
-        let bytes = if text.len() == 2 * KEY_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            paddock_shared::hex::decode(&text.to_ascii_lowercase())
-        } else {
-            use base64::engine::general_purpose::{
-                STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
-            };
-            [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-                .iter()
-                .find_map(|engine| engine.decode(text).ok())
-        };
-        let key: [u8; KEY_LEN] = bytes
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| KeyError::Malformed(what.to_owned()))?;
-        Ok(Self::from_bytes(&key))
+        SealingKey::parse(&PURPOSE, text, what).map(Self)
     }
 
-    /// A new random key and its base64 text.
     pub fn generate() -> (Self, Secret<String>) {
-        let mut key = [0u8; KEY_LEN];
-        rand::rng().fill(&mut key[..]);
-        let text = base64::engine::general_purpose::STANDARD.encode(key);
-        (Self::from_bytes(&key), Secret::new(text))
+        let (key, text) = SealingKey::generate(&PURPOSE);
+        (Self(key), text)
     }
 
-    /// The configured key, else the one in `{data_dir}/credential-key`,
-    /// generated there (mode 0600) when the file does not exist. A file that
-    /// exists but holds no key is an error, never silently replaced: the
-    /// credentials sealed with it would become unreadable.
     pub fn load(
         configured: Option<&Secret<String>>,
         data_dir: &Path,
     ) -> Result<(Self, KeySource), KeyError> {
-        if let Some(text) = configured {
-            let key = Self::parse(text.expose(), "--credential-key / PADDOCK_CREDENTIAL_KEY")?;
-            return Ok((key, KeySource::Configured));
-        }
-        let path = data_dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let key = Self::parse(&text, &format!("credential key file {}", path.display()))?;
-                Ok((key, KeySource::File(path)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (key, text) = Self::generate();
-                paddock_shared::server::write_secret_file(&path, text.expose()).map_err(
-                    |source| KeyError::Write {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
-                Ok((key, KeySource::Generated(path)))
-            }
-            Err(source) => Err(KeyError::Read { path, source }),
-        }
+        SealingKey::load(&PURPOSE, configured, data_dir).map(|(k, s)| (Self(k), s))
     }
 
-    /// A short, one-way tag of the key, stored beside each sealed value.
     pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
+        self.0.fingerprint()
     }
 
     /// Seals `value` for credential `credential_id` of `org`.
     pub fn seal(&self, org: &str, credential_id: &str, value: &[u8]) -> Sealed {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill(&mut nonce[..]);
-        let aad = aad(org, credential_id);
-        // Encryption with a valid key and nonce size fails only on inputs of
-        // gigabytes; the API caps values far below that.
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: value,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
-        let mut bytes = Vec::with_capacity(NONCE_LEN + ciphertext.len());
-        bytes.extend_from_slice(&nonce);
-        bytes.extend_from_slice(&ciphertext);
-        Sealed {
-            key_fingerprint: self.fingerprint.clone(),
-            bytes,
-        }
+        self.0.seal(org, credential_id, value)
     }
 
     /// Opens a value sealed for credential `credential_id` of `org`.
@@ -199,35 +68,8 @@ impl CredentialKey {
         credential_id: &str,
         sealed: &Sealed,
     ) -> Result<Vec<u8>, OpenError> {
-        if sealed.key_fingerprint != self.fingerprint {
-            return Err(OpenError::WrongKey);
-        }
-        if sealed.bytes.len() < NONCE_LEN + TAG_LEN {
-            return Err(OpenError::Corrupt);
-        }
-        let (nonce, ciphertext) = sealed.bytes.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| OpenError::Corrupt)?;
-        let aad = aad(org, credential_id);
-        self.cipher
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| OpenError::Corrupt)
+        self.0.open(org, credential_id, sealed)
     }
-}
-
-/// Ids cannot contain NUL, so the encoding is unambiguous.
-fn aad(org: &str, credential_id: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + org.len() + 1 + credential_id.len());
-    aad.extend_from_slice(AAD_PREFIX);
-    aad.extend_from_slice(org.as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(credential_id.as_bytes());
-    aad
 }
 
 #[cfg(test)]

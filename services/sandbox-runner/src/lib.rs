@@ -6,6 +6,7 @@
 pub mod docker;
 pub mod download;
 mod egress;
+mod envseal;
 mod exec;
 pub mod files;
 pub mod image;
@@ -120,6 +121,15 @@ pub struct Config {
         default_value_t = Limits::default().per_organization
     )]
     pub max_watches_per_org: usize,
+    /// The key sealing sandbox env values at rest: 32 bytes as base64 or
+    /// hex. Unset: `{data_dir}/sandbox-key`, generated on first start (mode
+    /// 0600). Runners sharing a database must share this key.
+    #[arg(
+        long = "sandbox-key",
+        env = "PADDOCK_SANDBOX_KEY",
+        hide_env_values = true
+    )]
+    pub sandbox_key: Option<paddock_shared::secret::Secret<String>>,
 }
 
 /// Parses `--sandbox-endpoint NAME=URL`.
@@ -214,10 +224,23 @@ pub async fn start_on(
         .with_audit("sandbox-runner", Arc::new(refusals));
 
     let installation = store::installation_id(&db.pool).await?;
+    let (env_key, source) = paddock_shared::seal::SealingKey::load(
+        &crate::envseal::PURPOSE,
+        config.sandbox_key.as_ref(),
+        &config.data_dir,
+    )?;
+    if db.backend == paddock_shared::db::Backend::Postgres
+        && !matches!(source, paddock_shared::seal::KeySource::Configured)
+    {
+        tracing::warn!(
+            "the sandbox key is a local file while the database is shared: every runner needs the same key (set --sandbox-key / PADDOCK_SANDBOX_KEY)"
+        );
+    }
     let runner = Arc::new(Runner::new(
         db.clone(),
         worker.clone(),
         installation,
+        Arc::new(env_key),
         config.docker_host.clone(),
         identity_client.clone(),
         policy,

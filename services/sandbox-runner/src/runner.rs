@@ -48,6 +48,8 @@ pub struct Runner {
     pub worker: String,
     /// This installation's id (see `store::installation_id`).
     pub installation: String,
+    /// Seals env values at rest.
+    pub env_key: Arc<paddock_shared::seal::SealingKey>,
     pub docker_host: String,
     engine: Mutex<Option<Engine>>,
     pub identity: IdentityClient,
@@ -113,6 +115,7 @@ impl Runner {
         db: Database,
         worker: String,
         installation: String,
+        env_key: Arc<paddock_shared::seal::SealingKey>,
         docker_host: String,
         identity: IdentityClient,
         policy: PolicyClient,
@@ -124,6 +127,7 @@ impl Runner {
             db,
             worker,
             installation,
+            env_key,
             docker_host,
             engine: Mutex::new(None),
             identity,
@@ -363,7 +367,9 @@ impl Runner {
             org: org.clone(),
             agent: agent.clone(),
             created_by: caller.id.clone(),
-            spec: resolved.spec.clone(),
+            // Env values are stored sealed; the container gets them from
+            // `resolved` in memory.
+            spec: crate::envseal::sealed_spec(&self.env_key, &org, &id, &resolved.spec),
             state: SandboxState::Pending,
             end_reason: EndReason::Unspecified,
             exit_code: None,

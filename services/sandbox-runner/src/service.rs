@@ -114,7 +114,7 @@ impl Sandboxes {
     /// A sandbox as `caller` may see it (env values redacted).
     async fn view(&self, caller: &Principal, record: &Record) -> Result<Sandbox> {
         let reveal = self.reveals_env(caller, record).await?;
-        Ok(view_of(record.to_proto(), reveal))
+        Ok(view_of(&self.runner.env_key, record.to_proto(), reveal))
     }
 
     /// A running sandbox the caller may manage.
@@ -147,7 +147,7 @@ impl SandboxService for Sandboxes {
             .await?;
         // The creator sees its env, secret-looking values redacted.
         Ok(Response::new(CreateSandboxResponse {
-            sandbox: Some(view_of(sandbox, true)),
+            sandbox: Some(view_of(&self.runner.env_key, sandbox, true)),
         }))
     }
 
@@ -236,7 +236,13 @@ impl SandboxService for Sandboxes {
             .await?;
         let sandboxes = rows
             .iter()
-            .map(|r| view_of(r.to_proto(), manages || r.created_by == caller.id))
+            .map(|r| {
+                view_of(
+                    &self.runner.env_key,
+                    r.to_proto(),
+                    manages || r.created_by == caller.id,
+                )
+            })
             .collect();
         Ok(Response::new(ListSandboxesResponse {
             sandboxes,
@@ -263,7 +269,7 @@ impl SandboxService for Sandboxes {
             .stop(Some(&caller), record, grace, EndReason::StoppedByUser)
             .await?;
         Ok(Response::new(StopSandboxResponse {
-            sandbox: Some(view_of(sandbox, reveal)),
+            sandbox: Some(view_of(&self.runner.env_key, sandbox, reveal)),
         }))
     }
 
@@ -332,12 +338,13 @@ impl SandboxService for Sandboxes {
             (None, false) => record.to_proto(),
         };
         let reveal = self.reveals_env(&caller, &record).await?;
+        let key = self.runner.env_key.clone();
         let stream = async_stream(first, rx, async move {
             let _ = closing.wait_for(|c| *c).await;
         })
         .map(move |item| {
             item.map(|mut r| {
-                r.sandbox = r.sandbox.map(|s| view_of(s, reveal));
+                r.sandbox = r.sandbox.map(|s| view_of(&key, s, reveal));
                 r
             })
         });
@@ -604,9 +611,15 @@ fn decode_page(token: &str) -> Option<(i64, String)> {
 }
 
 /// The first state, then every change until a terminal state or shutdown.
-/// `sandbox` with its env redacted unless `reveal` (see `spec::redact_env`).
-fn view_of(mut sandbox: Sandbox, reveal: bool) -> Sandbox {
+/// `sandbox` as a caller sees it: its env values (stored sealed) opened
+/// only when `reveal`, and then secret-looking ones still redacted (see
+/// `spec::redact_env`).
+fn view_of(key: &paddock_shared::seal::SealingKey, mut sandbox: Sandbox, reveal: bool) -> Sandbox {
+    let name = sandbox.name.clone();
     if let Some(spec) = sandbox.spec.as_mut() {
+        if reveal && let Ok((org, id)) = parse_child(&name, "sandboxes") {
+            crate::envseal::open_env(key, org, id, spec);
+        }
         crate::spec::redact_env(spec, reveal);
     }
     sandbox

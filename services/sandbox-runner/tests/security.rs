@@ -624,7 +624,35 @@ async fn env_values_are_not_shown_to_others(backend: Backend) {
         .expect("sandbox");
     assert_eq!(env_of(&got)["MODE"], "debug-visible");
     assert_eq!(env_of(&got)["DB_PASSWORD"], "[redacted]");
+    // At rest the values are sealed: the stored spec holds neither.
+    let db = runner_db(&env).await;
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT spec FROM sandboxes")
+        .fetch_all(&db.pool)
+        .await
+        .expect("specs");
+    assert!(!stored.is_empty());
+    for (hex,) in stored {
+        let bytes = paddock_shared::hex::decode(&hex).expect("hex");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("hunter2") && !text.contains("debug-visible"),
+            "{text}"
+        );
+    }
     env.shutdown().await;
+}
+
+/// The runner's own database, read directly (as someone with access to
+/// the database files or server would).
+async fn runner_db(env: &Env) -> paddock_shared::db::Database {
+    paddock_shared::db::Database::connect(
+        "sandbox_runner",
+        &env.config.data_dir,
+        env.config.database_url.as_deref(),
+        &[],
+    )
+    .await
+    .expect("runner db")
 }
 
 /// Finding 16: a read-only key reads sandboxes (sessions.read), and
@@ -845,14 +873,7 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
     // No record is left, not even for the platform's own reads.
     let worker = env.worker();
     let left: Vec<String> = {
-        let db = paddock_shared::db::Database::connect(
-            "sandbox_runner",
-            &env.config.data_dir,
-            env.config.database_url.as_deref(),
-            &[],
-        )
-        .await
-        .expect("runner db");
+        let db = runner_db(&env).await;
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM sandboxes WHERE org_id = $1 AND worker_id = $2")
                 .bind(&org.id)

@@ -12,6 +12,7 @@ pub mod names;
 pub mod org_reaper;
 pub mod outbox;
 pub mod rbac;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod streams;

@@ -89,6 +89,7 @@ pub fn runner_config(
         sandbox_endpoints: vec![("MCP".into(), "http://127.0.0.1:7180".into())],
         max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
         max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
+        sandbox_key: None,
     }
 }
 
