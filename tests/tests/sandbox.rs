@@ -372,7 +372,113 @@ fn run_as_the_calling_agent_and_interrupt(backend: Backend) {
     );
 }
 
+/// Deleting an organization, end to end: its running sandbox, container,
+/// cache volume and workspace are gone from the worker, its keys stop
+/// working, its id cannot be taken again, and its sealed audit trail (the
+/// purge included) is readable and verifiable by the platform only.
+fn deleting_an_organization_leaves_nothing(backend: Backend) {
+    let dev = Dev::start(backend);
+    let owner = setup(&dev);
+    let bootstrap = dev.bootstrap_token();
+    let worker = dev.worker_id().expect("worker id");
+    let ran = dev
+        .paddock(
+            Some(&owner),
+            &[
+                "run",
+                "--agent",
+                "bot",
+                "--project",
+                "web",
+                "--image",
+                IMAGE,
+                "--cache",
+                "pip",
+                "--detach",
+                "--",
+                "sh",
+                "-c",
+                "echo poison > /cache/pip/evil; trap 'exit 0' TERM; while :; do sleep 1; done",
+            ],
+        )
+        .json();
+    assert_eq!(ran["state"], "running", "{ran:#}");
+    let labelled = |what: &str| {
+        let out = std::process::Command::new("docker")
+            .args([
+                what,
+                "ls",
+                "-q",
+                "--filter",
+                "label=paddock.org=acme",
+                "--filter",
+                &format!("label=paddock.worker={worker}"),
+            ])
+            .args(if what == "container" {
+                &["-a"][..]
+            } else {
+                &[][..]
+            })
+            .output()
+            .expect("docker ls");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(!labelled("container").is_empty());
+    assert!(!labelled("volume").is_empty());
+
+    let deleted = dev.paddock(Some(&owner), &["org", "delete", "--yes"]);
+    assert_eq!(deleted.code, 0, "{deleted:#?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(labelled("container").is_empty() && labelled("volume").is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker kept the organization's containers or caches"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        !dev.data_dir().join("workspaces").join("acme").exists(),
+        "the organization's workspaces are still there"
+    );
+    dev.paddock(Some(&owner), &["whoami"])
+        .failure("UNAUTHENTICATED");
+    // The id is never handed out again, to anyone.
+    dev.paddock(
+        Some(&bootstrap),
+        &["org", "create", "acme", "--owner", "mallory@evil.test"],
+    )
+    .failure("FAILED_PRECONDITION");
+    // The platform reads the sealed trail, the purge included.
+    let trail = dev.paddock_until(
+        Some(&bootstrap),
+        &[
+            "audit",
+            "query",
+            "--platform",
+            "--org",
+            "acme",
+            "--limit",
+            "500",
+            "-o",
+            "json",
+        ],
+        Duration::from_secs(30),
+        |o| o.code == 0 && o.stdout.contains("ORGANIZATION_DELETED"),
+    );
+    assert!(
+        trail.stdout.contains("organization.delete"),
+        "{}",
+        trail.stdout
+    );
+    let verified = dev.paddock(
+        Some(&bootstrap),
+        &["audit", "verify", "--platform", "--org", "acme"],
+    );
+    assert_eq!(verified.code, 0, "{verified:#?}");
+}
+
 e2e_tests!(
+    deleting_an_organization_leaves_nothing,
     run_as_the_calling_agent_and_interrupt,
     run_streams_and_exits_with_the_command_code,
     detached_sandbox_exec_cp_stop,
