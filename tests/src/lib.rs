@@ -456,6 +456,7 @@ impl Drop for Dev {
         if let Some(worker) = self.worker_id() {
             paddock_testkit::image::remove_worker_resources(&worker);
         }
+        paddock_testkit::image::unmount_under(&self.data_dir());
         if std::thread::panicking() {
             eprintln!(
                 "---- paddock dev ({:?}) log ----\n{}",

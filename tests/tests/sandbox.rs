@@ -424,12 +424,13 @@ fn deleting_an_organization_leaves_nothing(backend: Backend) {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert!(!labelled("container").is_empty());
-    assert!(!labelled("volume").is_empty());
+    let caches = dev.data_dir().join("caches").join("acme");
+    assert!(caches.join("pip").exists(), "no pip cache");
 
     let deleted = dev.paddock(Some(&owner), &["org", "delete", "--yes"]);
     assert_eq!(deleted.code, 0, "{deleted:#?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !(labelled("container").is_empty() && labelled("volume").is_empty()) {
+    while !(labelled("container").is_empty() && labelled("volume").is_empty() && !caches.exists()) {
         assert!(
             std::time::Instant::now() < deadline,
             "the worker kept the organization's containers or caches"

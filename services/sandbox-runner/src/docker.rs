@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest, VolumeCreateRequest,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
     ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StatsOptions,
@@ -55,7 +53,7 @@ pub struct ContainerPlan {
     pub workspace: String,
     /// (host file, target) pairs, mounted read-only.
     pub credentials: Vec<(String, String)>,
-    /// (volume, target) pairs.
+    /// (host cache directory, target) pairs: each a bounded file system.
     pub caches: Vec<(String, String)>,
     pub relax: HardeningRelaxations,
     /// The sandbox user's uid, for the tmpfs home.
@@ -92,11 +90,11 @@ pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
             ..Default::default()
         });
     }
-    for (volume, target) in &plan.caches {
+    for (source, target) in &plan.caches {
         mounts.push(Mount {
             target: Some(target.clone()),
-            source: Some(volume.clone()),
-            typ: Some(MountType::VOLUME),
+            source: Some(source.clone()),
+            typ: Some(MountType::BIND),
             read_only: Some(false),
             ..Default::default()
         });
@@ -564,46 +562,6 @@ impl Engine {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(self.fail("removing the sandbox network", e)),
         }
-    }
-
-    /// The organization's cache volume `name`, created on first use and
-    /// owned by `uid` so a non-root sandbox can write it.
-    pub async fn cache_volume(
-        &self,
-        installation: &str,
-        org: &str,
-        name: &str,
-        worker: &str,
-        uid: u32,
-    ) -> Result<String, Error> {
-        // Named by installation too: org `acme` of another installation on
-        // this Docker host must never share (or poison) this one's cache.
-        let volume = format!("paddock-cache-{installation}-{org}-{name}");
-        let labels = HashMap::from([
-            (LABEL_MANAGED.to_owned(), "true".to_owned()),
-            (LABEL_INSTALLATION.to_owned(), installation.to_owned()),
-            (LABEL_ORG.to_owned(), org.to_owned()),
-            (LABEL_CACHE.to_owned(), name.to_owned()),
-            (LABEL_WORKER.to_owned(), worker.to_owned()),
-        ]);
-        let created = self
-            .docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume.clone()),
-                labels: Some(labels),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| self.fail("creating the cache volume", e))?;
-        // The volume is a host directory of the local driver; the runner
-        // runs on that host, so it hands the directory to the sandbox user.
-        if !created.mountpoint.is_empty() {
-            let path = std::path::Path::new(&created.mountpoint);
-            if let Err(e) = std::os::unix::fs::chown(path, Some(uid), Some(uid)) {
-                tracing::warn!(volume, error = %e, "cannot hand the cache volume to the sandbox user");
-            }
-        }
-        Ok(volume)
     }
 
     /// Every cache volume this worker labelled for `org` (all orgs when

@@ -455,7 +455,19 @@ impl Runner {
         lock(&self.watchers).insert(id.clone(), tx);
 
         match self
-            .start(&engine, &record, &resolved, &user, uid, relax)
+            .start(
+                &engine,
+                &record,
+                &resolved,
+                &user,
+                uid,
+                relax,
+                settings
+                    .max
+                    .map(|m| m.disk_bytes)
+                    .filter(|b| *b > 0)
+                    .unwrap_or(resolved.disk_bytes) as u64,
+            )
             .await
         {
             Ok(container_id) => {
@@ -561,6 +573,7 @@ impl Runner {
         user: &str,
         uid: u32,
         relax: HardeningRelaxations,
+        cache_bytes: u64,
     ) -> Result<String> {
         let name = record.name();
         // The workspace disk and the session token are independent: make
@@ -617,10 +630,14 @@ impl Runner {
 
         let mut caches = Vec::new();
         for cache in &resolved.spec.caches {
-            let volume = engine
-                .cache_volume(&self.installation, &record.org, cache, &self.worker, uid)
+            let dir = self
+                .layout
+                .cache(&self.installation, &record.org, cache, uid, cache_bytes)
                 .await?;
-            caches.push((volume, format!("/cache/{cache}")));
+            caches.push((
+                dir.to_string_lossy().into_owned(),
+                format!("/cache/{cache}"),
+            ));
         }
 
         let labels = HashMap::from([
@@ -1000,6 +1017,8 @@ impl Runner {
             tx.commit().await?;
         }
         self.layout.remove_org_workspaces(org);
+        self.layout.remove_caches(&self.installation, org).await;
+        // Cache volumes of releases before caches had a disk bound.
         if let Ok(engine) = self.engine() {
             for volume in engine.cache_volumes(&self.worker, org).await? {
                 engine.remove_volume(&volume).await?;

@@ -16,6 +16,8 @@ use paddock_shared::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,
+    /// Serializes making and mounting caches, which sandboxes share.
+    caches: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn io(what: &str, e: std::io::Error) -> Error {
@@ -26,6 +28,7 @@ impl Layout {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             root: data_dir.to_path_buf(),
+            caches: Default::default(),
         }
     }
 
@@ -55,49 +58,130 @@ impl Layout {
         uid: u32,
         disk_bytes: u64,
     ) -> Result<PathBuf> {
+        let dir = self.workspace(org, id);
+        self.bounded_disk(&self.disk_image(id), &dir, disk_bytes, uid, true)
+            .await?;
+        hand_to(&dir, uid, 0o700)?;
+        Ok(dir)
+    }
+
+    /// An organization's package cache `name`: like a workspace, a file
+    /// system of its own of `disk_bytes` (the organization's disk bound),
+    /// made once and shared by the organization's sandboxes on this worker,
+    /// so a sandbox cannot fill the host through its caches either. Handed
+    /// to `uid` (the sandbox user) each time it is mounted into a sandbox.
+    pub async fn cache(
+        &self,
+        installation: &str,
+        org: &str,
+        name: &str,
+        uid: u32,
+        disk_bytes: u64,
+    ) -> Result<PathBuf> {
+        let _one_at_a_time = self.caches.lock().await;
+        let dir = self.caches_dir(org).join(name);
+        let image = self
+            .root
+            .join("disks")
+            .join(format!("cache-{installation}-{org}-{name}.ext4"));
+        if !is_mount_point(&dir) {
+            let fresh = !image.exists();
+            self.bounded_disk(&image, &dir, disk_bytes, uid, fresh)
+                .await?;
+        }
+        hand_to(&dir, uid, 0o755)?;
+        Ok(dir)
+    }
+
+    fn caches_dir(&self, org: &str) -> PathBuf {
+        self.root.join("caches").join(org)
+    }
+
+    /// Mounts the ext4 file system in `image` at `dir`, making it first
+    /// (`fresh`: a sparse file of `disk_bytes`, owned by `uid`).
+    async fn bounded_disk(
+        &self,
+        image: &Path,
+        dir: &Path,
+        disk_bytes: u64,
+        uid: u32,
+        fresh: bool,
+    ) -> Result<()> {
         let refused = |why: String| {
             Error::FailedPrecondition(format!(
                 "this worker cannot enforce the disk bound of {disk_bytes} bytes: {why}"
             ))
         };
-        let dir = self.workspace(org, id);
-        let image = self.disk_image(id);
         let disks = self.root.join("disks");
-        for d in [&dir, &disks] {
-            std::fs::create_dir_all(d).map_err(|e| io("creating the workspace", e))?;
+        for d in [dir, disks.as_path()] {
+            std::fs::create_dir_all(d).map_err(|e| io("creating a bounded disk", e))?;
         }
         std::fs::set_permissions(&disks, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io("securing the disks directory", e))?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&image)
-            .map_err(|e| io("creating the workspace disk", e))?;
-        file.set_len(disk_bytes)
-            .map_err(|e| io("sizing the workspace disk", e))?;
-        drop(file);
-        let owner = format!("root_owner={uid}:{uid},lazy_itable_init=1,lazy_journal_init=1");
-        run(
-            "mkfs.ext4",
-            &["-q", "-F", "-m", "0", "-O", "^has_journal", "-E", &owner],
-            &image,
-            None,
-        )
-        .await
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&image);
-            refused(e)
-        })?;
-        run("mount", &["-o", "loop,nosuid,nodev"], &image, Some(&dir))
+        if fresh {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(image)
+                .map_err(|e| io("creating a bounded disk", e))?;
+            file.set_len(disk_bytes)
+                .map_err(|e| io("sizing a bounded disk", e))?;
+            drop(file);
+            let owner = format!("root_owner={uid}:{uid},lazy_itable_init=1,lazy_journal_init=1");
+            run(
+                "mkfs.ext4",
+                &["-q", "-F", "-m", "0", "-O", "^has_journal", "-E", &owner],
+                image,
+                None,
+            )
             .await
             .map_err(|e| {
-                let _ = std::fs::remove_file(&image);
+                let _ = std::fs::remove_file(image);
+                refused(e)
+            })?;
+        }
+        run("mount", &["-o", "loop,nosuid,nodev"], image, Some(dir))
+            .await
+            .map_err(|e| {
+                if fresh {
+                    let _ = std::fs::remove_file(image);
+                }
                 refused(e)
             })?;
         let _ = std::fs::remove_dir(dir.join("lost+found"));
-        hand_to(&dir, uid, 0o700)?;
-        Ok(dir)
+        Ok(())
+    }
+
+    /// Unmounts and deletes an organization's caches.
+    pub async fn remove_caches(&self, installation: &str, org: &str) {
+        let dir = self.caches_dir(org);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if is_mount_point(&path)
+                    && let Err(e) = run("umount", &["-l"], &path, None).await
+                {
+                    tracing::warn!(org, error = %e, "cannot unmount a cache");
+                    return;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let image = self
+                    .root
+                    .join("disks")
+                    .join(format!("cache-{installation}-{org}-{name}.ext4"));
+                if let Err(e) = std::fs::remove_file(&image)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(org, error = %e, "cannot remove a cache disk");
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(org, error = %e, "cannot remove the organization's caches");
+        }
     }
 
     /// Makes sure a kept workspace is mounted (after a host restart its

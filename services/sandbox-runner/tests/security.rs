@@ -502,7 +502,26 @@ async fn disk_bounds_are_enforced(backend: Backend) {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("max.disk_bytes"), "{err:?}");
 
-    let sb = create(&mut client, spec("web")).await.expect("create");
+    // The organization's bound sizes its caches.
+    env.policies(&org.owner)
+        .update_security_settings(UpdateSecuritySettingsRequest {
+            settings: Some(SecuritySettings {
+                name: format!("{}/securitySettings", org.name),
+                max: Some(ResourceLimits {
+                    disk_bytes: 128 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["max.disk_bytes".into()],
+            }),
+        })
+        .await
+        .expect("settings");
+    let mut cached = spec("web");
+    cached.caches = vec!["pip".into()];
+    let sb = create(&mut client, cached).await.expect("create");
     assert_eq!(
         sb.spec
             .as_ref()
@@ -519,6 +538,7 @@ async fn disk_bounds_are_enforced(backend: Backend) {
             "dd if=/dev/zero of=/workspace/big bs=1M count=300 2>/dev/null; echo ws=$?; \
              ls -l /workspace/big | awk '{print \"size=\" $5}'; rm -f /workspace/big; \
              dd if=/dev/zero of=/tmp/big bs=1M count=300 2>/dev/null; echo tmp=$?; rm -f /tmp/big; \
+             dd if=/dev/zero of=/cache/pip/big bs=1M count=300 2>/dev/null; echo cache=$?; rm -f /cache/pip/big; \
              echo ok > /workspace/after && cat /workspace/after; \
              cat /proc/self/mountinfo",
         ],
@@ -538,6 +558,7 @@ async fn disk_bounds_are_enforced(backend: Backend) {
         .expect("size");
     assert!(size <= 100 << 20, "{size}");
     assert!(text.contains("tmp=1"), "/tmp took 300 MB: {text}");
+    assert!(text.contains("cache=1"), "a cache took 300 MB: {text}");
     assert!(text.contains("ok"), "the workspace is usable again: {text}");
     // No host path in the sandbox's view of its mounts.
     let data_dir = env.config.data_dir.display().to_string();
@@ -846,9 +867,10 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
             (containers, volumes)
         }
     };
-    assert_eq!(labelled(org.id.clone()).await, (1, 1));
+    assert_eq!(labelled(org.id.clone()).await.0, 1);
     let workspaces = env.config.data_dir.join("workspaces").join(&org.id);
-    assert!(workspaces.exists());
+    let caches = env.config.data_dir.join("caches").join(&org.id);
+    assert!(workspaces.exists() && caches.join("pip").exists());
 
     env.stack
         .identity(&org.owner)
@@ -860,7 +882,7 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
     // The runner hears of it (push, or the tombstone feed) and purges.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if labelled(org.id.clone()).await == (0, 0) && !workspaces.exists() {
+        if labelled(org.id.clone()).await == (0, 0) && !workspaces.exists() && !caches.exists() {
             break;
         }
         assert!(
@@ -885,7 +907,15 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
     };
     assert!(left.is_empty(), "records left: {left:?}");
     // The other organization is untouched.
-    assert_eq!(labelled(other.id.clone()).await, (1, 1));
+    assert_eq!(labelled(other.id.clone()).await.0, 1);
+    assert!(
+        env.config
+            .data_dir
+            .join("caches")
+            .join(&other.id)
+            .join("pip")
+            .exists()
+    );
     let got = env
         .sandboxes(&other.owner)
         .get_sandbox(GetSandboxRequest {

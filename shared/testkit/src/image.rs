@@ -36,6 +36,36 @@ pub fn remove_worker_resources(worker: &str) {
         .status();
 }
 
+/// Unmounts every file system mounted under `dir` (sandbox workspaces and
+/// credential tmpfs a runner left mounted), deepest first, so a test's
+/// data dir can be removed and no loop device stays attached.
+pub fn unmount_under(dir: &std::path::Path) {
+    let Ok(dir) = dir.canonicalize() else { return };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<std::path::PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        // mountinfo escapes spaces and the like as octal; test dirs have none.
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&point)
+                .status();
+        }
+    }
+}
+
 /// Images derived from the test image whose config says `USER <user>`,
 /// with an /etc/passwd that also names `toor` (uid 0) and `node` (uid
 /// 1000): `(user, tag)` pairs, built once per test binary.

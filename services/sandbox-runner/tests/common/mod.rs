@@ -62,11 +62,12 @@ pub async fn test_image() {
 
 /// The stack plus a runner.
 pub struct Env {
+    // First, so it runs before the stack's data dir is removed.
+    _cleanup: Cleanup,
     pub stack: Stack,
     pub runner: Option<ServerHandle>,
     pub runner_endpoint: String,
     pub config: paddock_sandbox_runner::Config,
-    _cleanup: Cleanup,
 }
 
 pub fn runner_config(
@@ -103,7 +104,7 @@ impl Env {
             .await
             .expect("start runner");
         Env {
-            _cleanup: Cleanup(worker.clone()),
+            _cleanup: Cleanup(worker.clone(), config.data_dir.clone()),
             runner_endpoint: runner.endpoint(),
             runner: Some(runner),
             stack,
@@ -161,13 +162,16 @@ impl Env {
 
 /// A test that panics never reaches [`Env::shutdown`]: remove what its
 /// worker labelled anyway (synchronously, through the docker CLI).
-pub struct Cleanup(String);
+/// Also unmounts the workspaces and credential tmpfs left under the
+/// runner's data dir (a crashed runner leaves its sandboxes' mounts).
+pub struct Cleanup(String, PathBuf);
 
 /// A test that panics never reaches [`Env::shutdown`]: remove what its
 /// worker labelled anyway.
 impl Drop for Cleanup {
     fn drop(&mut self) {
         paddock_testkit::image::remove_worker_resources(&self.0);
+        paddock_testkit::image::unmount_under(&self.1);
     }
 }
 
