@@ -385,6 +385,13 @@ impl Engine {
     /// Creates and starts a container; returns its id. A container that
     /// was created but did not start is removed.
     pub async fn create_start(&self, plan: &ContainerPlan) -> Result<String, Error> {
+        let id = self.create(plan).await?;
+        self.start(&id).await?;
+        Ok(id)
+    }
+
+    /// Creates a container (not started); returns its id.
+    pub async fn create(&self, plan: &ContainerPlan) -> Result<String, Error> {
         let created = self
             .docker
             .create_container(
@@ -407,11 +414,16 @@ impl Engine {
                 }
                 other => self.fail("creating the container", other),
             })?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            let _ = self.remove(&created.id).await;
+        Ok(created.id)
+    }
+
+    /// Starts a created container; one that does not start is removed.
+    pub async fn start(&self, id: &str) -> Result<(), Error> {
+        if let Err(e) = self.docker.start_container(id, None).await {
+            let _ = self.remove(id).await;
             return Err(self.fail("starting the container", e));
         }
-        Ok(created.id)
+        Ok(())
     }
 
     /// SIGTERM, then SIGKILL after `grace`. A container already stopped or

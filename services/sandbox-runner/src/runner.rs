@@ -564,6 +564,10 @@ impl Runner {
     }
 
     /// Prepares host files, token and network, and starts the container.
+    ///
+    /// The workspace's file system (mkfs and a loop mount: tens of
+    /// milliseconds) is made while everything else is prepared and the
+    /// container created; the container starts once both are done.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
@@ -575,29 +579,63 @@ impl Runner {
         relax: HardeningRelaxations,
         cache_bytes: u64,
     ) -> Result<String> {
-        let name = record.name();
-        // The workspace disk and the session token are independent: make
-        // them at once (mkfs and mount take tens of milliseconds).
-        let workspace =
+        let workspace = self.layout.workspace_mount_point(&record.org, &record.id)?;
+        let disk =
             self.layout
                 .create_workspace(&record.org, &record.id, uid, resolved.disk_bytes as u64);
-        let token = async {
-            self.identity
-                .clone()
-                .create_session_token(CreateSessionTokenRequest {
-                    agent: record.agent_name(),
-                    sandbox: name.clone(),
-                    // The token outlives the sandbox a little (it is revoked at the
-                    // stop anyway), within identity's 24 h cap.
-                    ttl: Some(proto_duration(
-                        (resolved.ttl + Duration::from_secs(60)).min(Duration::from_secs(86_400)),
-                    )),
-                })
-                .await
-                .map_err(|s| Error::from_status(dependency_status("identity", s)))
-                .map(tonic::Response::into_inner)
-        };
-        let (workspace, token) = tokio::try_join!(workspace, token)?;
+        let container = self.create_container(
+            engine,
+            record,
+            resolved,
+            user,
+            uid,
+            relax,
+            cache_bytes,
+            &workspace,
+        );
+        match tokio::join!(disk, container) {
+            (Ok(_), Ok(id)) => {
+                engine.start(&id).await?;
+                Ok(id)
+            }
+            (Err(e), Ok(id)) => {
+                let _ = engine.remove(&id).await;
+                Err(e)
+            }
+            (_, Err(e)) => Err(e),
+        }
+    }
+
+    /// Everything but the workspace's file system: token, credentials,
+    /// caches, network, and the container, created but not started.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_container(
+        &self,
+        engine: &Engine,
+        record: &Record,
+        resolved: &Resolved,
+        user: &str,
+        uid: u32,
+        relax: HardeningRelaxations,
+        cache_bytes: u64,
+        workspace: &std::path::Path,
+    ) -> Result<String> {
+        let name = record.name();
+        let token = self
+            .identity
+            .clone()
+            .create_session_token(CreateSessionTokenRequest {
+                agent: record.agent_name(),
+                sandbox: name.clone(),
+                // The token outlives the sandbox a little (it is revoked at the
+                // stop anyway), within identity's 24 h cap.
+                ttl: Some(proto_duration(
+                    (resolved.ttl + Duration::from_secs(60)).min(Duration::from_secs(86_400)),
+                )),
+            })
+            .await
+            .map_err(|s| Error::from_status(dependency_status("identity", s)))?
+            .into_inner();
 
         let mut credentials = Vec::new();
         if !resolved.spec.credentials.is_empty() {
@@ -695,7 +733,7 @@ impl Runner {
             relax,
             uid,
         };
-        engine.create_start(&plan).await
+        engine.create(&plan).await
     }
 
     // ---- supervision ----------------------------------------------------

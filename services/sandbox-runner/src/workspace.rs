@@ -65,6 +65,14 @@ impl Layout {
         Ok(dir)
     }
 
+    /// Makes the workspace's mount point, so a container can be created
+    /// with it while its file system is still being made.
+    pub fn workspace_mount_point(&self, org: &str, id: &str) -> Result<PathBuf> {
+        let dir = self.workspace(org, id);
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the workspace", e))?;
+        Ok(dir)
+    }
+
     /// An organization's package cache `name`: like a workspace, a file
     /// system of its own of `disk_bytes` (the organization's disk bound),
     /// made once and shared by the organization's sandboxes on this worker,
