@@ -163,29 +163,31 @@ pub async fn run(
         let mut timed_out = false;
         let mut refused = false;
         loop {
-            let next = match deadline {
-                Some(d) => tokio::select! {
-                    n = output.next() => n,
-                    _ = tokio::time::sleep_until(d) => {
-                        timed_out = true;
-                        kill_exec(&docker, &exec_id, &container).await;
-                        break;
-                    }
-                    Some(status) = refusals.recv() => {
-                        let _ = tx.send(Err(status)).await;
-                        kill_exec(&docker, &exec_id, &container).await;
-                        refused = true;
-                        break;
-                    }
-                },
-                None => tokio::select! {
-                    n = output.next() => n,
-                    Some(status) = refusals.recv() => {
-                        let _ = tx.send(Err(status)).await;
-                        refused = true;
-                        break;
-                    }
-                },
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                n = output.next() => n,
+                _ = expired => {
+                    timed_out = true;
+                    kill_exec(&docker, &exec_id, &container).await;
+                    break;
+                }
+                Some(status) = refusals.recv() => {
+                    let _ = tx.send(Err(status)).await;
+                    kill_exec(&docker, &exec_id, &container).await;
+                    refused = true;
+                    break;
+                }
+                // The client is gone, or its stream was ended (its key was
+                // revoked): stop the command now, not at its next output.
+                _ = tx.closed() => {
+                    kill_exec(&docker, &exec_id, &container).await;
+                    break;
+                }
             };
             let Some(Ok(chunk)) = next else { break };
             let message = match chunk {

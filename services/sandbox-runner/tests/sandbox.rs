@@ -928,6 +928,27 @@ async fn streams_end_with_their_key_and_are_capped(backend: Backend) {
             end.message()
         );
     }
+    // The command does not outlive its stream, though its stdin is open.
+    let mut owner = env.sandboxes(&org.owner);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = common::exec(
+            &mut owner,
+            &sb.name,
+            &["sh", "-c", "ps -o comm | grep -c '^cat$'"],
+            None,
+        )
+        .await
+        .expect("ps");
+        if out.out().trim() == "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked exec's command still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(tx);
 
     // Caps: one watch per caller, two per organization.
