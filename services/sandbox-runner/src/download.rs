@@ -116,6 +116,24 @@ pub fn open(root: &Path, parts: &[&str], uid: u32) -> Result<Target> {
     })
 }
 
+/// Checks that the directories on the way to `parts` under the workspace
+/// `root` that exist are directories, not links the sandbox made (those
+/// that do not exist yet will be made by the upload). An upload checks
+/// every entry's parents with it before Docker extracts anything.
+pub fn no_links_on_the_way(root: &Path, parts: &[&str]) -> Result<()> {
+    let path = parts.join("/");
+    let mut dir = rustix::fs::openat(rustix::fs::CWD, root, dir_flags(), Mode::empty())
+        .map_err(|e| errno(&path, e))?;
+    for part in parts {
+        match rustix::fs::openat(&dir, *part, dir_flags(), Mode::empty()) {
+            Ok(next) => dir = next,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(errno(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 impl Target {
     /// Writes the tar archive to `out`.
     pub fn write(self, out: impl Write) -> Result<()> {

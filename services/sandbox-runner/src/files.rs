@@ -244,6 +244,42 @@ fn link_stays_inside(dir: &Path, target: &Path) -> bool {
     parts.first().map(|p| p == "workspace").unwrap_or(false)
 }
 
+/// Checks a rewritten archive, to be extracted at `dest` in the sandbox
+/// whose workspace is `root` on the host: no entry's parent directory may
+/// be a link the sandbox planted (Docker would follow it, as root, inside
+/// the container's file system).
+pub fn check_parents(root: &Path, dest: &str, archive: impl std::io::Read) -> Result<()> {
+    let base: Vec<String> = dest
+        .strip_prefix(WORKSPACE)
+        .unwrap_or("")
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut checked = std::collections::HashSet::new();
+    let refs: Vec<&str> = base.iter().map(String::as_str).collect();
+    crate::download::no_links_on_the_way(root, &refs)?;
+    let mut tar = tar::Archive::new(archive);
+    for entry in tar.entries().map_err(bad_archive)? {
+        let entry = entry.map_err(bad_archive)?;
+        let path = entry.path().map_err(bad_archive)?.into_owned();
+        let Some(parent) = path.parent() else {
+            continue;
+        };
+        if parent.as_os_str().is_empty() || !checked.insert(parent.to_path_buf()) {
+            continue;
+        }
+        let mut parts = refs.clone();
+        let parent_parts: Vec<String> = parent
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        parts.extend(parent_parts.iter().map(String::as_str));
+        crate::download::no_links_on_the_way(root, &parts)?;
+    }
+    Ok(())
+}
+
 /// A blocking `Read` over chunks sent from async code: an upload is
 /// checked while it arrives.
 pub struct ChunkReader {

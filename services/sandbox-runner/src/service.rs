@@ -440,6 +440,17 @@ impl SandboxService for Sandboxes {
         let checked = rewrite.await.map_err(|e| Error::Internal(e.to_string()))?;
         received?;
         let checked = checked?;
+        // Nothing of the archive may land through a link the sandbox made.
+        let root = std::path::PathBuf::from(&record.workspace);
+        let spool_path = checked_spool.path().to_path_buf();
+        let dest_for_parents = dest.clone();
+        tokio::task::spawn_blocking(move || {
+            let archive =
+                std::fs::File::open(&spool_path).map_err(|e| Error::Internal(e.to_string()))?;
+            files::check_parents(&root, &dest_for_parents, std::io::BufReader::new(archive))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
 
         let engine = self.runner.engine()?;
         // The destination directory must exist; make it as the sandbox user.

@@ -659,29 +659,6 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().expect("tar")
 }
 
-async fn upload(
-    client: &mut SandboxClient,
-    sandbox: &str,
-    path: &str,
-    archive: Vec<u8>,
-) -> Result<UploadFilesResponse, tonic::Status> {
-    let mut msgs = vec![UploadFilesRequest {
-        message: Some(upload_files_request::Message::Start(UploadStart {
-            sandbox: sandbox.into(),
-            path: path.into(),
-        })),
-    }];
-    for chunk in archive.chunks(16 * 1024) {
-        msgs.push(UploadFilesRequest {
-            message: Some(upload_files_request::Message::Chunk(chunk.to_vec())),
-        });
-    }
-    client
-        .upload_files(tokio_stream::iter(msgs))
-        .await
-        .map(|r| r.into_inner())
-}
-
 async fn exec_streams_and_files(backend: Backend) {
     let env = Env::start(backend).await;
     let org = setup_org(&env.stack, &fresh_id("io")).await;

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Read as _;
 use std::time::Duration;
 
 use common::*;
@@ -949,6 +950,143 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
     env.shutdown().await;
 }
 
+/// Uploads never land through a link the sandbox planted in its workspace
+/// (Docker extracts as root and would follow it inside the container).
+async fn uploads_never_land_through_planted_links(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("upl")).await;
+    let mut client = env.sandboxes(&org.owner);
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &[
+            "sh",
+            "-c",
+            "ln -s /tmp /workspace/t && mkdir /workspace/d && echo ok",
+        ],
+        None,
+    )
+    .await
+    .expect("plant");
+    assert_eq!(out.out().trim(), "ok", "{}", out.err());
+    let archive = |name: &str| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_path(name).expect("path");
+        h.set_cksum();
+        b.append(&h, &b"evil"[..]).expect("append");
+        b.into_inner().expect("tar")
+    };
+    for (dest, name) in [("/workspace", "t/x"), ("t", "x"), ("/workspace/t", "y")] {
+        let err = upload(&mut client, &sb.name, dest, archive(name))
+            .await
+            .expect_err("an upload landed through a planted link");
+        assert_eq!(err.code(), Code::InvalidArgument, "{dest} {name}: {err:?}");
+    }
+    let out = exec(&mut client, &sb.name, &["ls", "/tmp"], None)
+        .await
+        .expect("ls");
+    assert!(!out.out().contains('x'), "{}", out.out());
+    // A plain upload still works, and the parents it implies are the
+    // sandbox user's (finding 16): it can write in them.
+    upload(&mut client, &sb.name, "d", archive("deep/er/ok.txt"))
+        .await
+        .expect("upload");
+    let out = exec(
+        &mut client,
+        &sb.name,
+        &[
+            "sh",
+            "-c",
+            "touch /workspace/d/deep/er/new && stat -c %u /workspace/d/deep",
+        ],
+        None,
+    )
+    .await
+    .expect("touch");
+    assert_eq!(out.out().trim(), "65534", "{}", out.err());
+    env.shutdown().await;
+}
+
+/// Finding 7 (uploads): an upload is bounded by the sandbox's disk bound,
+/// and one sandbox takes one upload at a time.
+async fn uploads_are_bounded(backend: Backend) {
+    let env = Env::start(backend).await;
+    let org = setup_org(&env.stack, &fresh_id("upb")).await;
+    update_policy(
+        &env,
+        &org,
+        "bot",
+        AgentPolicy {
+            max: Some(ResourceLimits {
+                disk_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &["max.disk_bytes"],
+    )
+    .await;
+    let mut client = env.sandboxes(&org.owner);
+    let sb = create(&mut client, spec("web")).await.expect("create");
+    // Over the bound: refused while it streams, nothing spooled beyond it.
+    let big = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(33 << 20);
+        h.set_mode(0o644);
+        h.set_path("big").expect("path");
+        h.set_cksum();
+        b.append(&h, std::io::repeat(7).take(33 << 20))
+            .expect("append");
+        b.into_inner().expect("tar")
+    };
+    let err = upload(&mut client, &sb.name, "/workspace", big)
+        .await
+        .expect_err("an upload above the disk bound");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // One at a time: while an upload is open, another is refused. (Which
+    // of two uploads takes the place first is a race the test cannot see:
+    // it tries again if the open one lost it.)
+    let empty = tar::Builder::new(Vec::new()).into_inner().expect("tar");
+    let mut refused = None;
+    for _attempt in 0..10 {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(UploadFilesRequest {
+            message: Some(upload_files_request::Message::Start(UploadStart {
+                sandbox: sb.name.clone(),
+                path: "/workspace".into(),
+            })),
+        })
+        .await
+        .expect("start");
+        let mut first_client = env.sandboxes(&org.owner);
+        let first = tokio::spawn(async move {
+            first_client
+                .upload_files(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = upload(&mut client, &sb.name, "/workspace", empty.clone()).await;
+        drop(tx);
+        let _ = first.await.expect("first upload task");
+        if let Err(e) = second {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("a second upload was never refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("one at a time"), "{err:?}");
+    upload(&mut client, &sb.name, "/workspace", empty)
+        .await
+        .expect("the place is free again");
+    env.shutdown().await;
+}
+
 backend_tests!(
     an_agent_runs_only_as_itself,
     a_signal_after_the_exec_ended_is_refused,
@@ -960,4 +1098,6 @@ backend_tests!(
     read_only_keys_read_sandboxes,
     images_are_approved_per_organization,
     a_deleted_organization_leaves_nothing,
+    uploads_never_land_through_planted_links,
+    uploads_are_bounded,
 );

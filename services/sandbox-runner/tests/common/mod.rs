@@ -282,3 +282,27 @@ pub async fn wait_ended(client: &mut SandboxClient, name: &str) -> Sandbox {
     );
     last
 }
+
+/// Uploads a tar archive into the sandbox at `path`.
+pub async fn upload(
+    client: &mut SandboxClient,
+    sandbox: &str,
+    path: &str,
+    archive: Vec<u8>,
+) -> Result<UploadFilesResponse, tonic::Status> {
+    let mut msgs = vec![UploadFilesRequest {
+        message: Some(upload_files_request::Message::Start(UploadStart {
+            sandbox: sandbox.into(),
+            path: path.into(),
+        })),
+    }];
+    for chunk in archive.chunks(16 * 1024) {
+        msgs.push(UploadFilesRequest {
+            message: Some(upload_files_request::Message::Chunk(chunk.to_vec())),
+        });
+    }
+    client
+        .upload_files(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
+}
