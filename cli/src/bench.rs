@@ -452,30 +452,36 @@ async fn seed(
     };
 
     // Keys: the owner's and each member's first key exist already; the rest
-    // go alternately to agents and members.
+    // go alternately to agents (minted by the owner) and members (each
+    // minting its own: nobody mints a key owned by another member).
     let extra_keys = args.keys.saturating_sub(1 + members.len());
-    let member_names: Arc<Vec<String>> = Arc::new(
+    let member_clients: Arc<Vec<(String, IdentityClient)>> = Arc::new(
         members
             .iter()
-            .map(|(n, _)| n.clone())
-            .filter(|n| !n.is_empty())
-            .collect(),
+            .filter(|(n, _)| !n.is_empty())
+            .map(|(n, key)| Ok((n.clone(), client_for(channel, key)?)))
+            .collect::<Result<_, CliError>>()?,
     );
     let agent_names: Arc<Vec<String>> =
         Arc::new(agents.into_iter().filter(|n| !n.is_empty()).collect());
     {
         let (owner, parent) = (owner.clone(), parent.clone());
         parallel("API keys", extra_keys, workers, move |i| {
-            let (mut owner, parent) = (owner.clone(), parent.clone());
-            let holder = match (i % 2, agent_names.is_empty(), member_names.is_empty()) {
-                (0, false, _) | (_, false, true) => {
-                    agent_names[(i / 2) % agent_names.len()].clone()
-                }
-                (_, _, false) => member_names[(i / 2) % member_names.len()].clone(),
-                _ => String::new(),
-            };
+            let (mut minter, holder) =
+                match (i % 2, agent_names.is_empty(), member_clients.is_empty()) {
+                    (0, false, _) | (_, false, true) => (
+                        owner.clone(),
+                        agent_names[(i / 2) % agent_names.len()].clone(),
+                    ),
+                    (_, _, false) => {
+                        let (name, client) = &member_clients[(i / 2) % member_clients.len()];
+                        (client.clone(), name.clone())
+                    }
+                    _ => (owner.clone(), String::new()),
+                };
+            let parent = parent.clone();
             async move {
-                owner
+                minter
                     .create_api_key(CreateApiKeyRequest {
                         parent,
                         api_key: Some(ApiKey {
