@@ -851,22 +851,16 @@ async fn streams_end_with_their_key_and_are_capped(backend: Backend) {
         .into_inner();
     watch.message().await.expect("first state").expect("state");
     // An interactive exec that waits on its stdin: no output, no end.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(ExecRequest {
-        message: Some(exec_request::Message::Start(ExecStart {
+    let (tx, mut exec) = open_exec(
+        &mut with_key,
+        ExecStart {
             sandbox: sb.name.clone(),
             command: vec!["sh".into(), "-c".into(), "echo ready; cat".into()],
             stdin: true,
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("start");
-    let mut exec = with_key
-        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("exec")
-        .into_inner();
+        },
+    )
+    .await;
     let ready = exec.message().await.expect("output").expect("message");
     assert!(matches!(
         ready.message,
@@ -1145,9 +1139,9 @@ async fn exec_signals_tty_and_timeout(backend: Backend) {
     let sb = create(&mut client, spec("web")).await.expect("create");
 
     // SIGTERM reaches the command, which reports it and exits.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(ExecRequest {
-        message: Some(exec_request::Message::Start(ExecStart {
+    let (tx, mut stream) = open_exec(
+        &mut client,
+        ExecStart {
             sandbox: sb.name.clone(),
             command: vec![
                 "sh".into(),
@@ -1155,15 +1149,9 @@ async fn exec_signals_tty_and_timeout(backend: Backend) {
                 "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 1; done".into(),
             ],
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("start");
-    let mut stream = client
-        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("exec")
-        .into_inner();
+        },
+    )
+    .await;
     let mut out = String::new();
     let mut exit = None;
     // Bounded: a signal that never arrives fails the test, not hangs it.
@@ -1193,22 +1181,16 @@ async fn exec_signals_tty_and_timeout(backend: Backend) {
     assert_eq!(exit.map(|e| e.exit_code), Some(9));
 
     // A TTY: the command sees a terminal, and output arrives as stdout.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(ExecRequest {
-        message: Some(exec_request::Message::Start(ExecStart {
+    let (tx, mut stream) = open_exec(
+        &mut client,
+        ExecStart {
             sandbox: sb.name.clone(),
             command: vec!["sh".into(), "-c".into(), "tty; echo err >&2".into()],
             tty: true,
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("start");
-    let mut stream = client
-        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("exec")
-        .into_inner();
+        },
+    )
+    .await;
     let mut out = String::new();
     while let Some(msg) = stream.message().await.expect("message") {
         if let Some(exec_response::Message::Stdout(b)) = msg.message {
@@ -1220,22 +1202,16 @@ async fn exec_signals_tty_and_timeout(backend: Backend) {
     assert!(out.contains("err"), "stderr joins stdout on a TTY: {out}");
 
     // A timeout kills the command and says so.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(ExecRequest {
-        message: Some(exec_request::Message::Start(ExecStart {
+    let (tx, mut stream) = open_exec(
+        &mut client,
+        ExecStart {
             sandbox: sb.name.clone(),
             command: vec!["sleep".into(), "60".into()],
             timeout: Some(proto_duration(Duration::from_millis(500))),
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("start");
-    let mut stream = client
-        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("exec")
-        .into_inner();
+        },
+    )
+    .await;
     let mut exit = None;
     while let Some(msg) = stream.message().await.expect("message") {
         if let Some(exec_response::Message::Exit(e)) = msg.message {

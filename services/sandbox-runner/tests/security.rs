@@ -29,6 +29,24 @@ async fn update_policy(env: &Env, org: &Org, agent: &str, policy: AgentPolicy, p
         .expect("update policy");
 }
 
+/// Bounds agent `bot`'s disk.
+async fn bound_disk(env: &Env, org: &Org, bytes: i64) {
+    update_policy(
+        env,
+        org,
+        "bot",
+        AgentPolicy {
+            max: Some(ResourceLimits {
+                disk_bytes: bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        &["max.disk_bytes"],
+    )
+    .await;
+}
+
 /// A second agent, `bot2`, with a secret credential and an open network in
 /// its policy; returns its key.
 async fn second_agent(env: &Env, org: &Org) -> String {
@@ -232,9 +250,9 @@ async fn a_signal_after_the_exec_ended_is_refused(backend: Backend) {
     let sb = create(&mut client, spec("web")).await.expect("create");
     let mut refused = None;
     for _attempt in 0..5 {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(ExecRequest {
-            message: Some(exec_request::Message::Start(ExecStart {
+        let (tx, mut stream) = open_exec(
+            &mut client,
+            ExecStart {
                 sandbox: sb.name.clone(),
                 command: vec![
                     "sh".into(),
@@ -242,15 +260,9 @@ async fn a_signal_after_the_exec_ended_is_refused(backend: Backend) {
                     "echo pid=$$; sleep 20 & exit 0".into(),
                 ],
                 ..Default::default()
-            })),
-        })
-        .await
-        .expect("start");
-        let mut stream = client
-            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("exec")
-            .into_inner();
+            },
+        )
+        .await;
         let mut out = String::new();
         while !out.contains('\n') {
             match stream.message().await.expect("message") {
@@ -478,20 +490,7 @@ async fn downloads_never_follow_planted_links(backend: Backend) {
 async fn disk_bounds_are_enforced(backend: Backend) {
     let env = Env::start(backend).await;
     let org = setup_org(&env.stack, &fresh_id("disk")).await;
-    update_policy(
-        &env,
-        &org,
-        "bot",
-        AgentPolicy {
-            max: Some(ResourceLimits {
-                disk_bytes: 100 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        &["max.disk_bytes"],
-    )
-    .await;
+    bound_disk(&env, &org, 100 << 20).await;
     let mut client = env.sandboxes(&org.owner);
     // Above the bound: refused, naming it.
     let mut big = spec("web");
@@ -1016,20 +1015,7 @@ async fn uploads_never_land_through_planted_links(backend: Backend) {
 async fn uploads_are_bounded(backend: Backend) {
     let env = Env::start(backend).await;
     let org = setup_org(&env.stack, &fresh_id("upb")).await;
-    update_policy(
-        &env,
-        &org,
-        "bot",
-        AgentPolicy {
-            max: Some(ResourceLimits {
-                disk_bytes: 32 << 20,
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        &["max.disk_bytes"],
-    )
-    .await;
+    bound_disk(&env, &org, 32 << 20).await;
     let mut client = env.sandboxes(&org.owner);
     let sb = create(&mut client, spec("web")).await.expect("create");
     // Over the bound: refused while it streams, nothing spooled beyond it.

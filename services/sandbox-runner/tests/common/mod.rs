@@ -306,3 +306,26 @@ pub async fn upload(
         .await
         .map(|r| r.into_inner())
 }
+
+/// Opens an exec stream of `start` and keeps its request side, for tests
+/// that send stdin or signals while it runs.
+pub async fn open_exec(
+    client: &mut SandboxClient,
+    start: ExecStart,
+) -> (
+    tokio::sync::mpsc::Sender<ExecRequest>,
+    tonic::Streaming<ExecResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ExecRequest {
+        message: Some(exec_request::Message::Start(start)),
+    })
+    .await
+    .expect("start");
+    let stream = client
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("exec")
+        .into_inner();
+    (tx, stream)
+}
