@@ -1054,7 +1054,18 @@ pub struct CanArgs {
     pub resource: Option<String>,
 }
 
+/// `paddock can`: exits 0 when allowed, 1 when denied, and 2 when it
+/// could not tell (an unknown permission, a bad token, a service down), as
+/// `test` and `grep` do.
 pub async fn can(ctx: &mut Ctx, args: CanArgs) -> Result<(), CliError> {
+    match check(ctx, args).await {
+        Err(CliError::Failed { code, message }) => Err(CliError::Undecided { code, message }),
+        other => other,
+    }
+}
+
+async fn check(ctx: &mut Ctx, args: CanArgs) -> Result<(), CliError> {
+    let permission = args.permission.clone();
     let input = args.resource.unwrap_or_default();
     let resource = if input.is_empty() || names::is_full(&input) {
         names::expand_resource("", &input)?
@@ -1074,6 +1085,19 @@ pub async fn can(ctx: &mut Ctx, args: CanArgs) -> Result<(), CliError> {
         .await
         .map_err(ctx.authz_err())?
         .into_inner();
+    let unknown = resp
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.missing() == paddock_proto::authz::v1::Link::UnknownPermission);
+    if unknown {
+        return Err(CliError::new(
+            Code::InvalidArgument,
+            format!(
+                "unknown permission {}; `paddock can --help` and the README list them",
+                paddock_shared::names::truncate(&permission)
+            ),
+        ));
+    }
     if ctx.json() {
         print_json(&output::check_json(&resp));
     } else {

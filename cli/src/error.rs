@@ -10,6 +10,9 @@ pub enum CliError {
     Usage(String),
     /// A call or a local step failed (exit 1).
     Failed { code: Code, message: String },
+    /// Like `Failed`, but exit 2: for commands whose exit 1 is a clean
+    /// "no" (`paddock can`: 0 allowed, 1 denied, 2 could not tell).
+    Undecided { code: Code, message: String },
     /// Nothing more to print; exit 1 (e.g. `paddock can` when denied).
     Silent,
     /// Nothing to print; exit with a command's own code (`paddock run`).
@@ -51,7 +54,7 @@ impl CliError {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Undecided { .. } => 2,
             CliError::Failed { .. } | CliError::Silent => 1,
             CliError::Exit(code) => *code,
         }
@@ -61,7 +64,9 @@ impl CliError {
     pub fn render(&self) -> Option<String> {
         match self {
             CliError::Usage(m) => Some(format!("{}: {m}", code_name(Code::InvalidArgument))),
-            CliError::Failed { code, message } => Some(format!("{}: {message}", code_name(*code))),
+            CliError::Failed { code, message } | CliError::Undecided { code, message } => {
+                Some(format!("{}: {message}", code_name(*code)))
+            }
             CliError::Silent | CliError::Exit(_) => None,
         }
     }

@@ -156,6 +156,17 @@ impl Output {
             .unwrap_or_else(|| panic!("stderr does not start with {prefix:?}: {self:#?}"))
     }
 
+    /// Asserts exit 2 and a `CODE: message` line on stderr: a command that
+    /// could not decide (`paddock can` with a bad token or permission).
+    #[track_caller]
+    pub fn undecided(&self, code: &str) -> &str {
+        assert_eq!(self.code, 2, "expected exit 2 with {code}, got {self:#?}");
+        let prefix = format!("{code}: ");
+        self.stderr
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("stderr does not start with {prefix:?}: {self:#?}"))
+    }
+
     /// Asserts exit 1 with nothing on stderr: a denied `paddock can`.
     #[track_caller]
     pub fn failure_silent(&self) {

@@ -272,9 +272,7 @@ pub async fn start_on(
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let name = <SandboxServiceServer<Sandboxes> as tonic::server::NamedService>::NAME;
     let (health, routes) = server::health_and_reflection(&[name]).await?;
-    health
-        .set_service_status(name, ServingStatus::NotServing)
-        .await;
+    set_health(&health, name, ServingStatus::NotServing).await;
     let watches = Streams::new(
         "sandbox watches",
         authn.clone(),
@@ -343,10 +341,20 @@ async fn connect_engine(
     if let Err(e) = runner.reconcile().await {
         tracing::error!(error = %e, "reconciliation with Docker failed");
     }
-    health
-        .set_service_status(name, ServingStatus::Serving)
-        .await;
+    set_health(health, name, ServingStatus::Serving).await;
     true
+}
+
+/// Sets the runner's health: its service's and the server's overall (the
+/// empty service name), which is what load balancers and `grpcurl ...
+/// Health/Check` ask. Without Docker the runner serves nothing useful.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    name: &str,
+    status: ServingStatus,
+) {
+    health.set_service_status(name, status).await;
+    health.set_service_status("", status).await;
 }
 
 /// Keeps the health status in step with the engine; aborts the sandbox
@@ -375,9 +383,7 @@ async fn watch_engine(
         }
         if runner.engine().is_ok() {
             runner.set_engine(None);
-            health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
+            set_health(&health, name, ServingStatus::NotServing).await;
         }
         if !connect_engine(&runner, &health, name).await {
             tokio::time::sleep(Duration::from_secs(2)).await;

@@ -1001,18 +1001,22 @@ async fn without_docker_the_runner_starts_and_says_why() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(
         paddock_shared::auth::lazy_channel(&runner.endpoint()).expect("channel"),
     );
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "paddock.sandbox.v1.SandboxService".into(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
+    // The service's status and the server's overall one (empty name).
+    for service in ["paddock.sandbox.v1.SandboxService", ""] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+            "{service:?}"
+        );
+    }
     runner.shutdown().await;
     stack.shutdown().await;
 }
