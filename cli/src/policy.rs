@@ -313,6 +313,20 @@ pub async fn policy(ctx: &mut Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
                 .policy
                 .ok_or_else(|| missing("policy"))?;
             show_policy(ctx, &policy);
+            if matches!(
+                NetworkMode::try_from(policy.network_mode),
+                Ok(NetworkMode::Allowlist | NetworkMode::Denylist)
+            ) {
+                eprintln!(
+                    "warning: {} network mode is not enforced yet: this release has no egress \
+                     proxy, so a run that uses it is refused; run with --network none (or \
+                     set --network none or open) meanwhile",
+                    match NetworkMode::try_from(policy.network_mode) {
+                        Ok(NetworkMode::Denylist) => "the denylist",
+                        _ => "the allowlist",
+                    }
+                );
+            }
         }
     }
     Ok(())

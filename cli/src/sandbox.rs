@@ -102,11 +102,48 @@ pub enum SandboxCommand {
     },
     /// One sandbox.
     Get { id: String },
-    /// Stop a sandbox (SIGTERM, then SIGKILL after the grace period).
+    /// Stop a sandbox (SIGTERM, then SIGKILL after the grace period), or
+    /// with --all every running sandbox of the organization, or of one
+    /// agent or project: the kill switch (needs sessions.manage).
     Stop {
-        id: String,
+        /// The sandbox (id or full name); leave out with --all.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Stop every running sandbox (of --agent / --project when given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only the sandboxes running as this agent.
+        #[arg(long, requires = "all")]
+        agent: Option<String>,
+        /// With --all: only the sandboxes of this project.
+        #[arg(long, requires = "all")]
+        project: Option<String>,
+        /// SIGTERM-to-SIGKILL grace, e.g. 10s (default 3s, at most 30s).
         #[arg(long, value_parser = paddock_shared::time::parse_duration)]
         grace: Option<Duration>,
+    },
+    /// Print a sandbox's log: the output of its main process, or of the
+    /// command `paddock run` ran in it (the last 10 MiB are kept).
+    Logs {
+        /// The sandbox (id or full name).
+        id: String,
+        /// Keep printing new output until the sandbox ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last SIZE of the log, e.g. 4k.
+        #[arg(long, value_parser = crate::policy::parse_size)]
+        tail: Option<i64>,
+    },
+    /// Print a running sandbox's output from now on until it ends, then
+    /// exit with its exit code.
+    Attach {
+        /// The sandbox (id or full name).
+        id: String,
+    },
+    /// Wait until a sandbox ends and print its exit code (as `docker wait`).
+    Wait {
+        /// The sandbox (id or full name).
+        id: String,
     },
     /// Delete a sandbox (stopping it first) and its workspace.
     Delete { id: String },
@@ -188,6 +225,9 @@ fn reason_name(reason: i32) -> &'static str {
         Ok(EndReason::RunnerLost) => "runner_lost",
         Ok(EndReason::StartFailed) => "start_failed",
         Ok(EndReason::OrganizationDeleted) => "organization_deleted",
+        Ok(EndReason::AgentDeleted) => "agent_deleted",
+        Ok(EndReason::ProjectDeleted) => "project_deleted",
+        Ok(EndReason::AccessRevoked) => "access_revoked",
         _ => "",
     }
 }
@@ -314,21 +354,43 @@ pub async fn run(ctx: &mut Ctx, args: RunArgs) -> Result<(), CliError> {
         command: args.command.clone(),
         tty: args.tty,
         stdin: args.interactive,
+        foreground: true,
         ..Default::default()
     };
-    // Ctrl-C stops the sandbox gracefully; the exit code is then 130.
+    // SIGINT, SIGTERM and SIGHUP alike stop the sandbox gracefully; the
+    // exit code is then 128 + the signal, as a shell reports it.
+    let signals = Interrupts::install()
+        .map_err(|e| CliError::new(Code::Internal, format!("cannot handle signals: {e}")))?;
     let outcome = tokio::select! {
-        r = stream_exec(&mut client, exec, args.interactive) => r.map(Some),
-        _ = tokio::signal::ctrl_c() => Ok(None),
+        r = stream_exec(&mut client, exec, args.interactive) => r.map(Ended::Exit),
+        sig = signals.next() => {
+            eprintln!(
+                "paddock: {}: stopping {} (SIGTERM now, SIGKILL after the grace period)",
+                sig.name(),
+                names::short(&sandbox.name),
+            );
+            Ok(Ended::Interrupted(sig))
+        }
     };
-    let stop = client
+    let stopped = client
         .stop_sandbox(StopSandboxRequest {
             name: sandbox.name.clone(),
             grace_period: None,
         })
         .await;
-    if let Err(s) = stop {
-        eprintln!("warning: could not stop {}: {}", sandbox.name, s.message());
+    let ended = match stopped {
+        Ok(r) => r.into_inner().sandbox,
+        Err(s) => {
+            eprintln!("warning: could not stop {}: {}", sandbox.name, s.message());
+            None
+        }
+    };
+    // (A command that could not start is the error itself.)
+    if outcome.is_ok()
+        && let Some(ended) = &ended
+        && let Some(line) = end_line(ended)
+    {
+        eprintln!("{line}");
     }
     if !args.keep {
         let _ = client
@@ -336,11 +398,121 @@ pub async fn run(ctx: &mut Ctx, args: RunArgs) -> Result<(), CliError> {
                 name: sandbox.name.clone(),
             })
             .await;
+    } else if !ctx.json() {
+        eprintln!(
+            "kept {} (copy files out with `paddock sandbox cp {}:PATH .`)",
+            names::short(&sandbox.name),
+            names::short(&sandbox.name)
+        );
     }
     match outcome.map_err(rpc_err(ctx))? {
-        Some(0) => Ok(()),
-        Some(code) => Err(CliError::Exit(code.clamp(1, 255) as u8)),
-        None => Err(CliError::Exit(130)),
+        Ended::Exit(0) => Ok(()),
+        Ended::Exit(code) => Err(CliError::Exit(code.clamp(1, 255) as u8)),
+        Ended::Interrupted(sig) => Err(CliError::Exit(128 + sig.number() as u8)),
+    }
+}
+
+/// How a foreground run ended.
+enum Ended {
+    /// The command's exit code.
+    Exit(i32),
+    /// A signal to `paddock run` itself.
+    Interrupted(Interrupt),
+}
+
+/// Why a sandbox ended, for stderr, when it was not simply its command
+/// exiting or the user stopping it: `sandbox sb… ended: oom_killed
+/// (memory limit 32 MiB)`.
+pub fn end_line(s: &Sandbox) -> Option<String> {
+    let reason = EndReason::try_from(s.end_reason).unwrap_or(EndReason::Unspecified);
+    let detail = match reason {
+        EndReason::Unspecified | EndReason::StoppedByUser => return None,
+        EndReason::Exited if s.message.is_empty() => return None,
+        EndReason::OomKilled => {
+            let memory = s
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.resources.as_ref())
+                .map(|r| r.memory_bytes)
+                .unwrap_or(0);
+            format!("memory limit {}", crate::policy::human_bytes(memory))
+        }
+        EndReason::TtlExpired => {
+            let ttl = s
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.resources.as_ref())
+                .and_then(|r| r.ttl.as_ref())
+                .map(|d| d.seconds)
+                .unwrap_or(0);
+            format!("ttl {}", output::human_seconds(ttl))
+        }
+        _ => s.message.clone(),
+    };
+    let code = s
+        .exit_code
+        .map(|c| format!(", exit code {c}"))
+        .unwrap_or_default();
+    Some(format!(
+        "sandbox {} ended: {} ({detail}){code}",
+        names::short(&s.name),
+        reason_name(s.end_reason)
+    ))
+}
+
+/// The signals that end a foreground run: SIGINT, SIGTERM, SIGHUP.
+struct Interrupts {
+    int: tokio::sync::Mutex<tokio::signal::unix::Signal>,
+    term: tokio::sync::Mutex<tokio::signal::unix::Signal>,
+    hup: tokio::sync::Mutex<tokio::signal::unix::Signal>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Interrupt {
+    Int,
+    Term,
+    Hup,
+}
+
+impl Interrupt {
+    fn number(self) -> i32 {
+        match self {
+            Interrupt::Hup => 1,
+            Interrupt::Int => 2,
+            Interrupt::Term => 15,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Interrupt::Hup => "SIGHUP",
+            Interrupt::Int => "SIGINT",
+            Interrupt::Term => "SIGTERM",
+        }
+    }
+}
+
+impl Interrupts {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: tokio::sync::Mutex::new(signal(SignalKind::interrupt())?),
+            term: tokio::sync::Mutex::new(signal(SignalKind::terminate())?),
+            hup: tokio::sync::Mutex::new(signal(SignalKind::hangup())?),
+        })
+    }
+
+    async fn next(&self) -> Interrupt {
+        let (mut int, mut term, mut hup) = (
+            self.int.lock().await,
+            self.term.lock().await,
+            self.hup.lock().await,
+        );
+        tokio::select! {
+            _ = int.recv() => Interrupt::Int,
+            _ = term.recv() => Interrupt::Term,
+            _ = hup.recv() => Interrupt::Hup,
+        }
     }
 }
 
@@ -471,8 +643,28 @@ pub async fn sandbox(ctx: &mut Ctx, cmd: SandboxCommand) -> Result<(), CliError>
             print_sandbox(ctx, &s);
             Ok(())
         }
-        SandboxCommand::Stop { id, grace } => {
+        SandboxCommand::Stop {
+            id,
+            all: true,
+            agent,
+            project,
+            grace,
+        } => {
+            debug_assert!(id.is_none());
+            stop_all(ctx, &mut client, agent, project, grace).await
+        }
+        SandboxCommand::Stop { id, grace, .. } => {
+            let id = id.unwrap_or_default();
             let name = ctx.expand(SANDBOXES, &id).await?;
+            if !ctx.json() {
+                eprintln!(
+                    "stopping {}: SIGTERM, then SIGKILL after {}",
+                    names::short(&name),
+                    grace
+                        .map(|g| format!("{}s", g.as_secs()))
+                        .unwrap_or_else(|| "the runner's grace period (3s by default)".to_owned())
+                );
+            }
             let s = client
                 .stop_sandbox(StopSandboxRequest {
                     name,
@@ -520,6 +712,44 @@ pub async fn sandbox(ctx: &mut Ctx, cmd: SandboxCommand) -> Result<(), CliError>
             }
         }
         SandboxCommand::Cp { src, dst } => copy(ctx, &mut client, &src, &dst).await,
+        SandboxCommand::Logs { id, follow, tail } => {
+            let name = ctx.expand(SANDBOXES, &id).await?;
+            print_logs(ctx, &mut client, name, follow, tail.unwrap_or(0)).await
+        }
+        SandboxCommand::Attach { id } => {
+            let name = ctx.expand(SANDBOXES, &id).await?;
+            print_logs(ctx, &mut client, name.clone(), true, -1).await?;
+            let s = wait_for_end(ctx, &mut client, name).await?;
+            if let Some(line) = end_line(&s) {
+                eprintln!("{line}");
+            }
+            match s.exit_code.unwrap_or(0) {
+                0 => Ok(()),
+                code => Err(CliError::Exit(code.clamp(1, 255) as u8)),
+            }
+        }
+        SandboxCommand::Wait { id } => {
+            let name = ctx.expand(SANDBOXES, &id).await?;
+            let s = wait_for_end(ctx, &mut client, name).await?;
+            if ctx.json() {
+                print_json(&json!({
+                    "name": s.name,
+                    "exit_code": s.exit_code,
+                    "end_reason": reason_name(s.end_reason),
+                }));
+            } else {
+                if let Some(line) = end_line(&s) {
+                    eprintln!("{line}");
+                }
+                outln!(
+                    "{}",
+                    s.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
         SandboxCommand::Watch { id } => {
             let name = ctx.expand(SANDBOXES, &id).await?;
             let mut stream = client
@@ -574,12 +804,115 @@ pub async fn sandbox(ctx: &mut Ctx, cmd: SandboxCommand) -> Result<(), CliError>
 
 pub const SANDBOXES: &str = "sandboxes";
 
+/// `sandbox stop --all`: the kill switch.
+async fn stop_all(
+    ctx: &mut Ctx,
+    client: &mut SandboxClient,
+    agent: Option<String>,
+    project: Option<String>,
+    grace: Option<Duration>,
+) -> Result<(), CliError> {
+    let agent = match agent {
+        Some(a) => ctx.expand(names::AGENTS, &a).await?,
+        None => String::new(),
+    };
+    let project = match project {
+        Some(p) => ctx.expand(names::PROJECTS, &p).await?,
+        None => String::new(),
+    };
+    if !ctx.json() {
+        eprintln!("stopping every running sandbox that matches; waiting for them to exit");
+    }
+    let stopped = client
+        .stop_sandboxes(StopSandboxesRequest {
+            parent: String::new(),
+            agent,
+            project,
+            grace_period: grace.map(paddock_shared::time::proto_duration),
+        })
+        .await
+        .map_err(rpc_err(ctx))?
+        .into_inner()
+        .sandboxes;
+    if ctx.json() {
+        print_json(&json!({"items": stopped.iter().map(sandbox_json).collect::<Vec<_>>()}));
+    } else {
+        for s in &stopped {
+            outln!("stopped {}", s.name);
+        }
+        outln!("{} sandboxes stopped", stopped.len());
+    }
+    Ok(())
+}
+
+/// Prints a sandbox's log: its stdout to ours, its stderr to ours.
+async fn print_logs(
+    ctx: &Ctx,
+    client: &mut SandboxClient,
+    name: String,
+    follow: bool,
+    tail_bytes: i64,
+) -> Result<(), CliError> {
+    let mut stream = client
+        .get_sandbox_logs(GetSandboxLogsRequest {
+            name,
+            follow,
+            tail_bytes,
+        })
+        .await
+        .map_err(rpc_err(ctx))?
+        .into_inner();
+    while let Some(m) = stream.message().await.map_err(rpc_err(ctx))? {
+        if m.stream == LogStream::Stderr as i32 {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&m.data);
+            let _ = err.flush();
+        } else {
+            let mut out = std::io::stdout().lock();
+            if out.write_all(&m.data).is_err() {
+                // stdout closed (`| head`): stop quietly.
+                return Ok(());
+            }
+            let _ = out.flush();
+        }
+    }
+    Ok(())
+}
+
+/// Follows a sandbox until it has ended and returns it.
+async fn wait_for_end(
+    ctx: &Ctx,
+    client: &mut SandboxClient,
+    name: String,
+) -> Result<Sandbox, CliError> {
+    let mut stream = client
+        .watch_sandbox(WatchSandboxRequest { name })
+        .await
+        .map_err(rpc_err(ctx))?
+        .into_inner();
+    let mut last = None;
+    while let Some(msg) = stream.message().await.map_err(rpc_err(ctx))? {
+        last = msg.sandbox;
+    }
+    let s = last.unwrap_or_default();
+    if s.state != SandboxState::Stopped as i32 && s.state != SandboxState::Failed as i32 {
+        return Err(CliError::new(
+            Code::Unavailable,
+            format!("the watch of {} ended before the sandbox did", s.name),
+        ));
+    }
+    Ok(s)
+}
+
 /// `ID:path` → (id, path).
 fn remote(spec: &str) -> Option<(&str, &str)> {
     let (id, path) = spec.split_once(':')?;
     (!id.is_empty() && !id.contains('/') || id.starts_with("organizations/")).then_some((id, path))
 }
 
+/// `sandbox cp`, as `docker cp` does it (see `copy` in the runner for the
+/// table): `cp ./src SB:src` makes /workspace/src, a file copied to a file
+/// path is that file, and `SRC/.` copies a directory's contents.
 async fn copy(
     ctx: &mut Ctx,
     client: &mut SandboxClient,
@@ -589,11 +922,20 @@ async fn copy(
     match (remote(src), remote(dst)) {
         (None, Some((id, path))) => {
             let name = ctx.expand(SANDBOXES, id).await?;
-            let archive = tar_local(Path::new(src))?;
+            let (local_path, contents_only) = split_contents(src);
+            let meta = std::fs::symlink_metadata(local_path)
+                .map_err(|e| local(Path::new(local_path), e))?;
+            let source_name = source_name(Path::new(local_path))?;
+            let archive = tar_local(Path::new(local_path), &source_name)?;
             let mut msgs = vec![UploadFilesRequest {
                 message: Some(upload_files_request::Message::Start(UploadStart {
                     sandbox: name,
-                    path: path.to_owned(),
+                    path: path.trim_end_matches('/').to_owned(),
+                    copy: true,
+                    source_name,
+                    contents_only: contents_only && meta.is_dir(),
+                    path_is_directory: path.ends_with('/'),
+                    source_is_directory: meta.is_dir(),
                 })),
             }];
             for chunk in archive.chunks(1 << 20) {
@@ -615,10 +957,11 @@ async fn copy(
         }
         (Some((id, path)), None) => {
             let name = ctx.expand(SANDBOXES, id).await?;
+            let (remote_path, contents_only) = split_contents(path);
             let mut stream = client
                 .download_files(DownloadFilesRequest {
                     sandbox: name,
-                    path: path.to_owned(),
+                    path: remote_path.to_owned(),
                 })
                 .await
                 .map_err(rpc_err(ctx))?
@@ -627,14 +970,9 @@ async fn copy(
             while let Some(m) = stream.message().await.map_err(rpc_err(ctx))? {
                 archive.extend(m.chunk);
             }
-            let dest = PathBuf::from(dst);
-            std::fs::create_dir_all(&dest).map_err(|e| local(&dest, e))?;
-            // tar's unpack refuses entries that would land outside dest.
-            tar::Archive::new(archive.as_slice())
-                .unpack(&dest)
-                .map_err(|e| local(&dest, e))?;
+            let dest = place(&archive, Path::new(dst), dst.ends_with('/'), contents_only)?;
             if !ctx.json() {
-                outln!("copied into {}", dest.display());
+                outln!("copied to {}", dest.display());
             }
             Ok(())
         }
@@ -644,34 +982,227 @@ async fn copy(
     }
 }
 
+/// `dir/.` → (`dir`, true): docker's "the contents of".
+fn split_contents(path: &str) -> (&str, bool) {
+    if path == "." {
+        return (".", true);
+    }
+    match path.strip_suffix("/.") {
+        Some("") => ("/", true),
+        Some(p) => (p, true),
+        None => (path, false),
+    }
+}
+
+/// The name a local source has in the archive: its last component (the
+/// current directory's name for `.`).
+fn source_name(path: &Path) -> Result<String, CliError> {
+    let absolute = std::path::absolute(path).map_err(|e| local(path, e))?;
+    let name = absolute
+        .components()
+        .next_back()
+        .and_then(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        })
+        .unwrap_or_else(|| "root".to_owned());
+    Ok(name)
+}
+
 fn local(path: &Path, e: std::io::Error) -> CliError {
     CliError::new(Code::FailedPrecondition, format!("{}: {e}", path.display()))
 }
 
-/// A tar of a local file or directory, named relative to its parent.
-fn tar_local(path: &Path) -> Result<Vec<u8>, CliError> {
-    let meta = std::fs::metadata(path).map_err(|e| local(path, e))?;
-    let name = path
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+fn refused(path: &Path, why: &str) -> CliError {
+    CliError::new(
+        Code::FailedPrecondition,
+        format!("{}: {why}", path.display()),
+    )
+}
+
+/// A tar of a local file or directory whose top entry is `name`.
+fn tar_local(path: &Path, name: &str) -> Result<Vec<u8>, CliError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| local(path, e))?;
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     if meta.is_dir() {
         builder
-            .append_dir_all(&name, path)
+            .append_dir_all(name, path)
             .map_err(|e| local(path, e))?;
     } else {
         builder
-            .append_path_with_name(path, &name)
+            .append_path_with_name(path, name)
             .map_err(|e| local(path, e))?;
     }
     builder.into_inner().map_err(|e| local(path, e))
 }
 
+/// Puts a downloaded archive (one file or directory at its top) at `dst`
+/// as `docker cp` does. It is unpacked into a staging directory next to
+/// its destination first (the tar crate refuses entries that would land
+/// outside it), then moved into place. Returns where it went.
+fn place(
+    archive: &[u8],
+    dst: &Path,
+    dst_is_dir: bool,
+    contents_only: bool,
+) -> Result<PathBuf, CliError> {
+    let mut first = tar::Archive::new(archive);
+    let top = first
+        .entries()
+        .map_err(|e| local(dst, e))?
+        .next()
+        .ok_or_else(|| refused(dst, "the sandbox sent nothing"))?
+        .map_err(|e| local(dst, e))?;
+    let source_is_dir = top.header().entry_type().is_dir();
+    let top_name = top
+        .path()
+        .map_err(|e| local(dst, e))?
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_owned())
+        .ok_or_else(|| refused(dst, "the archive has no name"))?;
+    let found = std::fs::symlink_metadata(dst);
+    let exists_as_dir = found.as_ref().is_ok_and(|m| m.is_dir());
+    let exists = found.is_ok();
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Where it ends up, and the directory that holds that.
+    let (target, holder) = match (source_is_dir, exists, exists_as_dir) {
+        (_, true, true) if contents_only && source_is_dir => (dst.to_path_buf(), dst.to_path_buf()),
+        (_, true, true) => (dst.join(&top_name), dst.to_path_buf()),
+        (false, false, _) if dst_is_dir => {
+            return Err(refused(dst, "destination directory does not exist"));
+        }
+        (false, _, _) => (dst.to_path_buf(), parent),
+        (true, false, _) => (dst.to_path_buf(), parent),
+        (true, true, false) => {
+            return Err(refused(dst, "cannot copy a directory to a file"));
+        }
+    };
+    if !holder.is_dir() {
+        return Err(refused(&holder, "no such directory"));
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".paddock-cp-")
+        .tempdir_in(&holder)
+        .map_err(|e| local(&holder, e))?;
+    tar::Archive::new(archive)
+        .unpack(staging.path())
+        .map_err(|e| local(dst, e))?;
+    let unpacked = staging.path().join(&top_name);
+    merge(&unpacked, &target)?;
+    Ok(target)
+}
+
+/// Moves `src` to `dst`; a directory onto an existing directory is merged
+/// (files replaced), as extracting a tar there would.
+fn merge(src: &Path, dst: &Path) -> Result<(), CliError> {
+    let src_dir = std::fs::symlink_metadata(src)
+        .map_err(|e| local(src, e))?
+        .is_dir();
+    match std::fs::symlink_metadata(dst) {
+        Err(_) => std::fs::rename(src, dst).map_err(|e| local(dst, e)),
+        Ok(m) if m.is_dir() && src_dir => {
+            for entry in std::fs::read_dir(src).map_err(|e| local(src, e))? {
+                let entry = entry.map_err(|e| local(src, e))?;
+                merge(&entry.path(), &dst.join(entry.file_name()))?;
+            }
+            Ok(())
+        }
+        Ok(m) if m.is_dir() => Err(refused(dst, "is a directory; not replaced by a file")),
+        Ok(_) if src_dir => Err(refused(dst, "cannot copy a directory to a file")),
+        Ok(_) => std::fs::rename(src, dst).map_err(|e| local(dst, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, name, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, name, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Every row of docker's table, downloading.
+    #[test]
+    fn downloads_land_as_docker_cp_puts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &str| dir.path().join(p);
+        let file = tar_of(&[("a.txt", Some(b"A"))]);
+        let tree = tar_of(&[("dist", None), ("dist/x.js", Some(b"X"))]);
+        // File to a missing path: that file.
+        place(&file, &at("new.txt"), false, false).unwrap();
+        assert_eq!(std::fs::read(at("new.txt")).unwrap(), b"A");
+        // File to a missing path ending in /: an error.
+        assert!(place(&file, &at("nodir"), true, false).is_err());
+        // File onto a file: overwritten.
+        std::fs::write(at("old.txt"), b"old").unwrap();
+        place(&file, &at("old.txt"), false, false).unwrap();
+        assert_eq!(std::fs::read(at("old.txt")).unwrap(), b"A");
+        // File into a directory: under its own name.
+        std::fs::create_dir(at("d")).unwrap();
+        place(&file, &at("d"), false, false).unwrap();
+        assert_eq!(std::fs::read(at("d/a.txt")).unwrap(), b"A");
+        // Directory to a missing path: made, with the contents.
+        place(&tree, &at("out"), false, false).unwrap();
+        assert_eq!(std::fs::read(at("out/x.js")).unwrap(), b"X");
+        assert!(!at("out/dist").exists());
+        // Directory onto a file: an error.
+        assert!(place(&tree, &at("old.txt"), false, false).is_err());
+        // Directory into a directory: under its own name.
+        place(&tree, &at("d"), false, false).unwrap();
+        assert_eq!(std::fs::read(at("d/dist/x.js")).unwrap(), b"X");
+        // SRC/. into a directory: the contents.
+        std::fs::create_dir(at("e")).unwrap();
+        place(&tree, &at("e"), false, true).unwrap();
+        assert_eq!(std::fs::read(at("e/x.js")).unwrap(), b"X");
+        // Nothing left behind.
+        let staged = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".paddock-cp-")
+            })
+            .count();
+        assert_eq!(staged, 0);
+    }
+
+    #[test]
+    fn contents_suffixes() {
+        assert_eq!(split_contents("src/."), ("src", true));
+        assert_eq!(split_contents("."), (".", true));
+        assert_eq!(split_contents("src"), ("src", false));
+        assert_eq!(split_contents("src/"), ("src/", false));
+    }
 
     #[test]
     fn remote_specs() {

@@ -136,6 +136,7 @@ pub async fn start_on(
             PolicyServiceServer::new(Policies {
                 db: db.clone(),
                 audit_wake,
+                identity: identity_client.clone(),
             })
             .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
         );

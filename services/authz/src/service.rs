@@ -35,6 +35,8 @@ pub struct Policies {
     pub db: Database,
     /// Wakes the audit forwarder after a commit.
     pub audit_wake: Option<Arc<tokio::sync::Notify>>,
+    /// Says whether an agent exists before its policy is written.
+    pub identity: paddock_shared::auth::IdentityClient,
 }
 
 fn caller_org(p: &Principal) -> Result<&str> {
@@ -129,6 +131,7 @@ impl Policies {
         let org = own_org(caller, org, &input.name)?;
         let leaves = policy::mask_leaves(paths, policy::POLICY_LEAVES)?;
         let name = policy::policy_name(org, agent);
+        self.require_agent(org, agent).await?;
         for _ in 0..ATTEMPTS {
             let (current, revision) = self.policy_of(org, agent).await?;
             let merged = policy::merge_policy(&current, input, &leaves);
@@ -155,6 +158,29 @@ impl Policies {
             return Ok(merged);
         }
         Err(lost_race(&name))
+    }
+
+    /// A policy is written only for an agent that exists: a typo is
+    /// NOT_FOUND, not a policy nobody will ever run under. (A policy left
+    /// behind by a deleted agent may still be read.)
+    async fn require_agent(&self, org: &str, agent: &str) -> Result<(), Status> {
+        let full = paddock_shared::names::child_name(org, "agents", agent);
+        let found = self
+            .identity
+            .clone()
+            .lookup_resources(paddock_proto::identity::v1::LookupResourcesRequest {
+                names: vec![full.clone()],
+                principal_ids: Vec::new(),
+            })
+            .await
+            .map_err(|s| paddock_shared::auth::dependency_status("identity", s))?
+            .into_inner()
+            .found;
+        if found.iter().any(|f| f.name == full) {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("agent {full} not found")))
+        }
     }
 
     async fn update_settings(

@@ -5,6 +5,7 @@
 
 mod credentials;
 mod invites;
+mod lookup;
 mod session_tokens;
 
 use std::pin::Pin;
@@ -1248,6 +1249,8 @@ impl IdentityService for Identity {
             audited(Some(&caller), "project.delete", name, json!({})),
         )
         .await?;
+        // The runner stops the project's sandboxes.
+        self.publish(Invalidation::Project(name.clone()));
         Ok(Response::new(DeleteProjectResponse {}))
     }
 
@@ -1573,6 +1576,15 @@ impl IdentityService for Identity {
         let caller = caller(&request)?;
         Ok(Response::new(
             session_tokens::revoke(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn lookup_resources(
+        &self,
+        request: Request<LookupResourcesRequest>,
+    ) -> Result<Response<LookupResourcesResponse>, Status> {
+        Ok(Response::new(
+            lookup::lookup(self, request.into_inner()).await?,
         ))
     }
 }

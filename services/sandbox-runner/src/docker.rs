@@ -58,6 +58,19 @@ pub struct ContainerPlan {
     pub relax: HardeningRelaxations,
     /// The sandbox user's uid, for the tmpfs home.
     pub uid: u32,
+    /// A host tmpfs (mode 1777) mounted at /tmp; unset: Docker's tmpfs,
+    /// owned by the sandbox user (Docker gives its tmpfs the mode of the
+    /// image's /tmp, often 0755).
+    pub tmp: Option<String>,
+}
+
+/// The size of a sandbox's /tmp: its disk bound, at most 256 MiB.
+pub fn tmp_bytes(disk_bytes: i64) -> i64 {
+    if disk_bytes > 0 {
+        disk_bytes.min(256 << 20)
+    } else {
+        256 << 20
+    }
 }
 
 /// The hardened container: all capabilities dropped, no-new-privileges,
@@ -99,26 +112,32 @@ pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
             ..Default::default()
         });
     }
-    let tmpfs = HashMap::from([
-        (
+    if let Some(tmp) = &plan.tmp {
+        mounts.push(Mount {
+            target: Some("/tmp".to_owned()),
+            source: Some(tmp.clone()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        });
+    }
+    let mut tmpfs = HashMap::from([(
+        crate::spec::SANDBOX_HOME.to_owned(),
+        format!(
+            "rw,nosuid,nodev,size=64m,mode=0700,uid={uid},gid={uid}",
+            uid = plan.uid
+        ),
+    )]);
+    if plan.tmp.is_none() {
+        tmpfs.insert(
             "/tmp".to_owned(),
             format!(
-                "rw,nosuid,nodev,size={},mode=1777",
-                if plan.disk_bytes > 0 {
-                    plan.disk_bytes.min(256 << 20)
-                } else {
-                    256 << 20
-                }
-            ),
-        ),
-        (
-            crate::spec::SANDBOX_HOME.to_owned(),
-            format!(
-                "rw,nosuid,nodev,size=64m,mode=0700,uid={uid},gid={uid}",
+                "rw,nosuid,nodev,size={},mode=1777,uid={uid},gid={uid}",
+                tmp_bytes(plan.disk_bytes),
                 uid = plan.uid
             ),
-        ),
-    ]);
+        );
+    }
     let command = if plan.command.is_empty() {
         IDLE_COMMAND.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -146,6 +165,16 @@ pub fn container_body(plan: &ContainerPlan) -> ContainerCreateBody {
             storage_opt: (relax.writable_root_filesystem && plan.disk_bytes > 0)
                 .then(|| HashMap::from([("size".to_owned(), plan.disk_bytes.to_string())])),
             tmpfs: Some(tmpfs),
+            // Docker's own copy of the output, bounded: the runner keeps the
+            // sandbox's log (see `logs`), and a sandbox that prints without
+            // end must not fill the host's disk.
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "10m".to_owned()),
+                    ("max-file".to_owned(), "1".to_owned()),
+                ])),
+            }),
             init: Some(true),
             pids_limit: Some(plan.pids),
             memory: Some(plan.memory_bytes),
@@ -474,6 +503,40 @@ impl Engine {
             Some(Err(e)) if is_not_found(&e) => Ok(None),
             Some(Err(e)) => Err(self.fail("waiting for the container", e)),
             None => Ok(None),
+        }
+    }
+
+    /// Copies the container's output (its main process's stdout and
+    /// stderr) into `log` until the container stops. `since_now` skips
+    /// what it printed before (a sandbox adopted after a restart, whose
+    /// earlier output is kept already).
+    pub async fn follow_logs(&self, id: &str, log: &crate::logs::SandboxLog, since_now: bool) {
+        use bollard::container::LogOutput;
+        use paddock_proto::sandbox::v1::LogStream;
+        let since = if since_now {
+            i32::try_from(paddock_shared::time::now_micros() / 1_000_000).unwrap_or(0)
+        } else {
+            0
+        };
+        let options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .since(since)
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    log.append(LogStream::Stdout, &message)
+                }
+                Ok(LogOutput::StdErr { message }) => log.append(LogStream::Stderr, &message),
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(e) => {
+                    tracing::debug!(container = id, error = %e, "the log stream ended");
+                    break;
+                }
+            }
         }
     }
 

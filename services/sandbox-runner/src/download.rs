@@ -22,7 +22,7 @@ use rustix::io::Errno;
 /// Deepest directory nesting archived.
 const MAX_DEPTH: usize = 128;
 
-fn dir_flags() -> OFlags {
+pub(crate) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 

@@ -13,7 +13,9 @@ use paddock_proto::audit::v1::Outcome;
 use paddock_proto::identity::v1::Principal;
 use paddock_proto::sandbox::v1::exec_request::Message as In;
 use paddock_proto::sandbox::v1::exec_response::Message as Out;
-use paddock_proto::sandbox::v1::{ExecExit, ExecRequest, ExecResponse, ExecStart, TerminalSize};
+use paddock_proto::sandbox::v1::{
+    EndReason, ExecExit, ExecRequest, ExecResponse, ExecStart, LogStream, TerminalSize,
+};
 use paddock_shared::error::{Error, Result};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
@@ -97,6 +99,12 @@ pub async fn run(
     };
     let began = Instant::now();
     let _ = crate::store::count_exec(&runner.db.pool, &record.id).await;
+    // A foreground command's output is the sandbox's log too.
+    let log = if start.foreground {
+        runner.logs.live(&record.id)
+    } else {
+        None
+    };
 
     // Client → command: stdin, close, signals, resizes. A signal that
     // cannot be delivered to the command's own process ends the exec with
@@ -162,6 +170,11 @@ pub async fn run(
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
         let mut refused = false;
+        // Docker reports a command it cannot start (not in the image, not
+        // executable) as output: held back and answered as an error.
+        let mut first = true;
+        let mut not_started: Option<String> = None;
+        let mut client_gone = false;
         loop {
             let expired = async {
                 match deadline {
@@ -185,16 +198,31 @@ pub async fn run(
                 // The client is gone, or its stream was ended (its key was
                 // revoked): stop the command now, not at its next output.
                 _ = tx.closed() => {
+                    client_gone = true;
                     kill_exec(&docker, &exec_id, &container).await;
                     break;
                 }
             };
             let Some(Ok(chunk)) = next else { break };
+            if std::mem::take(&mut first)
+                && let Some(why) = start_failure(chunk.as_ref())
+            {
+                not_started = Some(why);
+                continue;
+            }
             let message = match chunk {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    if let Some(log) = &log {
+                        log.append(LogStream::Stdout, &message);
+                    }
                     Out::Stdout(message.to_vec())
                 }
-                LogOutput::StdErr { message } => Out::Stderr(message.to_vec()),
+                LogOutput::StdErr { message } => {
+                    if let Some(log) = &log {
+                        log.append(LogStream::Stderr, &message);
+                    }
+                    Out::Stderr(message.to_vec())
+                }
                 LogOutput::StdIn { .. } => continue,
             };
             if tx
@@ -205,6 +233,7 @@ pub async fn run(
                 .is_err()
             {
                 // The client left: stop the command rather than run unseen.
+                client_gone = true;
                 kill_exec(&docker, &exec_id, &container).await;
                 break;
             }
@@ -222,12 +251,15 @@ pub async fn run(
         } else {
             Outcome::Failure
         };
+        let not_started = not_started.filter(|_| matches!(exit.exit_code, 126 | 127));
         let details = serde_json::json!({
             "argv": truncated_argv(&start.command),
             "exit_code": exit.exit_code,
             "timed_out": timed_out,
             "duration_ms": duration.as_millis() as u64,
             "tty": start.tty,
+            "foreground": start.foreground,
+            "not_started": not_started,
         });
         runner
             .audit(
@@ -238,7 +270,38 @@ pub async fn run(
                 details,
             )
             .await;
-        if !refused {
+        if start.foreground {
+            // A client that went away (`paddock run` interrupted or
+            // killed) ended the run: the sandbox goes with it.
+            let (reason, message) = match &not_started {
+                _ if client_gone => (
+                    EndReason::StoppedByUser,
+                    "the client running its foreground command went away".to_owned(),
+                ),
+                Some(why) => (
+                    EndReason::Exited,
+                    format!("the command could not be started: {why}"),
+                ),
+                None => (EndReason::Exited, String::new()),
+            };
+            runner
+                .end_foreground(
+                    &caller,
+                    &record,
+                    i64::from(exit.exit_code),
+                    reason,
+                    &message,
+                )
+                .await;
+        }
+        if let Some(why) = not_started {
+            let _ = tx
+                .send(Err(Status::failed_precondition(format!(
+                    "cannot start the command in {}: {why}",
+                    record.name()
+                ))))
+                .await;
+        } else if !refused {
             let _ = tx
                 .send(Ok(ExecResponse {
                     message: Some(Out::Exit(exit)),
@@ -247,6 +310,17 @@ pub async fn run(
         }
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// Docker's report that a command could not be started (it arrives as
+/// the exec's first output), cut to the part that names the command:
+/// `"nosuch": executable file not found in $PATH`.
+fn start_failure(first: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(first).ok()?;
+    let rest = text.strip_prefix("OCI runtime exec failed: ")?;
+    let why = rest.rsplit_once("exec: ").map_or(rest, |(_, why)| why);
+    let why = why.trim_end().trim_end_matches(": unknown");
+    Some(why.chars().take(512).collect())
 }
 
 /// The argv for the audit trail, bounded in size.
@@ -365,6 +439,18 @@ fn signal_in_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_start_failures_are_recognised() {
+        let raw = b"OCI runtime exec failed: exec failed: unable to start container process: exec: \"nosuch\": executable file not found in $PATH: unknown\r\n";
+        assert_eq!(
+            start_failure(raw).as_deref(),
+            Some("\"nosuch\": executable file not found in $PATH")
+        );
+        assert_eq!(start_failure(b"hello"), None);
+        // A command's own output that merely mentions it is output.
+        assert_eq!(start_failure(b"x OCI runtime exec failed: "), None);
+    }
 
     /// A host process is never signalled, whatever pid Docker reported.
     #[test]

@@ -77,6 +77,18 @@ pub fn rewrite_archive(
     uid: u32,
     out: impl std::io::Write,
 ) -> Result<Checked> {
+    rewrite_renamed(archive, dest, uid, None, out)
+}
+
+/// [`rewrite_archive`] with the archive's top entry renamed on the way
+/// (a `docker cp`-style copy, see `copy`).
+pub fn rewrite_renamed(
+    archive: impl std::io::Read,
+    dest: &str,
+    uid: u32,
+    rename: Option<&crate::copy::Rename>,
+    out: impl std::io::Write,
+) -> Result<Checked> {
     let mut checked = Checked::default();
     let mut tar = tar::Archive::new(archive);
     let mut builder = tar::Builder::new(out);
@@ -94,6 +106,13 @@ pub fn rewrite_archive(
                 truncate(&shown)
             ))
         })?;
+        let rel = match rename {
+            Some(r) => match crate::copy::renamed(&rel, r)? {
+                Some(p) => p,
+                None => continue,
+            },
+            None => rel,
+        };
         for parent in rel
             .ancestors()
             .skip(1)
@@ -177,6 +196,15 @@ pub fn rewrite_archive(
                         truncate(&shown)
                     ))
                 })?;
+                let target = match rename {
+                    Some(r) => crate::copy::renamed(&target, r)?.ok_or_else(|| {
+                        Error::invalid(format!(
+                            "archive entry {:?} hard-links to a directory",
+                            truncate(&shown)
+                        ))
+                    })?,
+                    None => target,
+                };
                 header.set_entry_type(tar::EntryType::Link);
                 header.set_mode(mode);
                 header.set_size(0);

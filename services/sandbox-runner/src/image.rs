@@ -11,6 +11,12 @@ const BUSYBOX: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
 
 /// Imports the busybox image as `tag` unless the engine already has it.
 pub fn import_busybox(tag: &str) -> Result<(), String> {
+    import_busybox_with(tag, 0o1777)
+}
+
+/// [`import_busybox`] with the image's /tmp at `tmp_mode` (many real
+/// images ship a 0755 root-owned /tmp).
+pub fn import_busybox_with(tag: &str, tmp_mode: u32) -> Result<(), String> {
     let exists = std::process::Command::new("docker")
         .args(["image", "inspect", tag])
         .output()
@@ -24,7 +30,8 @@ pub fn import_busybox(tag: &str) -> Result<(), String> {
         .find(|p| Path::new(p).exists())
         .ok_or("no busybox on this host: install Debian's busybox-static")?;
     let root = tempfile::tempdir().map_err(|e| format!("a rootfs directory: {e}"))?;
-    build_rootfs(root.path(), busybox).map_err(|e| format!("building the rootfs: {e}"))?;
+    build_rootfs(root.path(), busybox, tmp_mode)
+        .map_err(|e| format!("building the rootfs: {e}"))?;
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -40,7 +47,7 @@ pub fn import_busybox(tag: &str) -> Result<(), String> {
     }
 }
 
-fn build_rootfs(root: &Path, busybox: &str) -> std::io::Result<()> {
+fn build_rootfs(root: &Path, busybox: &str, tmp_mode: u32) -> std::io::Result<()> {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin)?;
     std::fs::copy(busybox, bin.join("busybox"))?;
@@ -54,9 +61,8 @@ fn build_rootfs(root: &Path, busybox: &str) -> std::io::Result<()> {
     for dir in ["etc", "tmp", "workspace", "home"] {
         std::fs::create_dir_all(root.join(dir))?;
     }
-    // As in real images: Docker copies the image's /tmp mode onto the
-    // tmpfs mounted there.
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    // Docker gives a tmpfs mounted at /tmp the mode of the image's /tmp.
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(tmp_mode))?;
     std::fs::write(
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home/sandbox:/bin/sh\n",

@@ -3,6 +3,7 @@
 //! to their end, reconciled with the engine after a restart, and audited.
 #![forbid(unsafe_code)]
 
+mod copy;
 pub mod docker;
 pub mod download;
 mod egress;
@@ -10,6 +11,8 @@ mod envseal;
 mod exec;
 pub mod files;
 pub mod image;
+mod kill_switch;
+mod logs;
 mod runner;
 mod service;
 pub mod spec;
@@ -307,7 +310,11 @@ pub async fn start_on(
         None,
         paddock_shared::org_reaper::DEFAULT_INTERVAL,
     );
+    // Sandboxes end when their agent, project or creator's access goes.
+    let kill_switch =
+        kill_switch::spawn(runner.clone(), admission.clone(), authn.cache().subscribe());
     let mut background = vec![
+        kill_switch,
         reaper,
         authn.inner().watch(authn.cache()),
         tokio::spawn(watch_engine(runner.clone(), health, name)),

@@ -12,8 +12,8 @@ use std::time::Duration;
 use paddock_proto::audit::v1::{AuditEvent, Outcome};
 use paddock_proto::authz::v1::{GetEffectivePolicyRequest, HardeningRelaxations, NetworkMode};
 use paddock_proto::identity::v1::{
-    CreateSessionTokenRequest, Principal, PrincipalKind, RevealCredentialRequest,
-    RevokeSessionTokenRequest,
+    CreateSessionTokenRequest, LookupResourcesRequest, Principal, PrincipalKind,
+    RevealCredentialRequest, RevokeSessionTokenRequest,
 };
 use paddock_proto::sandbox::v1::{
     CreateSandboxRequest, EndReason, Sandbox, SandboxSpec, SandboxState,
@@ -65,6 +65,13 @@ pub struct Runner {
     admit: tokio::sync::Mutex<()>,
     /// Uploads in progress: at most one per sandbox, a few per runner.
     uploads: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Exit codes of foreground commands that ended, until their sandbox's
+    /// end is recorded with them.
+    foreground_exits: Mutex<HashMap<String, i64>>,
+    /// Sandboxes whose foreground command has started (one each).
+    foregrounds: Mutex<std::collections::HashSet<String>>,
+    /// The logs of running sandboxes.
+    pub logs: crate::logs::Logs,
 }
 
 /// Uploads spooling at once on one runner.
@@ -138,6 +145,9 @@ impl Runner {
             watchers: Mutex::default(),
             tasks: Mutex::default(),
             admit: tokio::sync::Mutex::new(()),
+            foreground_exits: Mutex::default(),
+            foregrounds: Mutex::default(),
+            logs: crate::logs::Logs::new(&data_dir),
             uploads: Arc::default(),
         }
     }
@@ -291,6 +301,7 @@ impl Runner {
             spec.project.clone()
         };
         spec.project = child_name(&org, "projects", &project);
+        self.require_existing(caller, &org, &spec).await?;
 
         let engine = self.engine()?;
         let effective = self
@@ -541,6 +552,122 @@ impl Runner {
         }
     }
 
+    /// The agent and the project must exist: a sandbox for one that does
+    /// not is NOT_FOUND and leaves no record behind.
+    async fn require_existing(
+        &self,
+        caller: &Principal,
+        org: &str,
+        spec: &SandboxSpec,
+    ) -> Result<()> {
+        let found = self
+            .identity
+            .clone()
+            .lookup_resources(LookupResourcesRequest {
+                names: vec![spec.agent.clone(), spec.project.clone()],
+                principal_ids: Vec::new(),
+            })
+            .await
+            .map_err(|s| Error::from_status(dependency_status("identity", s)))?
+            .into_inner()
+            .found;
+        for (flag, name) in [("agent", &spec.agent), ("project", &spec.project)] {
+            if !found.iter().any(|f| &f.name == name) {
+                let err = Error::NotFound(format!("{flag} {} not found", truncate(name)));
+                self.refused(caller, org, spec, &err).await;
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- foreground commands --------------------------------------------
+
+    /// Claims the foreground of a sandbox for an exec: only its creator,
+    /// once, and only in a sandbox created without a command of its own.
+    pub fn claim_foreground(&self, caller: &Principal, record: &Record) -> Result<()> {
+        if record.created_by != caller.id {
+            return Err(Error::PermissionDenied(format!(
+                "only the creator of {} may run its foreground command",
+                record.name()
+            )));
+        }
+        if !record.spec.command.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} runs a command of its own; a foreground command needs a sandbox created without one",
+                record.name()
+            )));
+        }
+        if !lock(&self.foregrounds).insert(record.id.clone()) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} already has a foreground command",
+                record.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A foreground command ended: its sandbox ends too, with its exit
+    /// code. Marked STOPPING before this returns (so the end reason is this
+    /// one, whatever the client asks next); the stop goes on behind.
+    pub async fn end_foreground(
+        self: &Arc<Self>,
+        caller: &Principal,
+        record: &Record,
+        exit_code: i64,
+        reason: EndReason,
+        message: &str,
+    ) {
+        lock(&self.foreground_exits).insert(record.id.clone(), exit_code);
+        let grace = self.tuning.stop_grace;
+        if let Err(e) = self
+            .mark_for_stop(Some(caller), record, grace, reason, message)
+            .await
+        {
+            tracing::warn!(sandbox = record.id, error = %e, "cannot mark the sandbox stopping");
+        }
+        let runner = self.clone();
+        let caller = caller.clone();
+        let id = record.id.clone();
+        let message = message.to_owned();
+        tokio::spawn(async move {
+            let ended = async {
+                let record = runner.reload(&id).await?;
+                runner
+                    .stop_because(
+                        Some(&caller),
+                        record,
+                        runner.tuning.stop_grace,
+                        reason,
+                        &message,
+                    )
+                    .await
+            };
+            if let Err(e) = ended.await {
+                tracing::warn!(sandbox = id, error = %e, "cannot end the sandbox after its foreground command");
+            }
+        });
+    }
+
+    /// Why a sandbox's own command could not be started, from what the
+    /// init process said in its log (`exec nosuch failed: No such file or
+    /// directory`), when it said so.
+    fn not_started(&self, record: &Record) -> Option<String> {
+        let frames = crate::logs::tail(self.logs.read(&record.org, &record.id).ok()?, 4096);
+        let text: Vec<u8> = frames.into_iter().flat_map(|f| f.data).collect();
+        let text = String::from_utf8_lossy(&text);
+        let line = text.lines().rev().find(|l| l.contains("[FATAL tini"))?;
+        let why = line.split_once("] ").map_or(line, |(_, why)| why).trim();
+        Some(format!(
+            "the command could not be started: {}",
+            why.chars().take(512).collect::<String>()
+        ))
+    }
+
+    fn take_foreground_exit(&self, id: &str) -> Option<i64> {
+        lock(&self.foreground_exits).remove(id)
+    }
+
     async fn refused(&self, caller: &Principal, org: &str, spec: &SandboxSpec, err: &Error) {
         let outcome = match err {
             Error::PermissionDenied(_)
@@ -732,6 +859,11 @@ impl Runner {
             caches,
             relax,
             uid,
+            tmp: self
+                .layout
+                .prepare_tmp(&record.id, docker::tmp_bytes(resolved.disk_bytes))
+                .await
+                .map(|p| p.to_string_lossy().into_owned()),
         };
         engine.create(&plan).await
     }
@@ -768,6 +900,20 @@ impl Runner {
         let mut ttl_fired = false;
         let mut usage = tokio::time::interval(self.tuning.usage_interval);
         let mut scan = tokio::time::interval(self.tuning.scan_interval);
+        // The main process's output goes to the sandbox's log.
+        let follower = match self.logs.open(&record.org, &id) {
+            Ok((log, resumed)) => {
+                let engine = engine.clone();
+                let container = container.clone();
+                Some(tokio::spawn(async move {
+                    engine.follow_logs(&container, &log, resumed).await
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "the sandbox's output is not kept");
+                None
+            }
+        };
         let wait = engine.wait(&container);
         tokio::pin!(wait);
         let exit = loop {
@@ -775,7 +921,7 @@ impl Runner {
                 exit = &mut wait => break exit,
                 _ = &mut ttl, if !ttl_fired => {
                     ttl_fired = true;
-                    if store::mark_stopping(&self.db.pool, &id, EndReason::TtlExpired).await? {
+                    if store::mark_stopping(&self.db.pool, &id, EndReason::TtlExpired, "the TTL ran out").await? {
                         let r = self.reload(&id).await?;
                         self.publish(&r);
                         self.record_event(event(None, "sandbox.ttl_expired", &r.name(), Outcome::Success, serde_json::json!({}))).await;
@@ -797,6 +943,10 @@ impl Runner {
             }
         };
         self.report_changes(&record, &mut scanner).await;
+        if let Some(follower) = follower {
+            // The stream ends with the container; the last lines first.
+            let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
+        }
         let mut state = engine.state(&container).await?;
         let current = self.reload(&id).await?;
         // Docker learns of an OOM kill from a separate event that can land
@@ -830,8 +980,16 @@ impl Runner {
                     }
                     r => r,
                 };
-                (reason, code, String::new())
+                (reason, code, current.message.clone())
             }
+        };
+        // A foreground command's exit is the sandbox's.
+        let exit_code = self.take_foreground_exit(&id).or(exit_code);
+        let message = match (reason, exit_code) {
+            (EndReason::Exited, Some(126 | 127)) if message.is_empty() => {
+                self.not_started(&record).unwrap_or_default()
+            }
+            _ => message,
         };
         if reason == EndReason::OomKilled {
             self.record_event(event(None, "sandbox.oom", &record.name(), Outcome::Failure, serde_json::json!({"memory_bytes": record.spec.resources.as_ref().map(|r| r.memory_bytes)}))).await;
@@ -893,22 +1051,24 @@ impl Runner {
         grace: Duration,
         reason: EndReason,
     ) -> Result<Sandbox> {
+        self.stop_because(caller, record, grace, reason, "").await
+    }
+
+    /// [`Runner::stop`], saying why in the record's message.
+    pub async fn stop_because(
+        self: &Arc<Self>,
+        caller: Option<&Principal>,
+        record: Record,
+        grace: Duration,
+        reason: EndReason,
+        message: &str,
+    ) -> Result<Sandbox> {
         if !record.is_live() {
             return Ok(record.to_proto());
         }
         let mut rx = self.subscribe(&record.id);
-        if store::mark_stopping(&self.db.pool, &record.id, reason).await? {
-            let r = self.reload(&record.id).await?;
-            self.publish(&r);
-            self.record_event(event(
-                caller,
-                "sandbox.stop",
-                &r.name(),
-                Outcome::Success,
-                serde_json::json!({"grace_seconds": grace.as_secs()}),
-            ))
-            .await;
-        }
+        self.mark_for_stop(caller, &record, grace, reason, message)
+            .await?;
         let supervised = lock(&self.tasks).contains_key(&record.id);
         if !record.container_id.is_empty() {
             self.engine()?.stop(&record.container_id, grace).await?;
@@ -932,15 +1092,48 @@ impl Runner {
             id if id.is_empty() => None,
             id => self.engine()?.state(id).await?,
         };
+        let exit_code = self
+            .take_foreground_exit(&record.id)
+            .or(state.map(|s| s.exit_code));
         self.finish(
             &record.id,
             SandboxState::Stopped,
             reason,
-            state.map(|s| s.exit_code),
-            "",
+            exit_code,
+            message,
         )
         .await?;
         Ok(self.reload(&record.id).await?.to_proto())
+    }
+
+    /// Moves a live sandbox to STOPPING for `reason` (the first reason
+    /// wins), publishes and audits it. Returns whether this call did.
+    async fn mark_for_stop(
+        &self,
+        caller: Option<&Principal>,
+        record: &Record,
+        grace: Duration,
+        reason: EndReason,
+        message: &str,
+    ) -> Result<bool> {
+        if !store::mark_stopping(&self.db.pool, &record.id, reason, message).await? {
+            return Ok(false);
+        }
+        let r = self.reload(&record.id).await?;
+        self.publish(&r);
+        self.record_event(event(
+            caller,
+            "sandbox.stop",
+            &r.name(),
+            Outcome::Success,
+            serde_json::json!({
+                "grace_seconds": grace.as_secs(),
+                "reason": spec::reason_name(reason),
+                "message": message,
+            }),
+        ))
+        .await;
+        Ok(true)
     }
 
     /// Ends a sandbox once: records the final state and removes its
@@ -992,6 +1185,9 @@ impl Runner {
         .await?;
         tx.commit().await?;
         self.wake_audit();
+        self.logs.close(id);
+        lock(&self.foregrounds).remove(id);
+        lock(&self.foreground_exits).remove(id);
         self.cleanup(&record).await;
         let ended = self.reload(id).await?;
         self.publish(&ended);
@@ -1024,6 +1220,7 @@ impl Runner {
             tracing::warn!(sandbox = record.id, code = ?s.code(), "cannot revoke the session token");
         }
         self.layout.remove_credentials(&record.id).await;
+        self.layout.remove_tmp(&record.id).await;
         if !record.spec.keep_workspace {
             self.layout.remove_workspace(&record.org, &record.id).await;
         }
@@ -1050,11 +1247,14 @@ impl Runner {
             }
             self.layout.remove_workspace(&record.org, &record.id).await;
             self.layout.remove_credentials(&record.id).await;
+            self.layout.remove_tmp(&record.id).await;
+            self.logs.remove(&record.org, &record.id);
             let mut tx = self.db.begin_write().await?;
             store::delete(&mut tx, &record.id).await?;
             tx.commit().await?;
         }
         self.layout.remove_org_workspaces(org);
+        self.logs.remove_org(org);
         self.layout.remove_caches(&self.installation, org).await;
         // Cache volumes of releases before caches had a disk bound.
         if let Ok(engine) = self.engine() {

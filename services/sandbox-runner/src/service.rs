@@ -306,6 +306,7 @@ impl SandboxService for Sandboxes {
         tx.commit().await.map_err(Error::from)?;
         self.runner.wake_audit();
         self.runner.layout.remove_workspace(&org, &id).await;
+        self.runner.logs.remove(&org, &id);
         Ok(Response::new(DeleteSandboxResponse {}))
     }
 
@@ -351,6 +352,44 @@ impl SandboxService for Sandboxes {
         Ok(Response::new(guard.serve(stream)))
     }
 
+    type GetSandboxLogsStream = BoxStream<GetSandboxLogsResponse>;
+
+    async fn get_sandbox_logs(
+        &self,
+        request: Request<GetSandboxLogsRequest>,
+    ) -> Result<Response<Self::GetSandboxLogsStream>, Status> {
+        let caller = principal(&request)?;
+        let guard = self.watches.open(&request)?;
+        let req = request.into_inner();
+        let record = self.authorized(&caller, &req.name, Intent::Read).await?;
+        let rx =
+            crate::logs::stream(self.runner.clone(), record, req.follow, req.tail_bytes).await?;
+        Ok(Response::new(
+            guard.serve(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        ))
+    }
+
+    async fn stop_sandboxes(
+        &self,
+        request: Request<StopSandboxesRequest>,
+    ) -> Result<Response<StopSandboxesResponse>, Status> {
+        let caller = principal(&request)?;
+        let req = request.into_inner();
+        let grace = match req.grace_period.as_ref() {
+            None => self.runner.tuning.stop_grace,
+            Some(d) => duration(d)
+                .filter(|d| *d <= MAX_GRACE)
+                .ok_or_else(|| Error::invalid("grace_period must be between 0 and 30s"))?,
+        };
+        let stopped = crate::kill_switch::stop_all(&self.runner, &caller, req, grace).await?;
+        let mut sandboxes = Vec::with_capacity(stopped.len());
+        for s in stopped {
+            // sessions.manage: env values are the caller's to see.
+            sandboxes.push(view_of(&self.runner.env_key, s, true));
+        }
+        Ok(Response::new(StopSandboxesResponse { sandboxes }))
+    }
+
     type ExecStream = ExecStream;
 
     async fn exec(
@@ -371,6 +410,9 @@ impl SandboxService for Sandboxes {
         };
         exec::validate(&start)?;
         let record = self.running(&caller, &start.sandbox).await?;
+        if start.foreground {
+            self.runner.claim_foreground(&caller, &record)?;
+        }
         let stream = exec::run(self.runner.clone(), caller, record, start, input).await?;
         Ok(Response::new(guard.serve(stream)))
     }
@@ -392,6 +434,19 @@ impl SandboxService for Sandboxes {
         };
         let dest = files::confine(&start.path)?;
         let record = self.running(&caller, &start.sandbox).await?;
+        // A `docker cp`-style copy: where it lands depends on what the
+        // destination is now.
+        let (dest, rename) = if start.copy {
+            let root = std::path::PathBuf::from(&record.workspace);
+            let at = dest.clone();
+            let found = tokio::task::spawn_blocking(move || crate::copy::look(&root, &at))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            let (dir, rename) = crate::copy::resolve(&dest, &start, found)?;
+            (dir, Some(rename))
+        } else {
+            (dest, None)
+        };
         // One upload at a time per sandbox, a few per runner: each spools
         // up to its bound on the host.
         let _slot = self.runner.upload_slot(&record.id)?;
@@ -407,10 +462,11 @@ impl SandboxService for Sandboxes {
         let dest_for_check = dest.clone();
         let uid = record.uid;
         let rewrite = tokio::task::spawn_blocking(move || {
-            files::rewrite_archive(
+            files::rewrite_renamed(
                 reader,
                 &dest_for_check,
                 uid,
+                rename.as_ref(),
                 std::io::BufWriter::new(output),
             )
         });

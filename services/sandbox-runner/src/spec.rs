@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use paddock_proto::authz::v1::{AgentPolicy, NetworkMode, ResourceLimits};
-use paddock_proto::sandbox::v1::{CredentialMount, SandboxSpec};
+use paddock_proto::sandbox::v1::{CredentialMount, EndReason, SandboxSpec};
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::truncate;
 
@@ -228,6 +228,23 @@ fn rank(mode: NetworkMode) -> u8 {
         NetworkMode::Allowlist => 1,
         NetworkMode::Denylist => 2,
         NetworkMode::Open => 3,
+    }
+}
+
+/// An end reason as people and the CLI say it.
+pub fn reason_name(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Unspecified => "",
+        EndReason::Exited => "exited",
+        EndReason::OomKilled => "oom_killed",
+        EndReason::TtlExpired => "ttl_expired",
+        EndReason::StoppedByUser => "stopped_by_user",
+        EndReason::RunnerLost => "runner_lost",
+        EndReason::StartFailed => "start_failed",
+        EndReason::OrganizationDeleted => "organization_deleted",
+        EndReason::AgentDeleted => "agent_deleted",
+        EndReason::ProjectDeleted => "project_deleted",
+        EndReason::AccessRevoked => "access_revoked",
     }
 }
 

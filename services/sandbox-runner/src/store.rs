@@ -293,13 +293,21 @@ pub async fn mark_running(
 }
 
 /// Moves a live sandbox to STOPPING with the reason it will end for.
-/// Returns false when it was not live (or already stopping).
-pub async fn mark_stopping(pool: &AnyPool, id: &str, reason: EndReason) -> Result<bool> {
+/// `message` says why, for people. Returns false when it was not live (or
+/// already stopping).
+pub async fn mark_stopping(
+    pool: &AnyPool,
+    id: &str,
+    reason: EndReason,
+    message: &str,
+) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE sandboxes SET state = $1, end_reason = $2 WHERE id = $3 AND state IN (1, 2, 3)",
+        "UPDATE sandboxes SET state = $1, end_reason = $2, message = $3 \
+         WHERE id = $4 AND state IN (1, 2, 3)",
     )
     .bind(SandboxState::Stopping as i32 as i64)
     .bind(reason as i32 as i64)
+    .bind(message)
     .bind(id)
     .execute(pool)
     .await?;

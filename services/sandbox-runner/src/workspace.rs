@@ -257,6 +257,54 @@ impl Layout {
         Ok(path)
     }
 
+    /// Makes the sandbox's /tmp: a tmpfs of `bytes` on the host, mode 1777
+    /// whatever the image's /tmp is (Docker's own tmpfs takes the mode of
+    /// the image's directory, and 0755 root shuts the sandbox user out).
+    /// Its pages are charged to the sandbox's memory like Docker's tmpfs.
+    /// `None` where tmpfs cannot be mounted (the runner is not root).
+    pub async fn prepare_tmp(&self, id: &str, bytes: i64) -> Option<PathBuf> {
+        let dir = self.root.join("tmp").join(id);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(sandbox = id, error = %e, "cannot make the /tmp mount point");
+            return None;
+        }
+        if is_mount_point(&dir) {
+            return Some(dir);
+        }
+        let options = format!("size={bytes},mode=1777,nosuid,nodev");
+        match run(
+            "mount",
+            &["-t", "tmpfs", "-o", &options, "tmpfs"],
+            &dir,
+            None,
+        )
+        .await
+        {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                tracing::debug!(sandbox = id, error = %e, "no host tmpfs for /tmp");
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    }
+
+    /// Unmounts and removes a sandbox's /tmp.
+    pub async fn remove_tmp(&self, id: &str) {
+        let dir = self.root.join("tmp").join(id);
+        if is_mount_point(&dir)
+            && let Err(e) = run("umount", &["-l"], &dir, None).await
+        {
+            tracing::warn!(sandbox = id, error = %e, "cannot unmount /tmp");
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = id, error = %e, "cannot remove the /tmp mount point");
+        }
+    }
+
     /// Removes the credential files of a sandbox.
     pub async fn remove_credentials(&self, id: &str) {
         let dir = self.credentials_dir(id);

@@ -79,6 +79,8 @@ pub enum Invalidation {
     Key(String),
     Principal(String),
     Organization(String),
+    /// A project was deleted (its full name); no principal changes.
+    Project(String),
 }
 
 impl Invalidation {
@@ -88,6 +90,7 @@ impl Invalidation {
             Target::KeyId(k) => Invalidation::Key(k),
             Target::PrincipalId(p) => Invalidation::Principal(p),
             Target::Organization(o) => Invalidation::Organization(o),
+            Target::Project(p) => Invalidation::Project(p),
         }
     }
 
@@ -98,6 +101,7 @@ impl Invalidation {
             Invalidation::Key(id) => &p.key_id == id,
             Invalidation::Principal(id) => &p.id == id,
             Invalidation::Organization(org) => &p.organization == org,
+            Invalidation::Project(_) => false,
         }
     }
 
@@ -107,6 +111,7 @@ impl Invalidation {
             Invalidation::Key(k) => Target::KeyId(k),
             Invalidation::Principal(p) => Target::PrincipalId(p),
             Invalidation::Organization(o) => Target::Organization(o),
+            Invalidation::Project(p) => Target::Project(p),
         }
     }
 }

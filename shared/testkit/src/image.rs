@@ -21,6 +21,20 @@ fn build() {
     }
 }
 
+/// The test image with a root-owned 0755 /tmp, as many real images have.
+pub const IMAGE_TMP_0755: &str = "paddock-test-busybox-tmp0755:1";
+
+/// Builds (once per host) and returns [`IMAGE_TMP_0755`].
+pub fn busybox_image_tmp_0755() -> &'static str {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        if let Err(e) = paddock_sandbox_runner::image::import_busybox_with(IMAGE_TMP_0755, 0o755) {
+            panic!("the test image: {e} (scripts/test installs busybox-static)");
+        }
+    });
+    IMAGE_TMP_0755
+}
+
 /// Removes every container, network and volume labelled with `worker`
 /// (through the docker CLI, so it also works from `Drop`).
 pub fn remove_worker_resources(worker: &str) {
