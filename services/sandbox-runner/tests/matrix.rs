@@ -133,6 +133,7 @@ async fn call(env: &Env, method: &str, role: &str, me: &Org, target: &Org) -> Co
                     message: Some(upload_files_request::Message::Start(UploadStart {
                         sandbox: name.clone(),
                         path: String::new(),
+                        ..Default::default()
                     })),
                 },
                 UploadFilesRequest {

@@ -1045,6 +1045,7 @@ async fn uploads_are_bounded(backend: Backend) {
             message: Some(upload_files_request::Message::Start(UploadStart {
                 sandbox: sb.name.clone(),
                 path: "/workspace".into(),
+                ..Default::default()
             })),
         })
         .await

@@ -294,6 +294,7 @@ pub async fn upload(
         message: Some(upload_files_request::Message::Start(UploadStart {
             sandbox: sandbox.into(),
             path: path.into(),
+            ..Default::default()
         })),
     }];
     for chunk in archive.chunks(16 * 1024) {
