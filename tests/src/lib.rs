@@ -477,3 +477,46 @@ impl Drop for Dev {
         }
     }
 }
+
+/// A client tool `scripts/test` installs (grpcurl 1.8.6, the Python venv)
+/// under `PADDOCK_TEST_TOOLS`, by default `/var/tmp/paddock-test-tools`.
+/// Panics, naming the command that installs it, when it is missing: these
+/// tests never skip.
+pub fn test_tool(relative: &str) -> PathBuf {
+    let root = std::env::var_os("PADDOCK_TEST_TOOLS")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || PathBuf::from("/var/tmp/paddock-test-tools"),
+            PathBuf::from,
+        );
+    let path = root.join(relative);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with scripts/test, which installs it",
+        path.display()
+    );
+    path
+}
+
+impl Dev {
+    /// The directory `paddock dev` runs in; its data dir is `data` under it.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates organization `org` with the bootstrap token; returns the
+    /// owner's key secret.
+    pub fn create_org(&self, org: &str, owner: &str) -> String {
+        let out = self
+            .paddock(
+                Some(&self.bootstrap_token()),
+                &["org", "create", org, "--owner", owner],
+            )
+            .json();
+        out["secret"]
+            .as_str()
+            .filter(|s| s.starts_with("pdk_"))
+            .unwrap_or_else(|| panic!("no secret in {out:#}"))
+            .to_owned()
+    }
+}
