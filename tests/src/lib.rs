@@ -185,9 +185,10 @@ fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child
         .open(root.join("dev.log"))
         .expect("open dev.log");
     let mut cmd = Command::new(bin);
+    // Relative, like the default `paddock-data`: the services must not
+    // depend on an absolute data dir (Docker refuses relative bind mounts).
     cmd.arg("dev")
-        .arg("--data-dir")
-        .arg(root.join("data"))
+        .args(["--data-dir", "data"])
         .args([
             "--identity-listen",
             "127.0.0.1:0",
