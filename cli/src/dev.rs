@@ -44,6 +44,10 @@ pub struct DevArgs {
         default_value = "unix:///var/run/docker.sock"
     )]
     pub docker_host: String,
+    /// The sandbox runner's worker id (labels every container, network and
+    /// volume it makes); default: kept in {data-dir}/worker-id, made once.
+    #[arg(long, env = "PADDOCK_WORKER_ID")]
+    pub worker_id: Option<String>,
 }
 
 /// A service `paddock dev` can run.
@@ -341,7 +345,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             authz_endpoint: stack.authz_endpoint.clone(),
             audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
             docker_host: args.docker_host.clone(),
-            worker_id: None,
+            worker_id: args.worker_id.clone(),
             stop_grace: Duration::from_secs(3),
             usage_interval: Duration::from_secs(5),
             scan_interval: Duration::from_secs(2),

@@ -185,9 +185,10 @@ fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child
         .open(root.join("dev.log"))
         .expect("open dev.log");
     let mut cmd = Command::new(bin);
+    // Relative, like the default `paddock-data`: the services must not
+    // depend on an absolute data dir (Docker refuses relative bind mounts).
     cmd.arg("dev")
-        .arg("--data-dir")
-        .arg(root.join("data"))
+        .args(["--data-dir", "data"])
         .args([
             "--identity-listen",
             "127.0.0.1:0",
@@ -475,5 +476,48 @@ impl Drop for Dev {
                 self.log()
             );
         }
+    }
+}
+
+/// A client tool `scripts/test` installs (grpcurl 1.8.6, the Python venv)
+/// under `PADDOCK_TEST_TOOLS`, by default `/var/tmp/paddock-test-tools`.
+/// Panics, naming the command that installs it, when it is missing: these
+/// tests never skip.
+pub fn test_tool(relative: &str) -> PathBuf {
+    let root = std::env::var_os("PADDOCK_TEST_TOOLS")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || PathBuf::from("/var/tmp/paddock-test-tools"),
+            PathBuf::from,
+        );
+    let path = root.join(relative);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with scripts/test, which installs it",
+        path.display()
+    );
+    path
+}
+
+impl Dev {
+    /// The directory `paddock dev` runs in; its data dir is `data` under it.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates organization `org` with the bootstrap token; returns the
+    /// owner's key secret.
+    pub fn create_org(&self, org: &str, owner: &str) -> String {
+        let out = self
+            .paddock(
+                Some(&self.bootstrap_token()),
+                &["org", "create", org, "--owner", owner],
+            )
+            .json();
+        out["secret"]
+            .as_str()
+            .filter(|s| s.starts_with("pdk_"))
+            .unwrap_or_else(|| panic!("no secret in {out:#}"))
+            .to_owned()
     }
 }

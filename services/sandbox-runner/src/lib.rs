@@ -247,7 +247,9 @@ pub async fn start_on(
         config.docker_host.clone(),
         identity_client.clone(),
         policy,
-        config.data_dir.clone(),
+        // Docker bind-mounts workspaces from here and refuses a relative
+        // source, such as `paddock dev`'s default `paddock-data`.
+        std::path::absolute(&config.data_dir)?,
         Tuning {
             stop_grace: config.stop_grace,
             usage_interval: config.usage_interval,

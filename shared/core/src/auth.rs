@@ -613,7 +613,8 @@ impl Admission {
         let access = match access_for(path) {
             Some(a) => a,
             None if path.starts_with("/grpc.health.v1.Health/")
-                || path.starts_with("/grpc.reflection.v1.ServerReflection/") =>
+                || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+                || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/") =>
             {
                 return Ok(None);
             }

@@ -1,6 +1,7 @@
 //! The server stack every Paddock service runs, read top to bottom:
 //! admission (trace context, authenticate, authorize) in front of the
-//! service's routes, gRPC health and reflection (v1) beside them.
+//! service's routes, gRPC health and reflection (v1 and v1alpha) beside
+//! them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,16 +39,26 @@ pub async fn health_and_reflection(
     }
     // Advertise only what this server serves, not every service in the
     // shared descriptor set.
-    let mut reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection");
-    for name in serving {
-        reflection = reflection.with_service_name(*name);
-    }
-    let reflection = reflection.build_v1()?;
-    Ok((reporter, Routes::new(health).add_service(reflection)))
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in serving {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    // v1alpha beside v1, as grpc-go registers both: grpcurl before 1.8.8,
+    // grpcui and several GUI clients speak only v1alpha.
+    Ok((
+        reporter,
+        Routes::new(health)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?),
+    ))
 }
 
 /// Serves `routes` on `listener` behind the admission layer until
