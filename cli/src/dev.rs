@@ -400,6 +400,20 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             args.data_dir.join("bootstrap-token").display()
         );
     }
+    announce_endpoints(
+        global,
+        [
+            &stack.identity_endpoint,
+            &stack.authz_endpoint,
+            &sandbox_endpoint,
+            &audit_endpoint,
+        ],
+        stack
+            .identity
+            .is_some()
+            .then(|| std::path::absolute(args.data_dir.join("bootstrap-token")).ok())
+            .flatten(),
+    );
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => signal,
@@ -425,6 +439,29 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     }
     stack.shutdown().await;
     outcome
+}
+
+/// Prints the `export` lines a shell needs to reach this stack, and
+/// records the endpoints in a context of the config file (made current).
+/// A config file that cannot be written is a warning, not a failure.
+fn announce_endpoints(global: &Global, endpoints: [&str; 4], bootstrap: Option<PathBuf>) {
+    let [identity, authz, sandbox, audit] = endpoints;
+    outln!("# for another shell:");
+    outln!("export PADDOCK_IDENTITY_ENDPOINT={identity}");
+    outln!("export PADDOCK_AUTHZ_ENDPOINT={authz}");
+    outln!("export PADDOCK_SANDBOX_ENDPOINT={sandbox}");
+    outln!("export PADDOCK_AUDIT_ENDPOINT={audit}");
+    let name = global.context.as_deref().unwrap_or("dev");
+    match crate::context::write_dev_context(name, endpoints, bootstrap) {
+        Ok(path) => outln!(
+            "# or use context {name}, now current ({}); `paddock login` saves a key in it",
+            path.display()
+        ),
+        Err(e) => {
+            let line = e.render().unwrap_or_default();
+            eprintln!("warning: no context written: {line}");
+        }
+    }
 }
 
 /// Waits until a running server stops by itself; forever if none runs.
