@@ -195,6 +195,10 @@ const SPEC_FLAGS: &[(&str, &str)] = &[
     ("spec.resources.memory_bytes", "--memory"),
     ("spec.resources.pids", "--pids"),
     ("spec.resources.ttl", "--ttl"),
+    ("resources.cpus", "--cpus"),
+    ("resources.memory_bytes", "--memory"),
+    ("resources.pids", "--pids"),
+    ("ttl", "--ttl"),
 ];
 
 fn rpc_err(ctx: &Ctx) -> impl Fn(tonic::Status) -> CliError + '_ {

@@ -111,7 +111,8 @@ fn detached_sandbox_exec_cp_stop(backend: Backend) {
 
     let list = dev.paddock(Some(&owner), &["sandbox", "list"]).json();
     assert!(
-        list["items"].as_array()
+        list["items"]
+            .as_array()
             .expect("array")
             .iter()
             .any(|s| s["id"] == id.as_str()),
