@@ -43,6 +43,9 @@ pub enum AuditCommand {
         /// With --platform: the sealed chain of this deleted organization.
         #[arg(long = "org", requires = "platform")]
         org: Option<String>,
+        /// Go on where an earlier query stopped (its next_page_token).
+        #[arg(long)]
+        page_token: Option<String>,
     },
     /// Follow new events as they are stored, one per line.
     Tail {
@@ -119,6 +122,7 @@ pub struct FilterArgs {
     /// Exact resource name (full, or relative like projects/web).
     #[arg(long)]
     resource: Option<String>,
+    /// Only events with this outcome.
     #[arg(long, value_enum)]
     outcome: Option<OutcomeArg>,
     /// Events at or after: a duration ago (1h, 30m, 7d) or RFC 3339.
@@ -253,17 +257,19 @@ fn outcome_name(outcome: i32) -> &'static str {
     }
 }
 
-/// One event as JSON; `details_json` is kept byte for byte so the hash can
-/// be recomputed from an export.
+/// One event as JSON, `details` as an object (`export` adds the exact
+/// `details_json` the hash covers).
 pub fn event_json(e: &AuditEvent) -> Value {
     let actor = e.actor.clone().unwrap_or_default();
+    let details = serde_json::from_str::<Value>(&e.details_json)
+        .unwrap_or_else(|_| Value::String(e.details_json.clone()));
     json!({
         "id": e.id,
         "time": time_micros(e.time.as_ref()),
         "organization": e.organization,
         "actor": {
             "principal_id": actor.principal_id,
-            "kind": actor.kind,
+            "kind": output::kind_short(&actor.kind),
             "display_name": actor.display_name,
             "key_id": actor.key_id,
         },
@@ -273,7 +279,7 @@ pub fn event_json(e: &AuditEvent) -> Value {
         "error_code": e.error_code,
         "source_service": e.source_service,
         "trace_id": e.trace_id,
-        "details_json": e.details_json,
+        "details": details,
         "sequence": e.sequence,
         "previous_hash": e.previous_hash,
         "hash": e.hash,
@@ -348,11 +354,12 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             oldest_first,
             platform,
             org,
+            page_token,
         } => {
             let organization = org.as_deref().map(organization_name).unwrap_or_default();
             let filter = filter.into_filter()?;
             let mut events = Vec::new();
-            let mut page_token = String::new();
+            let mut page_token = page_token.unwrap_or_default();
             let limit = limit as usize;
             while events.len() < limit {
                 let req = QueryEventsRequest {
@@ -390,7 +397,12 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
             }
             events.truncate(limit);
             if json_out {
-                print_json(&Value::Array(events.iter().map(event_json).collect()));
+                // Stopped at --limit with more to come: where to go on.
+                let mut list = output::list_json(events.iter().map(event_json));
+                if !page_token.is_empty() {
+                    list["next_page_token"] = Value::String(page_token.clone());
+                }
+                print_json(&list);
             } else {
                 let mut table = Table::new(&HEADER);
                 for e in &events {
@@ -486,7 +498,9 @@ pub async fn run(global: &Global, cmd: AuditCommand) -> Result<(), CliError> {
                 .into_inner();
             while let Some(msg) = stream.message().await.map_err(rpc_err(global))? {
                 if let Some(e) = msg.event {
-                    outln!("{}", event_json(&e));
+                    let mut v = event_json(&e);
+                    v["details_json"] = Value::String(e.details_json.clone());
+                    outln!("{v}");
                 }
             }
             Ok(())

@@ -1,21 +1,16 @@
-//! The client commands: organizations, members, agents, projects, API keys,
-//! `whoami` and `can`. Each resolves short names against the caller's
-//! organization (one `WhoAmI` per invocation, cached), makes its calls and
-//! prints a table or JSON.
+//! The connection state every client command shares (`Ctx`: flags, the
+//! identity client, the caller looked up once), and the member, project and
+//! `whoami` commands. Each resolves short names against the caller's
+//! organization, makes its calls and prints a table or JSON.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
-use paddock_proto::authz::v1::CheckRequest;
+use clap::Subcommand;
 use paddock_proto::identity::v1::AcceptInviteRequest;
 use paddock_proto::identity::v1::{
-    Agent, ApiKey, CreateAgentRequest, CreateApiKeyRequest, CreateInviteRequest,
-    CreateOrganizationRequest, CreateProjectRequest, DeleteAgentRequest, DeleteMemberRequest,
-    DeleteOrganizationRequest, DeleteProjectRequest, GetAgentRequest, GetOrganizationRequest,
-    GetProjectRequest, ListAgentsRequest, ListApiKeysRequest, ListMembersRequest,
-    ListProjectsRequest, Member, Principal, Project, RevokeApiKeyRequest, UpdateMemberRequest,
-    UpdateProjectRequest, WhoAmIRequest,
+    CreateInviteRequest, CreateProjectRequest, DeleteMemberRequest, DeleteProjectRequest,
+    GetProjectRequest, ListMembersRequest, ListProjectsRequest, Member, Principal, Project,
+    UpdateMemberRequest, UpdateProjectRequest, WhoAmIRequest,
 };
 use paddock_shared::auth::{self, AuthzClient, BearerAuth, IdentityClient};
 use paddock_shared::secret::Secret;
@@ -24,8 +19,8 @@ use tonic::{Code, Status};
 
 use crate::Global;
 use crate::error::CliError;
-use crate::names::{self, AGENTS, API_KEYS, Expiry, MEMBERS, PROJECTS};
-use crate::output::{self, Format, Table, print_fields, print_json};
+use crate::names::{self, MEMBERS, PROJECTS};
+use crate::output::{self, Format, Table, print_fields, print_json, print_list};
 
 /// One invocation's connection state: the flags, the identity client and
 /// the caller, looked up at most once.
@@ -48,18 +43,26 @@ impl Ctx {
         self.global.output == Format::Json
     }
 
-    fn token(&self) -> Result<Secret<String>, CliError> {
+    pub(crate) fn token(&self) -> Result<Secret<String>, CliError> {
         match self.global.token.as_deref().map(str::trim) {
             Some(t) if !t.is_empty() => Ok(Secret::new(t.to_owned())),
             _ => Err(CliError::new(
                 Code::Unauthenticated,
-                "no token: set PADDOCK_TOKEN or pass --token",
+                "no token: run `paddock login`, or set PADDOCK_TOKEN",
             )),
         }
     }
 
     pub(crate) fn global(&self) -> &Global {
         &self.global
+    }
+
+    /// Uses `token` from here on (the bootstrap token, a token just read by
+    /// `login`); drops the client and caller of the previous one.
+    pub(crate) fn set_token(&mut self, token: String) {
+        self.global.token = Some(token);
+        self.identity = None;
+        self.caller = None;
     }
 
     pub(crate) fn bearer(&self) -> Result<BearerAuth, CliError> {
@@ -78,13 +81,13 @@ impl Ctx {
         Ok(client)
     }
 
-    fn anonymous_identity(&self) -> Result<IdentityClient, CliError> {
+    pub(crate) fn anonymous_identity(&self) -> Result<IdentityClient, CliError> {
         names::check_endpoint("--identity-endpoint", &self.global.identity_endpoint)?;
         auth::identity_client(&self.global.identity_endpoint, BearerAuth::anonymous())
             .map_err(|s| CliError::usage(s.message()))
     }
 
-    fn authz(&self) -> Result<AuthzClient, CliError> {
+    pub(crate) fn authz(&self) -> Result<AuthzClient, CliError> {
         names::check_endpoint("--authz-endpoint", &self.global.authz_endpoint)?;
         auth::authz_client(&self.global.authz_endpoint, self.bearer()?)
             .map_err(|s| CliError::usage(s.message()))
@@ -100,7 +103,7 @@ impl Ctx {
     }
 
     /// The caller, from `WhoAmI`.
-    async fn caller(&mut self) -> Result<Principal, CliError> {
+    pub(crate) async fn caller(&mut self) -> Result<Principal, CliError> {
         if let Some(p) = &self.caller {
             return Ok(p.clone());
         }
@@ -118,7 +121,7 @@ impl Ctx {
     }
 
     /// The caller's organization id.
-    async fn org(&mut self) -> Result<String, CliError> {
+    pub(crate) async fn org(&mut self) -> Result<String, CliError> {
         let caller = self.caller().await?;
         names::org_of(&caller.organization)
             .map(str::to_owned)
@@ -187,134 +190,9 @@ pub(crate) fn print_deleted(ctx: &Ctx, name: &str) {
     }
 }
 
-fn field_mask(paths: Vec<&str>) -> prost_types::FieldMask {
+pub(crate) fn field_mask(paths: Vec<&str>) -> prost_types::FieldMask {
     prost_types::FieldMask {
         paths: paths.into_iter().map(str::to_owned).collect(),
-    }
-}
-
-// ---------------------------------------------------------------- org
-
-#[derive(Debug, Subcommand)]
-pub enum OrgCommand {
-    /// Create an organization and its first owner (needs the bootstrap token).
-    Create {
-        /// Organization id, e.g. acme.
-        name: String,
-        /// Email of the first owner.
-        #[arg(long)]
-        owner: String,
-        #[arg(long)]
-        display_name: Option<String>,
-        /// Read the bootstrap token from this file when --token is not given.
-        #[arg(long, default_value = "paddock-data/bootstrap-token")]
-        bootstrap_token_file: PathBuf,
-    },
-    /// Show the caller's organization.
-    Get,
-    /// Delete the caller's organization with everything in it.
-    Delete {
-        /// Confirm the deletion.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-pub async fn org(ctx: &mut Ctx, cmd: OrgCommand) -> Result<(), CliError> {
-    match cmd {
-        OrgCommand::Create {
-            name,
-            owner,
-            display_name,
-            bootstrap_token_file,
-        } => {
-            if ctx
-                .global
-                .token
-                .as_deref()
-                .is_none_or(|t| t.trim().is_empty())
-            {
-                let text = std::fs::read_to_string(&bootstrap_token_file).map_err(|e| {
-                    CliError::new(
-                        Code::Unauthenticated,
-                        format!("no bootstrap token: pass --token or --bootstrap-token-file (cannot read {}: {e})", bootstrap_token_file.display()),
-                    )
-                })?;
-                ctx.global.token = Some(text.trim().to_owned());
-            }
-            let organization_id = name
-                .strip_prefix("organizations/")
-                .unwrap_or(&name)
-                .to_owned();
-            let mut client = ctx.identity()?;
-            let resp = client
-                .create_organization(CreateOrganizationRequest {
-                    organization_id,
-                    display_name: display_name.unwrap_or_default(),
-                    owner_email: owner,
-                })
-                .await
-                .map_err(ctx.id_err())?
-                .into_inner();
-            let org = resp.organization.ok_or_else(|| missing("organization"))?;
-            let owner = resp.owner.ok_or_else(|| missing("owner"))?;
-            let key = resp.owner_key.ok_or_else(|| missing("owner key"))?;
-            if ctx.json() {
-                print_json(&json!({
-                    "organization": output::organization_json(&org),
-                    "owner": output::member_json(&owner),
-                    "api_key": output::api_key_json(&key),
-                    "secret": resp.owner_key_secret,
-                }));
-            } else {
-                outln!(
-                    "created {} with owner {} ({})",
-                    org.name,
-                    owner.email,
-                    owner.name
-                );
-                outln!(
-                    "owner key {} (expires {})",
-                    key.name,
-                    key.expire_time
-                        .as_ref()
-                        .map_or_else(|| "never".to_owned(), output::rfc3339)
-                );
-                outln!("secret (shown once): {}", resp.owner_key_secret);
-            }
-            Ok(())
-        }
-        OrgCommand::Get => {
-            let name = ctx.parent().await?;
-            let mut client = ctx.identity()?;
-            let resp = client
-                .get_organization(GetOrganizationRequest { name })
-                .await
-                .map_err(ctx.id_err())?
-                .into_inner();
-            let org = resp.organization.ok_or_else(|| missing("organization"))?;
-            if ctx.json() {
-                print_json(&output::organization_json(&org));
-            } else {
-                print_fields(&output::organization_fields(&org));
-            }
-            Ok(())
-        }
-        OrgCommand::Delete { yes } => {
-            let name = ctx.parent().await?;
-            if !yes {
-                return Err(CliError::usage(format!(
-                    "refusing to delete {name} and everything in it without --yes"
-                )));
-            }
-            let mut client = ctx.identity()?;
-            client
-                .delete_organization(DeleteOrganizationRequest { name: name.clone() })
-                .await
-                .map_err(ctx.id_err())?;
-            print_deleted(ctx, &name);
-            Ok(())
-        }
     }
 }
 
@@ -324,8 +202,9 @@ pub async fn org(ctx: &mut Ctx, cmd: OrgCommand) -> Result<(), CliError> {
 pub enum MemberCommand {
     /// Create a single-use invite code for EMAIL.
     Invite {
+        /// The email of the person to invite.
         email: String,
-        /// owner, admin or developer.
+        /// owner, admin or developer, never above your own.
         #[arg(long)]
         role: String,
         /// How long the code stays valid (default 7d, at most 30d).
@@ -347,6 +226,7 @@ pub enum MemberCommand {
     SetRole {
         /// The member's email or full resource name.
         email: String,
+        /// The new role: owner, admin or developer, never above your own.
         role: String,
     },
     /// Remove a member: deletes their keys and revokes the agent keys and
@@ -444,9 +324,7 @@ pub async fn member(ctx: &mut Ctx, cmd: MemberCommand) -> Result<(), CliError> {
             let parent = ctx.parent().await?;
             let members = list_members(ctx, &parent, "").await?;
             if ctx.json() {
-                print_json(
-                    &json!({ "members": members.iter().map(output::member_json).collect::<Vec<_>>() }),
-                );
+                print_list(members.iter().map(output::member_json));
             } else {
                 let mut t = Table::new(&["ID", "EMAIL", "ROLE", "CREATED"]);
                 for m in &members {
@@ -517,7 +395,7 @@ async fn list_members(ctx: &mut Ctx, parent: &str, email: &str) -> Result<Vec<Me
 }
 
 /// A member's resource name from an email (or a full name, unchanged).
-async fn resolve_member(ctx: &mut Ctx, input: &str) -> Result<String, CliError> {
+pub(crate) async fn resolve_member(ctx: &mut Ctx, input: &str) -> Result<String, CliError> {
     if names::is_full(input) {
         return names::check_full(MEMBERS, input).map(str::to_owned);
     }
@@ -535,122 +413,8 @@ async fn resolve_member(ctx: &mut Ctx, input: &str) -> Result<String, CliError> 
         })
 }
 
-// ---------------------------------------------------------------- agent
-
-#[derive(Debug, Subcommand)]
-pub enum AgentCommand {
-    /// Create an AI-agent identity.
-    Create {
-        /// Agent id, e.g. code-reviewer.
-        name: String,
-        #[arg(long)]
-        description: Option<String>,
-        /// The agent's role (default agent).
-        #[arg(long)]
-        role: Option<String>,
-    },
-    /// List agents.
-    List,
-    /// Show one agent.
-    Get { name: String },
-    /// Delete an agent and revoke its keys.
-    Delete { name: String },
-}
-
-pub async fn agent(ctx: &mut Ctx, cmd: AgentCommand) -> Result<(), CliError> {
-    match cmd {
-        AgentCommand::Create {
-            name,
-            description,
-            role,
-        } => {
-            let (parent, agent_id) = split_for_create(ctx, AGENTS, &name).await?;
-            let mut client = ctx.identity()?;
-            let resp = client
-                .create_agent(CreateAgentRequest {
-                    parent,
-                    agent_id,
-                    agent: Some(Agent {
-                        description: description.unwrap_or_default(),
-                        role: role.unwrap_or_default(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(ctx.id_err())?
-                .into_inner();
-            show_agent(ctx, &resp.agent.ok_or_else(|| missing("agent"))?);
-            Ok(())
-        }
-        AgentCommand::List => {
-            let parent = ctx.parent().await?;
-            let client = ctx.identity()?;
-            let agents = all_pages(|page_token| {
-                let mut client = client.clone();
-                let req = ListAgentsRequest {
-                    parent: parent.clone(),
-                    page_size: 0,
-                    page_token,
-                };
-                async move {
-                    let r = client.list_agents(req).await?.into_inner();
-                    Ok((r.agents, r.next_page_token))
-                }
-            })
-            .await
-            .map_err(ctx.id_err())?;
-            if ctx.json() {
-                print_json(
-                    &json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }),
-                );
-            } else {
-                let mut t = Table::new(&["NAME", "ROLE", "DESCRIPTION", "CREATED"]);
-                for a in &agents {
-                    t.row(vec![
-                        names::short(&a.name).to_owned(),
-                        a.role.clone(),
-                        a.description.clone(),
-                        output::ts_cell(a.create_time.as_ref()),
-                    ]);
-                }
-                t.print();
-            }
-            Ok(())
-        }
-        AgentCommand::Get { name } => {
-            let name = ctx.expand(AGENTS, &name).await?;
-            let mut client = ctx.identity()?;
-            let resp = client
-                .get_agent(GetAgentRequest { name })
-                .await
-                .map_err(ctx.id_err())?
-                .into_inner();
-            show_agent(ctx, &resp.agent.ok_or_else(|| missing("agent"))?);
-            Ok(())
-        }
-        AgentCommand::Delete { name } => {
-            let name = ctx.expand(AGENTS, &name).await?;
-            let mut client = ctx.identity()?;
-            client
-                .delete_agent(DeleteAgentRequest { name: name.clone() })
-                .await
-                .map_err(ctx.id_err())?;
-            print_deleted(ctx, &name);
-            Ok(())
-        }
-    }
-}
-
-fn show_agent(ctx: &Ctx, a: &Agent) {
-    if ctx.json() {
-        print_json(&output::agent_json(a));
-    } else {
-        print_fields(&output::agent_fields(a));
-    }
-}
-
 /// For create: (parent, id) from a short id or a full name.
-async fn split_for_create(
+pub(crate) async fn split_for_create(
     ctx: &mut Ctx,
     collection: &str,
     input: &str,
@@ -668,25 +432,36 @@ pub enum ProjectCommand {
     Create {
         /// Project id, e.g. web.
         name: String,
+        /// A name for people, e.g. "Web app".
         #[arg(long)]
         display_name: Option<String>,
+        /// What the project is.
         #[arg(long)]
         description: Option<String>,
     },
     /// List projects.
     List,
     /// Show one project.
-    Get { name: String },
+    Get {
+        /// The project's id (web) or full resource name.
+        name: String,
+    },
     /// Change a project's display name or description.
     Update {
+        /// The project's id (web) or full resource name.
         name: String,
+        /// A name for people.
         #[arg(long)]
         display_name: Option<String>,
+        /// What the project is.
         #[arg(long)]
         description: Option<String>,
     },
     /// Delete a project.
-    Delete { name: String },
+    Delete {
+        /// The project's id (web) or full resource name.
+        name: String,
+    },
 }
 
 pub async fn project(ctx: &mut Ctx, cmd: ProjectCommand) -> Result<(), CliError> {
@@ -732,9 +507,7 @@ pub async fn project(ctx: &mut Ctx, cmd: ProjectCommand) -> Result<(), CliError>
             .await
             .map_err(ctx.id_err())?;
             if ctx.json() {
-                print_json(
-                    &json!({ "projects": projects.iter().map(output::project_json).collect::<Vec<_>>() }),
-                );
+                print_list(projects.iter().map(output::project_json));
             } else {
                 let mut t = Table::new(&["NAME", "DISPLAY NAME", "DESCRIPTION", "UPDATED"]);
                 for p in &projects {
@@ -816,224 +589,7 @@ fn show_project(ctx: &Ctx, p: &Project) {
     }
 }
 
-// ---------------------------------------------------------------- key
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Mint an API key; its secret is printed once.
-    Create {
-        /// A name for the key, e.g. ci.
-        name: String,
-        /// Cap the key's role below its owner's (owner, admin, developer, agent).
-        #[arg(long)]
-        role: Option<String>,
-        /// read-only, ci-cd, agent-execution, or permissions, comma separated.
-        #[arg(long)]
-        scope: Option<String>,
-        /// Lifetime: 30d, 12h, 2s, or never (where the organization allows it).
-        #[arg(long, value_parser = names::parse_expires)]
-        expires: Option<Expiry>,
-        /// Mint the key for this agent instead of yourself.
-        #[arg(long)]
-        agent: Option<String>,
-    },
-    /// List the keys you may see.
-    List {
-        /// Include revoked and expired keys.
-        #[arg(long, visible_alias = "show-inactive")]
-        all: bool,
-    },
-    /// Revoke a key by name, id or full resource name.
-    Revoke { key: String },
-}
-
-pub async fn key(ctx: &mut Ctx, cmd: KeyCommand) -> Result<(), CliError> {
-    match cmd {
-        KeyCommand::Create {
-            name,
-            role,
-            scope,
-            expires,
-            agent,
-        } => {
-            let owner = match agent {
-                Some(a) => ctx.expand(AGENTS, &a).await?,
-                None => String::new(),
-            };
-            let parent = match names::org_of(&owner) {
-                Some(org) => names::org_name(org),
-                None => ctx.parent().await?,
-            };
-            let (ttl, never_expires) = match expires {
-                None => (None, false),
-                Some(Expiry::Never) => (None, true),
-                Some(Expiry::After(d)) => (Some(paddock_shared::time::proto_duration(d)), false),
-            };
-            let mut client = ctx.identity()?;
-            let resp = client
-                .create_api_key(CreateApiKeyRequest {
-                    parent,
-                    api_key: Some(ApiKey {
-                        display_name: name,
-                        owner,
-                        role: role.unwrap_or_default(),
-                        scope: scope.as_deref().map(names::parse_scope).unwrap_or_default(),
-                        ..Default::default()
-                    }),
-                    ttl,
-                    never_expires,
-                })
-                .await
-                .map_err(ctx.id_err())?
-                .into_inner();
-            let key = resp.api_key.ok_or_else(|| missing("API key"))?;
-            if ctx.json() {
-                print_json(
-                    &json!({ "api_key": output::api_key_json(&key), "secret": resp.secret }),
-                );
-            } else {
-                print_fields(&output::api_key_fields(&key));
-                outln!("secret (shown once): {}", resp.secret);
-            }
-            Ok(())
-        }
-        KeyCommand::List { all } => {
-            let keys = list_keys(ctx, all).await?;
-            if ctx.json() {
-                print_json(
-                    &json!({ "api_keys": keys.iter().map(output::api_key_json).collect::<Vec<_>>() }),
-                );
-            } else {
-                let now = output::now_seconds();
-                let mut t = Table::new(&[
-                    "ID",
-                    "NAME",
-                    "OWNER",
-                    "ROLE",
-                    "SCOPE",
-                    "EXPIRES",
-                    "LAST USED",
-                    "STATE",
-                ]);
-                for k in &keys {
-                    t.row(vec![
-                        names::short(&k.name).to_owned(),
-                        k.display_name.clone(),
-                        output::owner_cell(&k.owner),
-                        if k.role.is_empty() {
-                            "-".to_owned()
-                        } else {
-                            k.role.clone()
-                        },
-                        output::scope_cell(&k.scope),
-                        k.expire_time
-                            .as_ref()
-                            .map_or_else(|| "never".to_owned(), output::rfc3339),
-                        output::ts_cell(k.last_used_time.as_ref()),
-                        output::key_state(k, now).to_owned(),
-                    ]);
-                }
-                t.print();
-            }
-            Ok(())
-        }
-        KeyCommand::Revoke { key } => {
-            let name = resolve_key(ctx, &key).await?;
-            let mut client = ctx.identity()?;
-            let resp = client
-                .revoke_api_key(RevokeApiKeyRequest { name: name.clone() })
-                .await
-                .map_err(ctx.id_err())?
-                .into_inner();
-            if ctx.json() {
-                print_json(
-                    &resp
-                        .api_key
-                        .as_ref()
-                        .map_or_else(|| json!({ "name": name }), output::api_key_json),
-                );
-            } else {
-                let label = resp
-                    .api_key
-                    .as_ref()
-                    .map(|k| k.display_name.as_str())
-                    .filter(|n| !n.is_empty());
-                match label {
-                    Some(l) => outln!("revoked {name} ({l})"),
-                    None => outln!("revoked {name}"),
-                }
-            }
-            Ok(())
-        }
-    }
-}
-
-async fn list_keys(ctx: &mut Ctx, show_inactive: bool) -> Result<Vec<ApiKey>, CliError> {
-    let parent = ctx.parent().await?;
-    let client = ctx.identity()?;
-    all_pages(|page_token| {
-        let mut client = client.clone();
-        let req = ListApiKeysRequest {
-            parent: parent.clone(),
-            page_size: 0,
-            page_token,
-            show_inactive,
-        };
-        async move {
-            let r = client.list_api_keys(req).await?.into_inner();
-            Ok((r.api_keys, r.next_page_token))
-        }
-    })
-    .await
-    .map_err(ctx.id_err())
-}
-
-/// A key's resource name from its id, its display name, or a full name.
-async fn resolve_key(ctx: &mut Ctx, input: &str) -> Result<String, CliError> {
-    if names::is_full(input) {
-        return names::check_full(API_KEYS, input).map(str::to_owned);
-    }
-    let keys = list_keys(ctx, true).await?;
-    if let Some(k) = keys.iter().find(|k| names::short(&k.name) == input) {
-        return Ok(k.name.clone());
-    }
-    let now = output::now_seconds();
-    let named: Vec<&ApiKey> = keys.iter().filter(|k| k.display_name == input).collect();
-    let active: Vec<&ApiKey> = named
-        .iter()
-        .copied()
-        .filter(|k| output::key_state(k, now) == "active")
-        .collect();
-    match (active.as_slice(), named.as_slice()) {
-        ([one], _) => Ok(one.name.clone()),
-        ([], []) => ctx.expand(API_KEYS, input).await,
-        ([], [one]) => Err(CliError::new(
-            Code::FailedPrecondition,
-            format!(
-                "key {input:?} ({}) is already {}",
-                names::short(&one.name),
-                output::key_state(one, now)
-            ),
-        )),
-        ([], _) => Err(CliError::new(
-            Code::FailedPrecondition,
-            format!("every key named {input:?} is already revoked or expired"),
-        )),
-        (many, _) => Err(CliError::new(
-            Code::FailedPrecondition,
-            format!(
-                "{} active keys are named {input:?} ({}); revoke one by id",
-                many.len(),
-                many.iter()
-                    .map(|k| names::short(&k.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
-    }
-}
-
-// ---------------------------------------------------------------- whoami, can
+// ---------------------------------------------------------------- whoami
 
 pub async fn whoami(ctx: &mut Ctx) -> Result<(), CliError> {
     let p = ctx.caller().await?;
@@ -1043,77 +599,4 @@ pub async fn whoami(ctx: &mut Ctx) -> Result<(), CliError> {
         print_fields(&output::principal_fields(&p));
     }
     Ok(())
-}
-
-#[derive(Debug, Args)]
-pub struct CanArgs {
-    /// A permission, e.g. projects.delete.
-    pub permission: String,
-    /// A full resource name, or one relative to your organization
-    /// (projects/web); default your organization.
-    pub resource: Option<String>,
-}
-
-/// `paddock can`: exits 0 when allowed, 1 when denied, and 2 when it
-/// could not tell (an unknown permission, a bad token, a service down), as
-/// `test` and `grep` do.
-pub async fn can(ctx: &mut Ctx, args: CanArgs) -> Result<(), CliError> {
-    match check(ctx, args).await {
-        Err(CliError::Failed { code, message }) => Err(CliError::Undecided { code, message }),
-        other => other,
-    }
-}
-
-async fn check(ctx: &mut Ctx, args: CanArgs) -> Result<(), CliError> {
-    let permission = args.permission.clone();
-    let input = args.resource.unwrap_or_default();
-    let resource = if input.is_empty() || names::is_full(&input) {
-        names::expand_resource("", &input)?
-    } else {
-        names::expand_resource("x", &input)?;
-        let org = ctx.org().await?;
-        names::expand_resource(&org, &input)?
-    };
-    let mut client = ctx.authz()?;
-    let resp = client
-        .check(CheckRequest {
-            principal: None,
-            permission: args.permission,
-            resource,
-            resource_owner: String::new(),
-        })
-        .await
-        .map_err(ctx.authz_err())?
-        .into_inner();
-    let unknown = resp
-        .reason
-        .as_ref()
-        .is_some_and(|r| r.missing() == paddock_proto::authz::v1::Link::UnknownPermission);
-    if unknown {
-        return Err(CliError::new(
-            Code::InvalidArgument,
-            format!(
-                "unknown permission {}; `paddock can --help` and the README list them",
-                paddock_shared::names::truncate(&permission)
-            ),
-        ));
-    }
-    if ctx.json() {
-        print_json(&output::check_json(&resp));
-    } else {
-        let summary = resp
-            .reason
-            .as_ref()
-            .map(|r| r.summary.as_str())
-            .unwrap_or_default();
-        outln!(
-            "{}: {summary}",
-            if resp.allowed { "allowed" } else { "denied" }
-        );
-    }
-    if resp.allowed {
-        Ok(())
-    } else {
-        Err(CliError::Silent)
-    }
 }

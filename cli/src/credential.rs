@@ -1,4 +1,4 @@
-//! `paddock credential`: store, list, show and delete credentials (SSH keys,
+//! `paddock credential`: store, list, show, rotate and delete credentials (SSH keys,
 //! git config, API tokens, files) that sandboxes mount read-only. The CLI
 //! sends a value once, from a file or stdin, and never prints one: no RPC
 //! open to people returns it.
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Subcommand, ValueEnum};
 use paddock_proto::identity::v1::{
     CreateCredentialRequest, Credential, CredentialKind, DeleteCredentialRequest,
-    GetCredentialRequest, ListCredentialsRequest,
+    GetCredentialRequest, ListCredentialsRequest, RotateCredentialRequest,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -34,15 +34,31 @@ pub enum CredentialCommand {
         /// What the value is; it only changes how it is shown.
         #[arg(long, value_enum, default_value = "file")]
         kind: Kind,
+        /// What the credential is for.
         #[arg(long)]
         description: Option<String>,
     },
     /// List credentials (without values).
     List,
     /// Show one credential (without its value).
-    Get { name: String },
+    Get {
+        /// The credential's id (deploy-key) or full resource name.
+        name: String,
+    },
+    /// Replace a credential's value; sandboxes started afterwards mount
+    /// the new one. The value is never shown or logged.
+    Rotate {
+        /// The credential's id (deploy-key) or full resource name.
+        name: String,
+        /// File holding the new value (at most 64 KiB); `-` reads stdin.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Delete a credential.
-    Delete { name: String },
+    Delete {
+        /// The credential's id (deploy-key) or full resource name.
+        name: String,
+    },
 }
 
 /// `--kind`.
@@ -83,6 +99,7 @@ pub fn credential_json(c: &Credential) -> Value {
         "size_bytes": c.size_bytes,
         "created_by": c.created_by,
         "create_time": c.create_time.as_ref().map(output::rfc3339),
+        "rotate_time": c.rotate_time.as_ref().map(output::rfc3339),
     })
 }
 
@@ -98,9 +115,10 @@ fn credential_fields(c: &Credential) -> Vec<(&'static str, String)> {
                 c.description.clone()
             },
         ),
-        ("size", format!("{} bytes", c.size_bytes)),
+        ("size", output::human_bytes(c.size_bytes)),
         ("created by", c.created_by.clone()),
         ("created", output::ts_cell(c.create_time.as_ref())),
+        ("rotated", output::ts_cell(c.rotate_time.as_ref())),
     ]
 }
 
@@ -164,7 +182,7 @@ pub async fn run(ctx: &mut Ctx, cmd: CredentialCommand) -> Result<(), CliError> 
                     value,
                 })
                 .await
-                .map_err(ctx.id_err())?
+                .map_err(|s| ctx.id_err()(s).with_flags(&[("value", "--file")]))?
                 .into_inner();
             show(ctx, &resp.credential.ok_or_else(|| missing("credential"))?);
             Ok(())
@@ -187,16 +205,14 @@ pub async fn run(ctx: &mut Ctx, cmd: CredentialCommand) -> Result<(), CliError> 
             .await
             .map_err(ctx.id_err())?;
             if ctx.json() {
-                print_json(
-                    &json!({ "credentials": credentials.iter().map(credential_json).collect::<Vec<_>>() }),
-                );
+                output::print_list(credentials.iter().map(credential_json));
             } else {
                 let mut t = Table::new(&["NAME", "KIND", "SIZE", "DESCRIPTION", "CREATED"]);
                 for c in &credentials {
                     t.row(vec![
                         names::short(&c.name).to_owned(),
                         kind_name(c.kind).to_owned(),
-                        c.size_bytes.to_string(),
+                        output::human_bytes(c.size_bytes),
                         c.description.clone(),
                         output::ts_cell(c.create_time.as_ref()),
                     ]);
@@ -212,6 +228,18 @@ pub async fn run(ctx: &mut Ctx, cmd: CredentialCommand) -> Result<(), CliError> 
                 .get_credential(GetCredentialRequest { name })
                 .await
                 .map_err(ctx.id_err())?
+                .into_inner();
+            show(ctx, &resp.credential.ok_or_else(|| missing("credential"))?);
+            Ok(())
+        }
+        CredentialCommand::Rotate { name, file } => {
+            let name = ctx.expand(CREDENTIALS, &name).await?;
+            let value = read_value(&file)?;
+            let mut client = ctx.identity()?;
+            let resp = client
+                .rotate_credential(RotateCredentialRequest { name, value })
+                .await
+                .map_err(|s| ctx.id_err()(s).with_flags(&[("value", "--file")]))?
                 .into_inner();
             show(ctx, &resp.credential.ok_or_else(|| missing("credential"))?);
             Ok(())

@@ -367,6 +367,21 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         || global.sandbox_endpoint.clone(),
         |h| client_endpoint(h.addr),
     );
+    // The context is written before endpoints.json, which says "serving".
+    let dev_context = write_context(
+        global,
+        [
+            &stack.identity_endpoint,
+            &stack.authz_endpoint,
+            &sandbox_endpoint,
+            &audit_endpoint,
+        ],
+        stack
+            .identity
+            .is_some()
+            .then(|| std::path::absolute(args.data_dir.join("bootstrap-token")).ok())
+            .flatten(),
+    );
     let endpoints = serde_json::json!({
         "identity": stack.identity_endpoint,
         "authz": stack.authz_endpoint,
@@ -404,6 +419,15 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             args.data_dir.join("bootstrap-token").display()
         );
     }
+    print_exports(
+        [
+            &stack.identity_endpoint,
+            &stack.authz_endpoint,
+            &sandbox_endpoint,
+            &audit_endpoint,
+        ],
+        dev_context,
+    );
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => signal,
@@ -429,6 +453,43 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     }
     stack.shutdown().await;
     outcome
+}
+
+/// Records the endpoints in a context of the config file (made current);
+/// returns its name and the file. A config file that cannot be written is
+/// a warning, not a failure.
+fn write_context(
+    global: &Global,
+    endpoints: [&str; 4],
+    bootstrap: Option<PathBuf>,
+) -> Option<(String, PathBuf)> {
+    let name = global.context.as_deref().unwrap_or("dev");
+    match crate::context::write_dev_context(name, endpoints, bootstrap) {
+        Ok(path) => Some((name.to_owned(), path)),
+        Err(e) => {
+            eprintln!(
+                "warning: no context written: {}",
+                e.render().unwrap_or_default()
+            );
+            None
+        }
+    }
+}
+
+/// Prints the `export` lines another shell needs to reach this stack.
+fn print_exports(endpoints: [&str; 4], context: Option<(String, PathBuf)>) {
+    let [identity, authz, sandbox, audit] = endpoints;
+    outln!("# to reach this stack from another shell:");
+    outln!("export PADDOCK_IDENTITY_ENDPOINT={identity}");
+    outln!("export PADDOCK_AUTHZ_ENDPOINT={authz}");
+    outln!("export PADDOCK_SANDBOX_ENDPOINT={sandbox}");
+    outln!("export PADDOCK_AUDIT_ENDPOINT={audit}");
+    if let Some((name, path)) = context {
+        outln!(
+            "# or use context {name}, now current ({}); `paddock login` saves a key in it",
+            path.display()
+        );
+    }
 }
 
 /// Waits until a running server stops by itself; forever if none runs.

@@ -1,5 +1,7 @@
 //! How a command fails: every failure prints one `CODE: message` line on
-//! stderr, where CODE is the gRPC status code in SCREAMING_SNAKE_CASE.
+//! stderr, where CODE is the gRPC status code in SCREAMING_SNAKE_CASE (with
+//! `-o json`, one `{"code": CODE, "message": ...}` object). Server messages
+//! name request fields; commands rename them to the flags the user typed.
 
 use tonic::{Code, Status};
 
@@ -60,6 +62,35 @@ impl CliError {
         }
     }
 
+    /// Renames request fields the server named (`ttl`, `spec.agent`) to the
+    /// flags the user typed (`--expires`, `--agent`). Longer names first, so
+    /// `securitySettings max.memory_bytes` can win over `max.memory_bytes`.
+    pub fn with_flags(self, fields: &[(&str, &str)]) -> Self {
+        match self {
+            CliError::Failed { code, message } => CliError::Failed {
+                code,
+                message: rename_fields(&message, fields),
+            },
+            CliError::Undecided { code, message } => CliError::Undecided {
+                code,
+                message: rename_fields(&message, fields),
+            },
+            other => other,
+        }
+    }
+
+    /// The stderr object for `-o json`, if any.
+    pub fn render_json(&self) -> Option<serde_json::Value> {
+        let (code, message) = match self {
+            CliError::Usage(m) => (Code::InvalidArgument, m.as_str()),
+            CliError::Failed { code, message } | CliError::Undecided { code, message } => {
+                (*code, message.as_str())
+            }
+            CliError::Silent | CliError::Exit(_) => return None,
+        };
+        Some(serde_json::json!({"code": code_name(code), "message": message}))
+    }
+
     /// The stderr line, if any.
     pub fn render(&self) -> Option<String> {
         match self {
@@ -70,6 +101,42 @@ impl CliError {
             CliError::Silent | CliError::Exit(_) => None,
         }
     }
+}
+
+/// Replaces each field name where it stands as a whole word (not inside
+/// a longer name such as `max_ttl` or `spec.agent_id`).
+fn rename_fields(message: &str, fields: &[(&str, &str)]) -> String {
+    let mut fields: Vec<&(&str, &str)> = fields.iter().collect();
+    fields.sort_by_key(|(field, _)| std::cmp::Reverse(field.len()));
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-';
+    let mut out = message.to_owned();
+    for (field, flag) in fields {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(field) {
+            let before = rest[..at].chars().next_back();
+            let after = rest[at + field.len()..].chars().next();
+            // A trailing '.' ends a sentence; it does not extend the name.
+            let after_ok = match after {
+                Some('.') => rest[at + field.len() + 1..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !word(c)),
+                Some(c) => !word(c),
+                None => true,
+            };
+            result.push_str(&rest[..at]);
+            if before.is_none_or(|c| !word(c)) && after_ok {
+                result.push_str(flag);
+            } else {
+                result.push_str(field);
+            }
+            rest = &rest[at + field.len()..];
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
 }
 
 impl From<std::io::Error> for CliError {
@@ -122,6 +189,56 @@ mod tests {
         );
         assert_eq!(CliError::Silent.render(), None);
         assert_eq!(CliError::Silent.exit_code(), 1);
+    }
+
+    #[test]
+    fn fields_become_flags() {
+        let err = CliError::new(
+            Code::InvalidArgument,
+            "ttl 1000d exceeds the organization's maximum key lifetime of 90d (settings.max_key_lifetime)",
+        )
+        .with_flags(&[
+            ("ttl", "--expires"),
+            ("settings.max_key_lifetime", "`org update --max-key-lifetime`"),
+        ]);
+        assert_eq!(
+            err.render().as_deref(),
+            Some(
+                "INVALID_ARGUMENT: --expires 1000d exceeds the organization's maximum key lifetime of 90d (`org update --max-key-lifetime`)"
+            )
+        );
+        let msg = rename_fields(
+            "max.memory_bytes 8 GiB exceeds the bound (securitySettings max.memory_bytes); max_ttl and spec.agent_id stay, spec.agent.",
+            &[
+                ("max.memory_bytes", "--max-memory"),
+                (
+                    "securitySettings max.memory_bytes",
+                    "`security set --max-memory`",
+                ),
+                ("spec.agent", "--agent"),
+                ("ttl", "--ttl"),
+            ],
+        );
+        assert_eq!(
+            msg,
+            "--max-memory 8 GiB exceeds the bound (`security set --max-memory`); max_ttl and spec.agent_id stay, --agent."
+        );
+    }
+
+    #[test]
+    fn json_errors() {
+        let err = CliError::new(Code::NotFound, "organizations/acme/projects/x not found");
+        assert_eq!(
+            err.render_json(),
+            Some(
+                serde_json::json!({"code": "NOT_FOUND", "message": "organizations/acme/projects/x not found"})
+            )
+        );
+        assert_eq!(CliError::Silent.render_json(), None);
+        assert_eq!(
+            CliError::usage("bad").render_json().expect("json")["code"],
+            "INVALID_ARGUMENT"
+        );
     }
 
     #[test]

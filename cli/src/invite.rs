@@ -21,7 +21,10 @@ pub enum InviteCommand {
     },
     /// Revoke a pending invite by id or full resource name: its code stops
     /// working.
-    Revoke { id: String },
+    Revoke {
+        /// The invite's id (from `invite list`) or full resource name.
+        id: String,
+    },
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -70,9 +73,7 @@ pub async fn run(ctx: &mut Ctx, cmd: InviteCommand) -> Result<(), CliError> {
             .await
             .map_err(ctx.id_err())?;
             if ctx.json() {
-                print_json(
-                    &json!({ "invites": invites.iter().map(invite_json).collect::<Vec<_>>() }),
-                );
+                output::print_list(invites.iter().map(invite_json));
             } else {
                 let mut t = Table::new(&["ID", "EMAIL", "ROLE", "INVITER", "EXPIRES", "STATE"]);
                 for i in &invites {

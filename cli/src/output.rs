@@ -9,8 +9,9 @@ use paddock_proto::identity::v1::{
 use serde_json::{Value, json};
 
 /// `-o table|json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    #[default]
     Table,
     Json,
 }
@@ -35,6 +36,21 @@ pub fn print_json(value: &Value) {
         Ok(s) => outln!("{s}"),
         Err(_) => outln!("{value}"),
     }
+}
+
+/// The one shape of every list with `-o json`: `{"items": [...],
+/// "next_page_token": null}` (the CLI reads every page, so there is no next
+/// page unless a command says it stopped early).
+pub fn list_json(items: impl IntoIterator<Item = Value>) -> Value {
+    json!({
+        "items": items.into_iter().collect::<Vec<_>>(),
+        "next_page_token": Value::Null,
+    })
+}
+
+/// Prints [`list_json`].
+pub fn print_list(items: impl IntoIterator<Item = Value>) {
+    print_json(&list_json(items));
 }
 
 /// A timestamp as RFC 3339 UTC with second precision, e.g. `2025-03-01T12:00:00Z`.
@@ -397,12 +413,23 @@ pub fn scope_cell(scope: &[String]) -> String {
 
 /// `90d`, `12h`, `45s`: the largest unit that divides evenly.
 pub fn human_seconds(secs: i64) -> String {
-    match secs {
-        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
+    if secs < 0 {
+        return format!("{secs}s");
     }
+    paddock_shared::units::human_seconds(secs as u64)
+}
+
+/// `8 GiB`, `64 KiB`, `100 bytes`.
+pub fn human_bytes(bytes: i64) -> String {
+    paddock_shared::units::human_bytes(bytes.max(0) as u64)
+}
+
+/// `member` for `PRINCIPAL_KIND_MEMBER` (the audit trail stores the proto
+/// name); other text passes through lowercased.
+pub fn kind_short(kind: &str) -> String {
+    kind.strip_prefix("PRINCIPAL_KIND_")
+        .unwrap_or(kind)
+        .to_ascii_lowercase()
 }
 
 /// The owner column of a key: `members/abc`, `agents/bot`.
@@ -460,6 +487,13 @@ mod tests {
         assert_eq!(human_seconds(90 * 86_400), "90d");
         assert_eq!(human_seconds(7200), "2h");
         assert_eq!(human_seconds(45), "45s");
+        assert_eq!(human_bytes(8 << 30), "8 GiB");
+        assert_eq!(kind_short("PRINCIPAL_KIND_MEMBER"), "member");
+        assert_eq!(kind_short("service"), "service");
+        assert_eq!(
+            list_json([json!(1)]),
+            json!({"items": [1], "next_page_token": null})
+        );
         assert_eq!(owner_cell("organizations/acme/agents/bot"), "agents/bot");
         assert_eq!(owner_cell(""), "-");
     }

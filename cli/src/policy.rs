@@ -288,6 +288,73 @@ impl PolicySetArgs {
     }
 }
 
+/// The amount flags both commands share, by the fields they set.
+const AMOUNT_FLAGS: &[(&str, &str)] = &[
+    ("max.cpus", "--max-cpus"),
+    ("max.memory_bytes", "--max-memory"),
+    ("max.pids", "--max-pids"),
+    ("max.disk_bytes", "--max-disk"),
+    ("max.ttl", "--max-ttl"),
+];
+
+/// How `policy set` names the policy's fields; the bounds it meets are
+/// `security set` flags.
+const POLICY_FLAGS: &[(&str, &str)] = &[
+    ("defaults.cpus", "--default-cpus"),
+    ("defaults.memory_bytes", "--default-memory"),
+    ("defaults.pids", "--default-pids"),
+    ("defaults.disk_bytes", "--default-disk"),
+    ("defaults.ttl", "--default-ttl"),
+    ("max_sandboxes", "--max-sandboxes"),
+    ("network_mode", "--network"),
+    (
+        "securitySettings max.cpus",
+        "`paddock security set --max-cpus`",
+    ),
+    (
+        "securitySettings max.memory_bytes",
+        "`paddock security set --max-memory`",
+    ),
+    (
+        "securitySettings max.pids",
+        "`paddock security set --max-pids`",
+    ),
+    (
+        "securitySettings max.disk_bytes",
+        "`paddock security set --max-disk`",
+    ),
+    (
+        "securitySettings max.ttl",
+        "`paddock security set --max-ttl`",
+    ),
+    (
+        "securitySettings max_sandboxes_per_agent",
+        "`paddock security set --max-sandboxes-per-agent`",
+    ),
+    (
+        "securitySettings max_network_mode",
+        "`paddock security set --max-network`",
+    ),
+];
+
+/// How `security set` names the settings' fields.
+const SECURITY_FLAGS: &[(&str, &str)] = &[
+    ("max_sandboxes_per_agent", "--max-sandboxes-per-agent"),
+    ("max_sandboxes", "--max-sandboxes"),
+    ("max_network_mode", "--max-network"),
+];
+
+/// A failed update, its fields renamed to the flags of the command.
+fn update_err<'a>(
+    ctx: &'a Ctx,
+    flags: &'a [&'a [(&'a str, &'a str)]],
+) -> impl Fn(tonic::Status) -> CliError + 'a {
+    move |s| {
+        let all: Vec<(&str, &str)> = flags.iter().flat_map(|f| f.iter().copied()).collect();
+        ctx.authz_err()(s).with_flags(&all)
+    }
+}
+
 pub async fn policy(ctx: &mut Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
     match cmd {
         PolicyCommand::Get { agent } => {
@@ -308,7 +375,7 @@ pub async fn policy(ctx: &mut Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
             let policy = client(ctx)?
                 .update_agent_policy(args.request(name)?)
                 .await
-                .map_err(ctx.authz_err())?
+                .map_err(update_err(ctx, &[POLICY_FLAGS, AMOUNT_FLAGS]))?
                 .into_inner()
                 .policy
                 .ok_or_else(|| missing("policy"))?;
@@ -465,7 +532,7 @@ pub async fn security(ctx: &mut Ctx, cmd: SecurityCommand) -> Result<(), CliErro
             client(ctx)?
                 .update_security_settings(args.request()?)
                 .await
-                .map_err(ctx.authz_err())?
+                .map_err(update_err(ctx, &[SECURITY_FLAGS, AMOUNT_FLAGS]))?
                 .into_inner()
                 .settings
         }

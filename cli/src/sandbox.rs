@@ -41,6 +41,7 @@ pub struct RunArgs {
     /// The project (id or full name).
     #[arg(long)]
     project: String,
+    /// The image to run (one the organization's security settings approve).
     #[arg(long)]
     image: String,
     /// CPUs, e.g. 0.5 or 2 (default: the agent policy's default).
@@ -101,7 +102,10 @@ pub enum SandboxCommand {
         agent: Option<String>,
     },
     /// One sandbox.
-    Get { id: String },
+    Get {
+        /// The sandbox's id or full resource name.
+        id: String,
+    },
     /// Stop a sandbox (SIGTERM, then SIGKILL after the grace period), or
     /// with --all every running sandbox of the organization, or of one
     /// agent or project: the kill switch (needs sessions.manage).
@@ -146,7 +150,10 @@ pub enum SandboxCommand {
         id: String,
     },
     /// Delete a sandbox (stopping it first) and its workspace.
-    Delete { id: String },
+    Delete {
+        /// The sandbox's id or full resource name.
+        id: String,
+    },
     /// Run a command in a running sandbox.
     Exec {
         /// Pass stdin to the command.
@@ -158,16 +165,29 @@ pub enum SandboxCommand {
         /// Kill the command after this long.
         #[arg(long, value_parser = names::parse_positive_duration)]
         timeout: Option<Duration>,
+        /// The sandbox's id or full resource name.
         id: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
     /// Copy into or out of /workspace: `cp ./dir ID:src` or `cp ID:out ./here`.
-    Cp { src: String, dst: String },
+    Cp {
+        /// What to copy: a local path, or ID:PATH in a sandbox.
+        src: String,
+        /// Where to: ID:PATH in a sandbox, or a local path.
+        dst: String,
+    },
     /// Follow a sandbox's state until it ends.
-    Watch { id: String },
+    Watch {
+        /// The sandbox's id or full resource name.
+        id: String,
+    },
     /// Resource usage of a sandbox.
-    Usage { id: String },
+    Usage {
+        /// The sandbox's id or full resource name.
+        id: String,
+    },
 }
 
 fn parse_credential(text: &str) -> Result<CredentialMount, String> {
@@ -200,8 +220,26 @@ fn client(ctx: &Ctx) -> Result<SandboxClient, CliError> {
     .max_decoding_message_size(8 << 20))
 }
 
+/// How `paddock run` names the sandbox spec's fields.
+const SPEC_FLAGS: &[(&str, &str)] = &[
+    ("spec.agent", "--agent"),
+    ("spec.project", "--project"),
+    ("spec.image", "--image"),
+    ("spec.workdir", "--workdir"),
+    ("spec.resources.cpus", "--cpus"),
+    ("spec.resources.memory_bytes", "--memory"),
+    ("spec.resources.pids", "--pids"),
+    ("spec.resources.ttl", "--ttl"),
+    ("resources.cpus", "--cpus"),
+    ("resources.memory_bytes", "--memory"),
+    ("resources.pids", "--pids"),
+    ("ttl", "--ttl"),
+];
+
 fn rpc_err(ctx: &Ctx) -> impl Fn(tonic::Status) -> CliError + '_ {
-    move |s| CliError::rpc(s, "sandbox-runner", &ctx.global().sandbox_endpoint)
+    move |s| {
+        CliError::rpc(s, "sandbox-runner", &ctx.global().sandbox_endpoint).with_flags(SPEC_FLAGS)
+    }
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -250,7 +288,7 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
         "memory_bytes": res.memory_bytes,
         "pids": res.pids,
         "ttl_seconds": res.ttl.map(|d| d.seconds),
-        "network": match NetworkMode::try_from(spec.network_mode) { Ok(NetworkMode::Open) => "open", _ => "none" },
+        "network": paddock_authz::policy::mode_name(NetworkMode::try_from(spec.network_mode).unwrap_or(NetworkMode::None)),
         "created_by": s.created_by,
         "worker": s.worker,
         "create_time": s.create_time.as_ref().map(output::rfc3339),
@@ -282,7 +320,9 @@ fn print_sandbox(ctx: &Ctx, s: &Sandbox) {
             "resources",
             format!(
                 "cpus {} memory {} pids {}",
-                res.cpus, res.memory_bytes, res.pids
+                res.cpus,
+                output::human_bytes(res.memory_bytes),
+                res.pids
             ),
         ),
         ("created", output::ts_cell(s.create_time.as_ref())),
@@ -610,7 +650,7 @@ pub async fn sandbox(ctx: &mut Ctx, cmd: SandboxCommand) -> Result<(), CliError>
             .await
             .map_err(rpc_err(ctx))?;
             if ctx.json() {
-                print_json(&Value::Array(sandboxes.iter().map(sandbox_json).collect()));
+                output::print_list(sandboxes.iter().map(sandbox_json));
                 return Ok(());
             }
             let mut t = Table::new(&[
@@ -792,7 +832,7 @@ pub async fn sandbox(ctx: &mut Ctx, cmd: SandboxCommand) -> Result<(), CliError>
             } else {
                 print_fields(&[
                     ("cpu seconds", format!("{:.3}", u.cpu_seconds)),
-                    ("memory peak", u.memory_peak_bytes.to_string()),
+                    ("memory peak", output::human_bytes(u.memory_peak_bytes)),
                     ("wall time", output::human_seconds(wall)),
                     ("execs", u.execs.to_string()),
                 ]);

@@ -145,26 +145,36 @@ impl Output {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
     }
 
-    /// Asserts exit 1 with a `CODE: message` line on stderr; returns the
-    /// message.
+    /// Asserts exit 1 with the `-o json` error object `{"code": CODE,
+    /// "message": ...}` alone on stderr; returns the message.
     #[track_caller]
-    pub fn failure(&self, code: &str) -> &str {
+    pub fn failure(&self, code: &str) -> String {
         assert_eq!(self.code, 1, "expected exit 1 with {code}, got {self:#?}");
-        let prefix = format!("{code}: ");
-        self.stderr
-            .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("stderr does not start with {prefix:?}: {self:#?}"))
+        self.error_message(code)
     }
 
-    /// Asserts exit 2 and a `CODE: message` line on stderr: a command that
-    /// could not decide (`paddock can` with a bad token or permission).
+    /// Asserts exit 2 and the error object on stderr: a command that could
+    /// not decide (`paddock can` with a bad token or permission).
     #[track_caller]
-    pub fn undecided(&self, code: &str) -> &str {
+    pub fn undecided(&self, code: &str) -> String {
         assert_eq!(self.code, 2, "expected exit 2 with {code}, got {self:#?}");
-        let prefix = format!("{code}: ");
-        self.stderr
-            .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("stderr does not start with {prefix:?}: {self:#?}"))
+        self.error_message(code)
+    }
+
+    #[track_caller]
+    fn error_message(&self, code: &str) -> String {
+        let err: Value = serde_json::from_str(self.stderr.trim())
+            .unwrap_or_else(|e| panic!("stderr is not one JSON object ({e}): {self:#?}"));
+        assert_eq!(err["code"], code, "{self:#?}");
+        let keys: Vec<&String> = err
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["code", "message"], "{self:#?}");
+        err["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message: {self:#?}"))
+            .to_owned()
     }
 
     /// Asserts exit 1 with nothing on stderr: a denied `paddock can`.
@@ -204,6 +214,11 @@ fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child
         .env_remove("PADDOCK_IDENTITY_DATABASE_URL")
         .env_remove("PADDOCK_AUDIT_DATABASE_URL")
         .env_remove("PADDOCK_TOKEN")
+        .env_remove("PADDOCK_CONTEXT")
+        .env_remove("PADDOCK_ENDPOINT")
+        // Its context goes to this test's own config dir.
+        .env("XDG_CONFIG_HOME", root.join("config"))
+        .env("HOME", root)
         .env("PADDOCK_LOG", "info")
         .current_dir(root)
         .stdin(Stdio::null())
@@ -419,25 +434,45 @@ impl Dev {
     /// Runs `paddock -o json ARGS` against this stack, with `token` as
     /// `PADDOCK_TOKEN` (none when `None`).
     pub fn paddock(&self, token: Option<&str>, args: &[&str]) -> Output {
-        let mut cmd = Command::new(paddock_bin());
-        cmd.args(["-o", "json"])
-            .args(args)
-            .env("PADDOCK_IDENTITY_ENDPOINT", &self.identity_endpoint)
+        let mut cmd = self.command(args);
+        cmd.env("PADDOCK_IDENTITY_ENDPOINT", &self.identity_endpoint)
             .env("PADDOCK_AUTHZ_ENDPOINT", &self.authz_endpoint)
             .env("PADDOCK_AUDIT_ENDPOINT", &self.audit_endpoint)
-            .env("PADDOCK_SANDBOX_ENDPOINT", &self.sandbox_endpoint)
-            .env_remove("PADDOCK_TOKEN")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
+            .env("PADDOCK_SANDBOX_ENDPOINT", &self.sandbox_endpoint);
         if let Some(t) = token {
             cmd.env("PADDOCK_TOKEN", t);
         }
-        let out = cmd.output().expect("run paddock");
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run(cmd, None)
+    }
+
+    /// `paddock -o json ARGS` with only the config dir of this stack (no
+    /// endpoint or token variables): what a shell with contexts runs.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.table_command(&["-o", "json"]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// [`Dev::command`] without `-o json`: what a person sees.
+    pub fn table_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(paddock_bin());
+        cmd.args(args)
+            .env_remove("PADDOCK_TOKEN")
+            .env_remove("PADDOCK_CONTEXT")
+            .env_remove("PADDOCK_ENDPOINT")
+            .env_remove("PADDOCK_IDENTITY_ENDPOINT")
+            .env_remove("PADDOCK_AUTHZ_ENDPOINT")
+            .env_remove("PADDOCK_AUDIT_ENDPOINT")
+            .env_remove("PADDOCK_SANDBOX_ENDPOINT")
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// The `XDG_CONFIG_HOME` of this stack and its commands.
+    pub fn config_home(&self) -> PathBuf {
+        self.dir.path().join("config")
     }
 
     /// Runs `args` until `done` holds for its output or the deadline passes;
@@ -457,6 +492,30 @@ impl Dev {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Runs `cmd` with `stdin` (nothing when `None`) and collects its output.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run paddock");
+    if let Some(text) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for paddock");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

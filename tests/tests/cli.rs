@@ -103,7 +103,7 @@ fn invite_and_accept(backend: Backend) {
     assert_eq!(me["organization"], "organizations/acme", "{me:#}");
 
     let members = dev.paddock(Some(&owner), &["member", "list"]).json();
-    let emails: Vec<&str> = members["members"]
+    let emails: Vec<&str> = members["items"]
         .as_array()
         .expect("members")
         .iter()
@@ -134,7 +134,7 @@ fn invite_list_and_revoke(backend: Backend) {
         "invite list printed the code: {listed:#?}"
     );
     let listed = listed.json();
-    let invites = listed["invites"].as_array().expect("invites");
+    let invites = listed["items"].as_array().expect("invites");
     assert_eq!(invites.len(), 1, "{listed:#}");
     assert_eq!(invites[0]["name"], name, "{listed:#}");
     assert_eq!(invites[0]["email"], "carol@acme.test", "{listed:#}");
@@ -149,7 +149,11 @@ fn invite_list_and_revoke(backend: Backend) {
     );
     assert!(refused.stderr.contains("revoked"), "{refused:#?}");
     let listed = dev.paddock(Some(&owner), &["invite", "list"]).json();
-    assert_eq!(listed["invites"], serde_json::json!([]), "{listed:#}");
+    assert_eq!(
+        listed,
+        serde_json::json!({"items": [], "next_page_token": null}),
+        "{listed:#}"
+    );
 }
 
 fn project_lifecycle(backend: Backend) {
@@ -168,7 +172,7 @@ fn project_lifecycle(backend: Backend) {
     assert_eq!(created["display_name"], "Web", "{created:#}");
 
     let list = dev.paddock(token, &["project", "list"]).json();
-    let names: Vec<&str> = list["projects"]
+    let names: Vec<&str> = list["items"]
         .as_array()
         .expect("projects")
         .iter()
@@ -206,11 +210,7 @@ fn project_lifecycle(backend: Backend) {
     dev.paddock(token, &["project", "get", "web"])
         .failure("NOT_FOUND");
     let list = dev.paddock(token, &["project", "list"]).json();
-    assert_eq!(
-        list["projects"].as_array().map(Vec::len),
-        Some(0),
-        "{list:#}"
-    );
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list:#}");
 }
 
 fn scoped_keys_and_roles(backend: Backend) {
@@ -326,11 +326,7 @@ fn other_organizations_are_not_found(backend: Backend) {
     assert_eq!(project["description"], "", "{project:#}");
     // And invisible in the other organization's list.
     let list = dev.paddock(Some(&acme), &["project", "list"]).json();
-    assert_eq!(
-        list["projects"].as_array().map(Vec::len),
-        Some(0),
-        "{list:#}"
-    );
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list:#}");
 }
 
 fn restart_keeps_state(backend: Backend) {
@@ -419,7 +415,7 @@ fn credential_commands(backend: Backend) {
     assert!(!listed.stdout.contains("cli-e2e-canary"), "{listed:#?}");
     let listed = listed.json();
     assert_eq!(
-        listed["credentials"][0]["name"], "organizations/acme/credentials/deploy-key",
+        listed["items"][0]["name"], "organizations/acme/credentials/deploy-key",
         "{listed:#}"
     );
     let got = dev
@@ -518,10 +514,10 @@ fn crash_before_delivery_loses_no_events(backend: Backend) {
         Some(&owner),
         &["audit", "query", "--action", "project.create"],
         Duration::from_secs(20),
-        |o| o.code == 0 && o.json().as_array().is_some_and(|a| a.len() >= 5),
+        |o| o.code == 0 && o.json()["items"].as_array().is_some_and(|a| a.len() >= 5),
     );
     let events = out.json();
-    let ids: std::collections::HashSet<&str> = events
+    let ids: std::collections::HashSet<&str> = events["items"]
         .as_array()
         .expect("array")
         .iter()
@@ -534,7 +530,7 @@ fn crash_before_delivery_loses_no_events(backend: Backend) {
             &["audit", "query", "--action", "organization.create"],
         )
         .json();
-    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all:#}");
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all:#}");
     let verify = dev.paddock(Some(&owner), &["audit", "verify"]);
     assert_eq!(verify.code, 0, "{verify:#?}");
 }
@@ -559,12 +555,17 @@ fn audit_outage_loses_no_events(backend: Backend) {
             Some(&owner),
             &["audit", "query", "--action", "project.create"],
             Duration::from_secs(20),
-            |o| o.code == 0 && o.json().as_array().is_some_and(|a| a.len() >= want),
+            |o| {
+                o.code == 0
+                    && o.json()["items"]
+                        .as_array()
+                        .is_some_and(|a| a.len() >= want)
+            },
         )
     };
     dev.paddock(Some(&owner), &["project", "create", "p0"])
         .json();
-    assert_eq!(count(1).json().as_array().map(Vec::len), Some(1));
+    assert_eq!(count(1).json()["items"].as_array().map(Vec::len), Some(1));
 
     drop(audit); // SIGKILL
     for i in 1..5 {
@@ -576,7 +577,7 @@ fn audit_outage_loses_no_events(backend: Backend) {
 
     let _audit = dev.spawn_audit(port);
     let events = count(5).json();
-    let ids: std::collections::HashSet<&str> = events
+    let ids: std::collections::HashSet<&str> = events["items"]
         .as_array()
         .expect("array")
         .iter()
@@ -602,7 +603,7 @@ fn audit_commands(backend: Backend) {
     let all = dev
         .paddock(Some(&owner), &["audit", "query", "--actor", "m1"])
         .json();
-    let got: Vec<&str> = all
+    let got: Vec<&str> = all["items"]
         .as_array()
         .expect("array")
         .iter()
@@ -614,11 +615,14 @@ fn audit_commands(backend: Backend) {
         "newest first: {all:#}"
     );
     assert_eq!(
-        all[0]["sequence"].as_i64(),
-        all[1]["sequence"].as_i64().map(|s| s + 1),
+        all["items"][0]["sequence"].as_i64(),
+        all["items"][1]["sequence"].as_i64().map(|s| s + 1),
         "{all:#}"
     );
-    assert_eq!(all[0]["outcome"], "success", "{all:#}");
+    assert_eq!(all["items"][0]["outcome"], "success", "{all:#}");
+    assert_eq!(all["items"][0]["actor"]["kind"], "member", "{all:#}");
+    assert!(all["items"][0]["details"].is_object(), "{all:#}");
+    assert_eq!(all["next_page_token"], Value::Null, "{all:#}");
 
     let keys = dev
         .paddock(
@@ -628,8 +632,27 @@ fn audit_commands(backend: Backend) {
             ],
         )
         .json();
-    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys:#}");
-    assert_eq!(keys[0]["id"], ids[2].as_str(), "{keys:#}");
+    assert_eq!(keys["items"].as_array().map(Vec::len), Some(1), "{keys:#}");
+    assert_eq!(keys["items"][0]["id"], ids[2].as_str(), "{keys:#}");
+    // Cut short by --limit: the token goes on where it stopped.
+    let token = keys["next_page_token"].as_str().expect("next_page_token");
+    let rest = dev
+        .paddock(
+            Some(&owner),
+            &[
+                "audit",
+                "query",
+                "--actor",
+                "m1",
+                "--action",
+                "apikey.",
+                "--page-token",
+                token,
+            ],
+        )
+        .json();
+    assert_eq!(rest["items"][0]["id"], ids[0].as_str(), "{rest:#}");
+    assert_eq!(rest["next_page_token"], Value::Null, "{rest:#}");
     let since = dev
         .paddock(
             Some(&owner),
@@ -645,7 +668,11 @@ fn audit_commands(backend: Backend) {
             ],
         )
         .json();
-    assert_eq!(since.as_array().map(Vec::len), Some(0), "{since:#}");
+    assert_eq!(
+        since["items"].as_array().map(Vec::len),
+        Some(0),
+        "{since:#}"
+    );
 
     let verified = dev.paddock(Some(&owner), &["audit", "verify"]).json();
     assert_eq!(verified["intact"], true, "{verified:#}");
@@ -663,6 +690,9 @@ fn audit_commands(backend: Backend) {
         .collect();
     assert_eq!(lines.len(), 3, "{export:#?}");
     assert_eq!(lines[0]["id"], ids[0].as_str());
+    // An export keeps the exact details_json the hash covers, beside details.
+    assert_eq!(lines[0]["details_json"], "{}", "{export:#?}");
+    assert_eq!(lines[0]["details"], serde_json::json!({}), "{export:#?}");
 
     dev.paddock(Some(&dev_key), &["audit", "query"])
         .failure("PERMISSION_DENIED");
@@ -691,7 +721,11 @@ fn audit_commands(backend: Backend) {
             &["audit", "query", "--action", "auditsettings.update"],
         )
         .json();
-    assert_eq!(changes.as_array().map(Vec::len), Some(1), "{changes:#}");
+    assert_eq!(
+        changes["items"].as_array().map(Vec::len),
+        Some(1),
+        "{changes:#}"
+    );
     dev.paddock(
         Some(&dev_key),
         &["audit", "settings", "set", "--retention-days", "1"],
@@ -725,7 +759,7 @@ fn audit_commands(backend: Backend) {
         assert_eq!(out.code, 1, "{out:#?}");
         let v: Value = serde_json::from_str(&out.stdout).expect("json");
         assert_eq!(v["intact"], false, "{v:#}");
-        assert_eq!(v["broken_sequence"], all[1]["sequence"], "{v:#}");
+        assert_eq!(v["broken_sequence"], all["items"][1]["sequence"], "{v:#}");
         assert_eq!(v["broken_event_id"], ids[1].as_str(), "{v:#}");
     }
     let bad = dev.paddock(Some(&owner), &["audit", "query", "--since", "yesterday"]);
@@ -738,8 +772,8 @@ fn audit_tail_follows(backend: Backend) {
     let dev = Dev::start(backend);
     let owner = create_org(&dev, "acme", "alice@acme.test");
     append_events(&dev, "acme", &["project.create"]);
-    let mut child = std::process::Command::new(paddock_e2e::paddock_bin())
-        .args(["-o", "json", "audit", "tail", "--action", "apikey."])
+    let mut child = dev
+        .command(&["audit", "tail", "--action", "apikey."])
         .env("PADDOCK_AUDIT_ENDPOINT", &dev.audit_endpoint)
         .env("PADDOCK_TOKEN", &owner)
         .stdin(std::process::Stdio::null())
@@ -800,7 +834,7 @@ fn platform_chain_commands(backend: Backend) {
         |o| o.code == 0 && o.stdout.contains("auth.fail"),
     );
     let events = events.json();
-    let first = &events.as_array().expect("array")[0];
+    let first = &events["items"].as_array().expect("array")[0];
     assert_eq!(first["action"], "auth.fail", "{events:#}");
     assert_eq!(first["organization"], "platform", "{events:#}");
     assert!(!events.to_string().contains("not-a-real-key"), "{events:#}");
@@ -826,7 +860,7 @@ fn platform_chain_commands(backend: Backend) {
     );
     let sealed = sealed.json();
     assert!(
-        sealed
+        sealed["items"]
             .as_array()
             .expect("array")
             .iter()

@@ -45,7 +45,7 @@ fn policy_and_security_commands(backend: Backend) {
     );
     assert_eq!(
         out.failure("INVALID_ARGUMENT").trim(),
-        "max.memory_bytes 8589934592 exceeds the organization's bound 2147483648 (securitySettings max.memory_bytes)"
+        "--max-memory 8 GiB exceeds the organization's bound 2 GiB (`paddock security set --max-memory`)"
     );
     let p = dev
         .paddock(

@@ -59,7 +59,7 @@ fn run_streams_and_exits_with_the_command_code(backend: Backend) {
     let list = dev
         .paddock(Some(&owner), &["sandbox", "list", "--all"])
         .json();
-    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list:#}");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list:#}");
 
     // A refusal names the bound.
     let out = dev.paddock(
@@ -111,7 +111,8 @@ fn detached_sandbox_exec_cp_stop(backend: Backend) {
 
     let list = dev.paddock(Some(&owner), &["sandbox", "list"]).json();
     assert!(
-        list.as_array()
+        list["items"]
+            .as_array()
             .expect("array")
             .iter()
             .any(|s| s["id"] == id.as_str()),
@@ -357,7 +358,7 @@ fn run_as_the_calling_agent_and_interrupt(backend: Backend) {
     let list = dev
         .paddock(Some(&agent_key), &["sandbox", "list", "--all"])
         .json();
-    let sandboxes = list.as_array().expect("array");
+    let sandboxes = list["items"].as_array().expect("array");
     let kept = sandboxes
         .iter()
         .find(|s| s["state"] == "stopped" && s["end_reason"] == "stopped_by_user")

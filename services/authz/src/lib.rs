@@ -14,6 +14,7 @@ pub mod json;
 pub mod policy;
 mod service;
 mod store;
+mod subject;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +27,6 @@ use paddock_proto::authz::v1::{
     BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse, ListPermissionsRequest,
     ListPermissionsResponse, ListRolesRequest, ListRolesResponse, PermissionGroup, Role,
 };
-use paddock_proto::identity::v1::{Principal, PrincipalKind};
 use paddock_shared::auth::{
     self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity,
 };
@@ -111,6 +111,9 @@ pub async fn start_on(
     let identity_client =
         auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?;
     let identity = RemoteIdentity::new(identity_client.clone());
+    let authz = Authz {
+        identity: identity_client.clone(),
+    };
     let authn = CachedAuthenticator::new(identity);
     let watch = authn.inner().watch(authn.cache());
     let forwarder = match &config.audit_endpoint {
@@ -130,7 +133,7 @@ pub async fn start_on(
     let (_health, routes) = server::health_and_reflection(&[authz_name, policy_name]).await?;
     let routes = routes
         .add_service(
-            AuthzServiceServer::new(Authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
+            AuthzServiceServer::new(authz).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
         )
         .add_service(
             PolicyServiceServer::new(Policies {
@@ -173,23 +176,13 @@ impl Authorizer for LocalAuthorizer {
 }
 
 /// The gRPC service.
-pub struct Authz;
+pub struct Authz {
+    /// Resolves a principal named in a request (as a service).
+    identity: auth::IdentityClient,
+}
 
 /// Most items one BatchCheck may carry.
 const MAX_BATCH: usize = 1000;
-
-/// The principal a request asks about: the caller, or (for services only)
-/// the principal in the request.
-fn subject(caller: &Principal, asked: Option<Principal>) -> Result<Principal, Status> {
-    match asked {
-        None => Ok(caller.clone()),
-        Some(p) if caller.kind == PrincipalKind::Service as i32 => Ok(p),
-        Some(p) if p.id == caller.id && p.key_id == caller.key_id => Ok(caller.clone()),
-        Some(_) => Err(Status::permission_denied(
-            "only service principals may check other principals; leave principal unset",
-        )),
-    }
-}
 
 fn validate(permission: &str, resource: &str) -> Result<(), Status> {
     if rbac::permission_index(permission).is_none() {
@@ -216,7 +209,8 @@ impl AuthzService for Authz {
         let caller = auth::caller(&request)?.clone();
         let mut req = request.into_inner();
         validate(&req.permission, &req.resource)?;
-        req.principal = Some(subject(&caller, req.principal.take())?);
+        req.principal =
+            Some(subject::resolve(&self.identity, &caller, req.principal.take()).await?);
         Ok(Response::new(evaluate(&req)))
     }
 
@@ -231,7 +225,7 @@ impl AuthzService for Authz {
                 "items must hold 1 to {MAX_BATCH} checks"
             )));
         }
-        let principal = subject(&caller, req.principal)?;
+        let principal = subject::resolve(&self.identity, &caller, req.principal).await?;
         let mut results = Vec::with_capacity(req.items.len());
         for item in req.items {
             validate(&item.permission, &item.resource)?;
@@ -250,7 +244,8 @@ impl AuthzService for Authz {
         request: Request<ListPermissionsRequest>,
     ) -> Result<Response<ListPermissionsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let principal = subject(&caller, request.into_inner().principal)?;
+        let principal =
+            subject::resolve(&self.identity, &caller, request.into_inner().principal).await?;
         let (permissions, reason) = decide::effective(&principal);
         Ok(Response::new(ListPermissionsResponse {
             permissions,

@@ -204,7 +204,7 @@ impl Amount {
         }
     }
 
-    /// The amount as messages show it: `0.5`, `4294967296`, `3600s`.
+    /// The amount as messages show it: `0.5`, `4 GiB`, `3600s`.
     pub fn show(self, v: i64) -> String {
         match self {
             Amount::Cpus => {
@@ -220,7 +220,8 @@ impl Amount {
             }
             Amount::Ttl if v % 1000 == 0 => format!("{}s", v / 1000),
             Amount::Ttl => format!("{}.{:03}s", v / 1000, v % 1000),
-            _ => v.to_string(),
+            Amount::Memory | Amount::Disk => paddock_shared::units::human_bytes(v.max(0) as u64),
+            Amount::Pids => v.to_string(),
         }
     }
 }

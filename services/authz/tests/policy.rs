@@ -242,7 +242,7 @@ async fn policies_have_defaults_and_update_by_mask(backend: Backend) {
     .await;
     assert_eq!(
         m,
-        "defaults.memory_bytes 2147483648 exceeds max.memory_bytes 1073741824"
+        "defaults.memory_bytes 2 GiB exceeds max.memory_bytes 1 GiB"
     );
     let m = bad(named(|p| p.name = "bot".into()), &[]).await;
     assert!(m.contains("invalid policy name"), "{m}");
@@ -338,7 +338,7 @@ async fn settings_bound_policies_and_the_effective_policy(backend: Backend) {
     };
     assert_eq!(
         invalid(update_policy(&stack, &acme.admin, wide, &["max.memory_bytes"]).await),
-        "max.memory_bytes 8589934592 exceeds the organization's bound 2147483648 (securitySettings max.memory_bytes)"
+        "max.memory_bytes 8 GiB exceeds the organization's bound 2 GiB (securitySettings max.memory_bytes)"
     );
     let open = AgentPolicy {
         name: BOT.into(),

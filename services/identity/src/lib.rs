@@ -37,6 +37,10 @@ pub const MIGRATIONS: &[Migration] = &[
         5,
         include_str!("../migrations/0005_organization_tombstones.sql"),
     ),
+    (
+        6,
+        include_str!("../migrations/0006_credential_rotation.sql"),
+    ),
 ];
 
 /// Configuration of the identity service.

@@ -3,9 +3,13 @@
 //! validate input, keep resources inside the caller's organization
 //! (anything else is NOT_FOUND), check ownership and escalation, then work.
 
+mod agents;
 mod credentials;
 mod invites;
+mod key_rotation;
 mod lookup;
+mod organizations;
+mod principals;
 mod session_tokens;
 
 use std::pin::Pin;
@@ -250,39 +254,76 @@ fn next_page<T>(rows: &mut Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> S
     }
 }
 
-fn parse_role(role: &str) -> Result<Role> {
-    Role::parse(role).ok_or_else(|| {
-        Error::invalid(format!(
-            "unknown role {:?}: use owner, admin, developer or agent",
-            names::truncate(role)
-        ))
-    })
+/// The roles a member may hold: `agent` is for AI-agent identities.
+const MEMBER_ROLES: [Role; 3] = [Role::Owner, Role::Admin, Role::Developer];
+
+/// `owner, admin or developer`.
+fn role_list(roles: &[Role]) -> String {
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    match names.split_last() {
+        None => "none".to_owned(),
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// A role name that must be one of `allowed` (the hint lists only those).
+fn parse_role(role: &str, allowed: &[Role]) -> Result<Role> {
+    Role::parse(role)
+        .filter(|r| allowed.contains(r))
+        .ok_or_else(|| {
+            let extra = if Role::parse(role) == Some(Role::Agent) {
+                " (role agent is for AI-agent identities; create an agent instead)"
+            } else {
+                ""
+            };
+            Error::invalid(format!(
+                "{} role {:?}: use {}{extra}",
+                if Role::parse(role).is_some() {
+                    "not allowed here:"
+                } else {
+                    "unknown"
+                },
+                names::truncate(role),
+                role_list(allowed)
+            ))
+        })
 }
 
 fn caller_permissions(caller: &Principal) -> PermissionSet {
     Grant::of(&caller.role, &caller.key_role, &caller.scope).effective()
 }
 
-/// Nobody grants a role above their own (their key's effective set).
-fn check_grantable(caller: &Principal, role: Role) -> Result<()> {
-    let missing: Vec<_> = role
-        .permissions()
-        .names()
-        .into_iter()
-        .filter(|p| {
-            let i = rbac::permission_index(p).unwrap_or(0);
-            !caller_permissions(caller).contains(i)
-        })
-        .collect();
+/// Nobody grants a role above their own (their key's effective set). The
+/// refusal lists the roles of `allowed` the caller may grant.
+fn check_grantable(caller: &Principal, role: Role, allowed: &[Role]) -> Result<()> {
+    let mine = caller_permissions(caller);
+    let lacks = |r: Role| -> Vec<&'static str> {
+        r.permissions()
+            .names()
+            .into_iter()
+            .filter(|p| !mine.contains(rbac::permission_index(p).unwrap_or(0)))
+            .collect()
+    };
+    let missing = lacks(role);
     if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "cannot grant role {}: it is above your own (you lack {})",
-            role.as_str(),
-            missing.join(", ")
-        )))
+        return Ok(());
     }
+    let grantable: Vec<Role> = allowed
+        .iter()
+        .copied()
+        .filter(|r| lacks(*r).is_empty())
+        .collect();
+    let hint = if grantable.is_empty() {
+        String::new()
+    } else {
+        format!("; you may grant {}", role_list(&grantable))
+    };
+    Err(Error::PermissionDenied(format!(
+        "cannot grant role {}: it is above your own (you lack {}){hint}",
+        role.as_str(),
+        missing.join(", ")
+    )))
 }
 
 fn validate_scope(scope: &[String]) -> Result<()> {
@@ -359,8 +400,9 @@ impl Identity {
         };
         if ttl > max {
             return Err(Error::invalid(format!(
-                "ttl exceeds the organization's maximum key lifetime of {}s",
-                max.as_secs()
+                "ttl {} exceeds the organization's maximum key lifetime of {} (settings.max_key_lifetime)",
+                paddock_shared::units::human_seconds(ttl.as_secs()),
+                paddock_shared::units::human_seconds(max.as_secs())
             )));
         }
         Ok(Some(now_micros().saturating_add(ttl.as_micros() as i64)))
@@ -523,7 +565,7 @@ impl IdentityService for Identity {
             .bind(now)
             .execute(&mut *tx)
             .await
-            .map_err(Error::from)?;
+            .map_err(|e| Error::exists_or(e, &org_name(&org)))?;
         sqlx::query("INSERT INTO members (id, org_id, email, role, create_time) VALUES ($1, $2, $3, 'owner', $4)")
             .bind(&owner_id)
             .bind(&org)
@@ -862,11 +904,8 @@ impl IdentityService for Identity {
         mask_paths(req.update_mask.as_ref(), &["role"])?;
         let org = caller_org(&caller)?.to_owned();
         let id = own_child(&caller, &update.name, "members")?.to_owned();
-        let role = parse_role(&update.role)?;
-        if role == Role::Agent {
-            return Err(Error::invalid("role agent is for AI-agent identities only").into());
-        }
-        check_grantable(&caller, role)?;
+        let role = parse_role(&update.role, &MEMBER_ROLES)?;
+        check_grantable(&caller, role, &MEMBER_ROLES)?;
         let current: Option<MemberRow> = sqlx::query_as("SELECT id, org_id, email, role, create_time FROM members WHERE id = $1 AND org_id = $2")
             .bind(&id)
             .bind(&org)
@@ -875,7 +914,7 @@ impl IdentityService for Identity {
             .map_err(Error::from)?;
         let mut current = current.ok_or_else(|| Error::not_found(names::truncate(&update.name)))?;
         if let Some(old) = Role::parse(&current.3) {
-            check_grantable(&caller, old).map_err(|_| {
+            check_grantable(&caller, old, &[]).map_err(|_| {
                 Error::PermissionDenied(format!(
                     "cannot change the role of a member whose role ({}) is above your own",
                     old.as_str()
@@ -980,9 +1019,9 @@ impl IdentityService for Identity {
         let role = if spec.role.is_empty() {
             Role::Agent
         } else {
-            parse_role(&spec.role)?
+            parse_role(&spec.role, &Role::ALL)?
         };
-        check_grantable(&caller, role)?;
+        check_grantable(&caller, role, &Role::ALL)?;
         let now = now_micros();
         let row: AgentRow = (
             new_principal_id('a'),
@@ -994,6 +1033,7 @@ impl IdentityService for Identity {
             now,
         );
         let mut tx = self.db.begin_write().await.map_err(Error::from)?;
+        let name = child_name(&row.1, "agents", &row.2);
         sqlx::query("INSERT INTO agents (id, org_id, agent_id, description, role, created_by, create_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -1004,8 +1044,7 @@ impl IdentityService for Identity {
             .bind(row.6)
             .execute(&mut *tx)
             .await
-            .map_err(Error::from)?;
-        let name = child_name(&row.1, "agents", &row.2);
+            .map_err(|e| Error::exists_or(e, &name))?;
         self.commit_audited(
             tx,
             audited(Some(&caller), "agent.create", &name, json!({"role": row.4})),
@@ -1119,6 +1158,7 @@ impl IdentityService for Identity {
             now,
         );
         let mut tx = self.db.begin_write().await.map_err(Error::from)?;
+        let name = child_name(&row.0, "projects", &row.1);
         sqlx::query("INSERT INTO projects (org_id, project_id, display_name, description, created_by, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&row.0)
             .bind(&row.1)
@@ -1129,8 +1169,7 @@ impl IdentityService for Identity {
             .bind(row.6)
             .execute(&mut *tx)
             .await
-            .map_err(Error::from)?;
-        let name = child_name(&row.0, "projects", &row.1);
+            .map_err(|e| Error::exists_or(e, &name))?;
         self.commit_audited(
             tx,
             audited(Some(&caller), "project.create", &name, json!({})),
@@ -1272,7 +1311,7 @@ impl IdentityService for Identity {
         let key_role = if spec.role.is_empty() {
             None
         } else {
-            Some(parse_role(&spec.role)?)
+            Some(parse_role(&spec.role, &Role::ALL)?)
         };
         // Whose key: the caller's own, or a named member's or agent's.
         let (owner_id, owner_name, owner_role) = if spec.owner.is_empty()
@@ -1556,6 +1595,54 @@ impl IdentityService for Identity {
         let caller = caller(&request)?;
         Ok(Response::new(
             credentials::reveal(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<ListOrganizationsRequest>,
+    ) -> Result<Response<ListOrganizationsResponse>, Status> {
+        Ok(Response::new(
+            organizations::list(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_agent(
+        &self,
+        request: Request<UpdateAgentRequest>,
+    ) -> Result<Response<UpdateAgentResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            agents::update(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn rotate_api_key(
+        &self,
+        request: Request<RotateApiKeyRequest>,
+    ) -> Result<Response<RotateApiKeyResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            key_rotation::rotate(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn rotate_credential(
+        &self,
+        request: Request<RotateCredentialRequest>,
+    ) -> Result<Response<RotateCredentialResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            credentials::rotate(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_principal(
+        &self,
+        request: Request<GetPrincipalRequest>,
+    ) -> Result<Response<GetPrincipalResponse>, Status> {
+        Ok(Response::new(
+            principals::get(self, request.into_inner()).await?,
         ))
     }
 

@@ -43,6 +43,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "DDDD",
     ),
     (
+        "/paddock.identity.v1.IdentityService/ListOrganizations",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/CreateInvite",
         "ODDD",
         "NDDD",
@@ -98,6 +103,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "NNND",
     ),
     (
+        "/paddock.identity.v1.IdentityService/UpdateAgent",
+        "OODD",
+        "NNDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/DeleteAgent",
         "OODD",
         "NNDD",
@@ -143,6 +153,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "NNND",
     ),
     (
+        "/paddock.identity.v1.IdentityService/RotateApiKey",
+        "OOOD",
+        "NNND",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/CreateCredential",
         "OODD",
         "NNDD",
@@ -163,6 +178,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "NNDD",
     ),
     (
+        "/paddock.identity.v1.IdentityService/RotateCredential",
+        "OODD",
+        "NNDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/RevealCredential",
         "DDDD",
         "DDDD",
@@ -179,6 +199,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ),
     (
         "/paddock.identity.v1.IdentityService/Authenticate",
+        "DDDD",
+        "DDDD",
+    ),
+    (
+        "/paddock.identity.v1.IdentityService/GetPrincipal",
         "DDDD",
         "DDDD",
     ),
@@ -351,6 +376,10 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
             c.list_deleted_organizations(ListDeletedOrganizationsRequest::default())
                 .await,
         ),
+        "ListOrganizations" => code(
+            c.list_organizations(ListOrganizationsRequest::default())
+                .await,
+        ),
         "CreateInvite" => code(
             c.create_invite(CreateInviteRequest {
                 parent: org,
@@ -472,6 +501,19 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
             })
             .await,
         ),
+        "UpdateAgent" => code(
+            c.update_agent(UpdateAgentRequest {
+                agent: Some(Agent {
+                    name: format!("{org}/agents/bot"),
+                    description: "matrix".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["description".into()],
+                }),
+            })
+            .await,
+        ),
         "DeleteAgent" => {
             let id = fresh_id("agent");
             owner
@@ -578,6 +620,35 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 .await,
             )
         }
+        "RotateApiKey" => {
+            let key = if !own {
+                mint_key(stack, &target.owner, &target.id, "", "", &[])
+                    .await
+                    .expect("key")
+            } else if role == "agent" {
+                mint_key(
+                    stack,
+                    &target.owner,
+                    &target.id,
+                    &format!("{org}/agents/bot"),
+                    "",
+                    &[],
+                )
+                .await
+                .expect("key")
+            } else {
+                mint_key(stack, token, &target.id, "", "", &[])
+                    .await
+                    .expect("own key")
+            };
+            code(
+                c.rotate_api_key(RotateApiKeyRequest {
+                    name: key.api_key.expect("key").name,
+                    grace_period: None,
+                })
+                .await,
+            )
+        }
         "CreateCredential" => code(
             c.create_credential(CreateCredentialRequest {
                 parent: org,
@@ -619,6 +690,26 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
                 .await,
             )
         }
+        "RotateCredential" => {
+            let id = fresh_id("cred");
+            owner
+                .clone()
+                .create_credential(CreateCredentialRequest {
+                    parent: org.clone(),
+                    credential_id: id.clone(),
+                    credential: None,
+                    value: b"to rotate".to_vec(),
+                })
+                .await
+                .expect("credential");
+            code(
+                c.rotate_credential(RotateCredentialRequest {
+                    name: format!("{org}/credentials/{id}"),
+                    value: b"rotated".to_vec(),
+                })
+                .await,
+            )
+        }
         "RevealCredential" => code(
             c.reveal_credential(RevealCredentialRequest {
                 name: format!("{org}/credentials/deploy-key"),
@@ -643,6 +734,12 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
         "Authenticate" => code(
             c.authenticate(AuthenticateRequest {
                 token: token.to_owned(),
+            })
+            .await,
+        ),
+        "GetPrincipal" => code(
+            c.get_principal(GetPrincipalRequest {
+                name: format!("{org}/agents/bot"),
             })
             .await,
         ),

@@ -39,6 +39,17 @@ impl Error {
         Error::NotFound(format!("{what} not found"))
     }
 
+    /// A failed insert of `name`: a unique violation is `name` being taken
+    /// (ALREADY_EXISTS naming it); anything else stays a database error.
+    pub fn exists_or(err: sqlx::Error, name: &str) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Error::AlreadyExists(format!("{name} already exists"))
+            }
+            _ => Error::Database(err),
+        }
+    }
+
     /// The gRPC code this error is answered with.
     pub fn code(&self) -> Code {
         match self {

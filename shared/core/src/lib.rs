@@ -19,5 +19,6 @@ pub mod streams;
 pub mod telemetry;
 pub mod time;
 pub mod token;
+pub mod units;
 
 pub use paddock_proto as proto;

@@ -8,13 +8,18 @@ use std::fmt;
 use rand::Rng;
 
 /// Initializes `tracing` once per process; `PADDOCK_LOG` (or `RUST_LOG`)
-/// sets the filter, default `info`.
+/// sets the filter, default `info`. Colours only on a terminal, and never
+/// with `NO_COLOR` set: logs piped to a file or journald stay plain text.
 pub fn init() {
+    use std::io::IsTerminal;
     let filter = std::env::var("PADDOCK_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

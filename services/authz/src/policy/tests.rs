@@ -184,7 +184,7 @@ fn policies_are_validated_with_the_field_named() {
     });
     assert_eq!(
         check(p),
-        "defaults.memory_bytes 2147483648 exceeds max.memory_bytes 1073741824"
+        "defaults.memory_bytes 2 GiB exceeds max.memory_bytes 1 GiB"
     );
 
     let mut p = base();
@@ -380,7 +380,7 @@ fn a_policy_above_the_bounds_is_refused_naming_the_setting() {
     let all = leaves(&[], POLICY_LEAVES);
     assert_eq!(
         message(check_within(&p, &s, &all)),
-        "max.memory_bytes 8589934592 exceeds the organization's bound 4294967296 (securitySettings max.memory_bytes)"
+        "max.memory_bytes 8 GiB exceeds the organization's bound 4 GiB (securitySettings max.memory_bytes)"
     );
     // Untouched fields are not re-checked: the effective policy clamps them.
     assert!(check_within(&p, &s, &leaves(&["network_mode"], POLICY_LEAVES)).is_ok());

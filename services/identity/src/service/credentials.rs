@@ -8,7 +8,7 @@ use paddock_proto::identity::v1::*;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, child_name, parse_child, validate_id, validate_text};
 use paddock_shared::outbox;
-use paddock_shared::time::{now_micros, timestamp};
+use paddock_shared::time::{now_micros, opt_timestamp, timestamp};
 use serde_json::json;
 
 use super::{Identity, audited, caller_org, next_page, own_child, page, parent_org};
@@ -22,12 +22,23 @@ const COLLECTION: &str = "credentials";
 const MAX_DESCRIPTION: usize = 2000;
 
 /// org_id, credential_id, kind, description, size_bytes, created_by,
-/// create_time: everything but the sealed value.
-type CredentialRow = (String, String, String, String, i64, String, i64);
+/// create_time, rotate_time: everything but the sealed value.
+type CredentialRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    Option<i64>,
+);
 const COLUMNS: &str =
-    "org_id, credential_id, kind, description, size_bytes, created_by, create_time";
+    "org_id, credential_id, kind, description, size_bytes, created_by, create_time, rotate_time";
 
-fn credential((org, id, kind, description, size, created_by, create): CredentialRow) -> Credential {
+fn credential(
+    (org, id, kind, description, size, created_by, create, rotate): CredentialRow,
+) -> Credential {
     Credential {
         name: child_name(&org, COLLECTION, &id),
         kind: CredentialKind::from_str_name(&kind).unwrap_or(CredentialKind::Unspecified) as i32,
@@ -35,6 +46,7 @@ fn credential((org, id, kind, description, size, created_by, create): Credential
         size_bytes: size,
         created_by,
         create_time: Some(timestamp(create)),
+        rotate_time: opt_timestamp(rotate),
     }
 }
 
@@ -47,14 +59,18 @@ fn kind_name(kind: CredentialKind) -> &'static str {
     }
 }
 
-/// A unique violation on insert is this credential's name being taken.
-fn exists_or(err: sqlx::Error, name: &str) -> Error {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            Error::AlreadyExists(format!("{name} already exists"))
-        }
-        _ => Error::from(err),
+/// Sizes only: the value itself never goes into a message.
+fn check_value(value: &[u8]) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid("value is required (at most 64 KiB)"));
     }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::invalid(format!(
+            "value is {}; a credential holds at most 64 KiB",
+            paddock_shared::units::human_bytes(value.len() as u64)
+        )));
+    }
+    Ok(())
 }
 
 pub(super) async fn create(
@@ -77,16 +93,7 @@ pub(super) async fn create(
         }
     };
     validate_text("description", &spec.description, MAX_DESCRIPTION)?;
-    // Sizes only: the value itself never goes into a message.
-    if req.value.is_empty() {
-        return Err(Error::invalid("value is required (at most 64 KiB)"));
-    }
-    if req.value.len() > MAX_VALUE_BYTES {
-        return Err(Error::invalid(format!(
-            "value is {} bytes; a credential holds at most {MAX_VALUE_BYTES} bytes (64 KiB)",
-            req.value.len()
-        )));
-    }
+    check_value(&req.value)?;
     let name = child_name(&org, COLLECTION, &req.credential_id);
     let sealed = identity
         .credential_key
@@ -100,6 +107,7 @@ pub(super) async fn create(
         size,
         caller.name.clone(),
         now_micros(),
+        None,
     );
     let mut tx = identity.db.begin_write().await?;
     sqlx::query(
@@ -117,7 +125,7 @@ pub(super) async fn create(
     .bind(row.6)
     .execute(&mut *tx)
     .await
-    .map_err(|e| exists_or(e, &name))?;
+    .map_err(|e| Error::exists_or(e, &name))?;
     let details = json!({"kind": kind_name(kind), "size_bytes": size});
     identity
         .commit_audited(
@@ -232,6 +240,45 @@ pub(super) async fn delete(
     Ok(DeleteCredentialResponse {})
 }
 
+/// Replaces a credential's value: sealed under the current key, in one
+/// statement, audited with the new size only.
+pub(super) async fn rotate(
+    identity: &Identity,
+    caller: &Principal,
+    req: RotateCredentialRequest,
+) -> Result<RotateCredentialResponse> {
+    let id = own_child(caller, &req.name, COLLECTION)?.to_owned();
+    let org = caller_org(caller)?.to_owned();
+    check_value(&req.value)?;
+    let sealed = identity.credential_key.seal(&org, &id, &req.value);
+    let size = req.value.len() as i64;
+    let now = now_micros();
+    let mut tx = identity.db.begin_write().await?;
+    let row: Option<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE credentials SET size_bytes = $1, key_fingerprint = $2, sealed_value = $3, rotate_time = $4 \
+         WHERE org_id = $5 AND credential_id = $6 RETURNING {COLUMNS}"
+    )))
+    .bind(size)
+    .bind(&sealed.key_fingerprint)
+    .bind(paddock_shared::hex::encode(&sealed.bytes))
+    .bind(now)
+    .bind(&org)
+    .bind(&id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    let details = json!({"size_bytes": size});
+    identity
+        .commit_audited(
+            tx,
+            audited(Some(caller), "credential.rotate", &req.name, details),
+        )
+        .await?;
+    Ok(RotateCredentialResponse {
+        credential: Some(credential(row)),
+    })
+}
+
 /// For services only (the admission layer admits nobody else). The caller
 /// has checked `credentials.use` and the agent's policy; identity checks
 /// that the sandbox is in the credential's organization, records the reveal
@@ -262,6 +309,7 @@ pub(super) async fn reveal(
         i64,
         String,
         i64,
+        Option<i64>,
         String,
         String,
     );
@@ -283,7 +331,7 @@ pub(super) async fn reveal(
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (o, i, kind, description, size, created_by, create, fingerprint, sealed_hex) =
+    let (o, i, kind, description, size, created_by, create, rotate, fingerprint, sealed_hex) =
         row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
     let sealed = Sealed {
         key_fingerprint: fingerprint,
@@ -322,6 +370,7 @@ pub(super) async fn reveal(
             size,
             created_by,
             create,
+            rotate,
         ))),
         value,
     })

@@ -14,8 +14,9 @@ use paddock_shared::token::{self, TokenKind};
 use serde_json::json;
 
 use super::{
-    DEFAULT_INVITE_TTL, Identity, MAX_INVITE_TTL, NewKey, api_key, audited, caller_org,
-    check_grantable, member, new_principal_id, next_page, own_child, page, parent_org, parse_role,
+    DEFAULT_INVITE_TTL, Identity, MAX_INVITE_TTL, MEMBER_ROLES, NewKey, api_key, audited,
+    caller_org, check_grantable, member, new_principal_id, next_page, own_child, page, parent_org,
+    parse_role,
 };
 
 const COLLECTION: &str = "invites";
@@ -139,13 +140,8 @@ pub(super) async fn create(
 ) -> Result<CreateInviteResponse> {
     let org = parent_org(caller, &req.parent)?.to_owned();
     let email = names::normalize_email(&req.email)?;
-    let role = parse_role(&req.role)?;
-    if role == Role::Agent {
-        return Err(Error::invalid(
-            "role agent is for AI-agent identities; create an agent instead",
-        ));
-    }
-    check_grantable(caller, role)?;
+    let role = parse_role(&req.role, &MEMBER_ROLES)?;
+    check_grantable(caller, role, &MEMBER_ROLES)?;
     let ttl = match &req.ttl {
         None => DEFAULT_INVITE_TTL,
         Some(d) => time::duration(d)
