@@ -232,8 +232,10 @@ mod tests {
     use super::*;
 
     fn record(agent: &str, project: &str, creator: &str) -> Record {
-        let mut spec = paddock_proto::sandbox::v1::SandboxSpec::default();
-        spec.project = format!("organizations/o/projects/{project}");
+        let spec = paddock_proto::sandbox::v1::SandboxSpec {
+            project: format!("organizations/o/projects/{project}"),
+            ..Default::default()
+        };
         Record {
             id: "sb1".into(),
             org: "o".into(),
