@@ -241,6 +241,8 @@ impl Session {
             .env("PADDOCK_AUDIT_ENDPOINT", &dev.audit_endpoint)
             .env("PADDOCK_SANDBOX_ENDPOINT", &dev.sandbox_endpoint)
             .env("HOME", root)
+            // The config `paddock dev` wrote its `dev` context to.
+            .env("XDG_CONFIG_HOME", dev.config_home())
             .env_remove("PADDOCK_TOKEN")
             .env_remove("DATABASE_URL")
             .stdin(Stdio::piped())
