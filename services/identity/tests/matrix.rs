@@ -208,6 +208,11 @@ const MATRIX: &[(&str, &str, &str)] = &[
         "DDDD",
     ),
     (
+        "/paddock.identity.v1.IdentityService/LookupResources",
+        "DDDD",
+        "DDDD",
+    ),
+    (
         "/paddock.identity.v1.IdentityService/WatchInvalidations",
         "DDDD",
         "DDDD",
@@ -740,6 +745,13 @@ async fn call(stack: &Stack, method: &str, role: &str, me: &Org, target: &Org) -
         "GetPrincipal" => code(
             c.get_principal(GetPrincipalRequest {
                 name: format!("{org}/agents/bot"),
+            })
+            .await,
+        ),
+        "LookupResources" => code(
+            c.lookup_resources(LookupResourcesRequest {
+                names: vec![format!("{org}/agents/bot")],
+                principal_ids: Vec::new(),
             })
             .await,
         ),

@@ -292,8 +292,8 @@ mod tests {
     fn filters_stay_in_the_callers_organization() {
         assert_eq!(full_name("o", "agents", "agent", "").unwrap(), None);
         assert_eq!(
-            full_name("o", "agents", "agent", "a").unwrap().as_deref(),
-            Some("organizations/o/agents/a")
+            full_name("o", "agents", "agent", "bot").unwrap().as_deref(),
+            Some("organizations/o/agents/bot")
         );
         assert!(matches!(
             full_name("o", "agents", "agent", "organizations/x/agents/a"),

@@ -29,6 +29,10 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("UploadFiles", "OODO", "NNNN"),
     ("DownloadFiles", "OODO", "NNNN"),
     ("GetUsage", "OOOO", "NNNN"),
+    ("GetSandboxLogs", "OOOO", "NNNN"),
+    // Without sessions.manage the answer is the same for any organization,
+    // one that does not exist included: nothing is learned.
+    ("StopSandboxes", "OODD", "NNDD"),
 ];
 
 fn expected(letter: u8) -> Code {
@@ -152,6 +156,20 @@ async fn call(env: &Env, method: &str, role: &str, me: &Org, target: &Org) -> Co
             .await,
         ),
         "GetUsage" => code(c.get_usage(GetUsageRequest { name: name.clone() }).await),
+        "GetSandboxLogs" => code(
+            c.get_sandbox_logs(GetSandboxLogsRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await,
+        ),
+        "StopSandboxes" => code(
+            c.stop_sandboxes(StopSandboxesRequest {
+                parent: target.name.clone(),
+                ..Default::default()
+            })
+            .await,
+        ),
         other => panic!("no call for {other}"),
     };
     // Stop it, so the agent's concurrency quota never fills up.
