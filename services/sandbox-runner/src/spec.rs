@@ -85,7 +85,8 @@ pub fn resolve(mut spec: SandboxSpec, policy: &AgentPolicy) -> Result<Resolved> 
     )?;
     if disk_bytes < MIN_DISK_BYTES {
         return Err(Error::invalid(format!(
-            "resources.disk_bytes {disk_bytes} is below the smallest workspace, {MIN_DISK_BYTES} bytes (16 MiB)"
+            "resources.disk_bytes {} is below the smallest workspace, 16 MiB",
+            paddock_shared::units::human_bytes(disk_bytes.max(0) as u64)
         )));
     }
     let ttl = {
@@ -93,9 +94,9 @@ pub fn resolve(mut spec: SandboxSpec, policy: &AgentPolicy) -> Result<Resolved> 
         let (default_ttl, max_ttl) = (ttl_of(&defaults), ttl_of(&max));
         if asked_ttl > max_ttl && !max_ttl.is_zero() {
             return Err(Error::invalid(format!(
-                "ttl {}s exceeds the agent policy's bound max.ttl {}s",
-                asked_ttl.as_secs(),
-                max_ttl.as_secs()
+                "ttl {} exceeds the agent policy's bound max.ttl {}",
+                paddock_shared::units::human_seconds(asked_ttl.as_secs()),
+                paddock_shared::units::human_seconds(max_ttl.as_secs())
             )));
         }
         let ttl = if asked_ttl.is_zero() {
@@ -209,8 +210,17 @@ fn pick_i64(field: &str, asked: i64, default: i64, max: i64) -> Result<i64> {
         )));
     }
     if asked > max && max > 0 {
+        let show = |v: i64| {
+            if field.ends_with("_bytes") {
+                paddock_shared::units::human_bytes(v.max(0) as u64)
+            } else {
+                v.to_string()
+            }
+        };
         return Err(Error::invalid(format!(
-            "resources.{field} {asked} exceeds the agent policy's bound max.{field} {max}"
+            "resources.{field} {} exceeds the agent policy's bound max.{field} {}",
+            show(asked),
+            show(max)
         )));
     }
     let value = if asked > 0 { asked } else { default.min(max) };
