@@ -209,9 +209,7 @@ async fn authz(global: &Global, args: AuthzBenchArgs) -> Result<(), CliError> {
             "--members must be at least 1: the bench measures as a developer member",
         ));
     }
-    if std::env::var_os("PADDOCK_LOG").is_some() {
-        paddock_shared::telemetry::init();
-    }
+    paddock_shared::telemetry::init_quiet(&[]);
     let data_dir = std::env::temp_dir().join(format!(
         "paddock-bench-{}-{}",
         std::process::id(),

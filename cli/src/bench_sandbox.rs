@@ -71,9 +71,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> CliError {
 }
 
 pub async fn run(global: &Global, args: SandboxBenchArgs) -> Result<(), CliError> {
-    if std::env::var_os("PADDOCK_LOG").is_some() {
-        paddock_shared::telemetry::init();
-    }
+    paddock_shared::telemetry::init_quiet(&[]);
     let data_dir = std::env::temp_dir().join(format!(
         "paddock-bench-sandbox-{}-{}",
         std::process::id(),

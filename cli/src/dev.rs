@@ -312,7 +312,12 @@ pub fn database_url_from_env() -> Option<String> {
 }
 
 pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
-    paddock_shared::telemetry::init();
+    let telemetry = paddock_shared::telemetry::init(&[
+        "paddock-identity",
+        "paddock-authz",
+        "paddock-audit",
+        "paddock-sandbox-runner",
+    ]);
     let skip = parse_skip(&args.skip)?;
     if skip.len() == Service::ALL.len() {
         return Err(CliError::usage("--skip leaves no service to run"));
@@ -452,6 +457,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         r.shutdown().await;
     }
     stack.shutdown().await;
+    telemetry.shutdown().await;
     outcome
 }
 

@@ -91,6 +91,11 @@ impl CliError {
         Some(serde_json::json!({"code": code_name(code), "message": message}))
     }
 
+    /// Whether the error may come from a service (not a usage error).
+    pub fn from_a_call(&self) -> bool {
+        matches!(self, CliError::Failed { .. } | CliError::Undecided { .. })
+    }
+
     /// The stderr line, if any.
     pub fn render(&self) -> Option<String> {
         match self {

@@ -57,6 +57,10 @@ pub struct GlobalArgs {
         help_heading = HEADING
     )]
     pub output: Format,
+    /// Say more: the trace id of this run (to find its trace), printed
+    /// first on stderr.
+    #[arg(short = 'v', long, global = true, help_heading = HEADING)]
+    pub verbose: bool,
 }
 
 /// The settings a command runs with, resolved.

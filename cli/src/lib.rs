@@ -178,6 +178,14 @@ pub fn run() -> ExitCode {
         Ok(g) => g,
         Err(err) => return fail(&err, json),
     };
+    // One trace per run, for what the command asks of the services; `dev`
+    // and the benches serve and trace for themselves.
+    if !matches!(cli.command, Command::Dev(_) | Command::Bench(_)) {
+        let trace = paddock_shared::telemetry::start_process_trace();
+        if cli.global.verbose {
+            eprintln!("trace id: {trace}");
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -200,10 +208,20 @@ pub fn run() -> ExitCode {
 /// Prints the error (a `CODE: message` line, or a JSON object with `-o
 /// json`) and returns its exit code.
 fn fail(err: &CliError, json: bool) -> ExitCode {
+    // A refusal names the trace of the run, so the user can find it.
+    let trace = paddock_shared::telemetry::process_trace_id().filter(|_| err.from_a_call());
     let line = if json {
-        err.render_json().map(|v| v.to_string())
+        err.render_json().map(|mut v| {
+            if let Some(t) = &trace {
+                v["trace_id"] = t.as_str().into();
+            }
+            v.to_string()
+        })
     } else {
-        err.render()
+        err.render().map(|line| match &trace {
+            Some(t) => format!("{line}\ntrace id: {t}"),
+            None => line,
+        })
     };
     if let Some(line) = line {
         eprintln!("{line}");

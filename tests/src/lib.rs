@@ -187,7 +187,12 @@ impl Output {
 
 /// Runs `paddock dev` on port 0 with its data dir under `root`, its output
 /// appended to `root/dev.log`.
-fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child {
+fn spawn_dev(
+    root: &Path,
+    database_url: Option<&str>,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Child {
     let bin = paddock_bin();
     let log = OpenOptions::new()
         .create(true)
@@ -220,6 +225,9 @@ fn spawn_dev(root: &Path, database_url: Option<&str>, extra: &[String]) -> Child
         .env("XDG_CONFIG_HOME", root.join("config"))
         .env("HOME", root)
         .env("PADDOCK_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(root)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log handle"))
@@ -250,6 +258,7 @@ pub struct Dev {
     pub authz_endpoint: String,
     pub audit_endpoint: String,
     pub sandbox_endpoint: String,
+    env: Vec<(String, String)>,
     // Dropped last: the child is gone before its data dir is removed.
     dir: TempDir,
 }
@@ -264,6 +273,15 @@ impl Dev {
 
     /// [`Dev::start`] with more `paddock dev` arguments.
     pub fn start_with(backend: Backend, extra: &[String]) -> Dev {
+        Self::start_with_env(backend, extra, &[])
+    }
+
+    /// [`Dev::start_with`] with more environment variables for `paddock dev`.
+    pub fn start_with_env(backend: Backend, extra: &[String], env: &[(&str, &str)]) -> Dev {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(
@@ -275,7 +293,7 @@ impl Dev {
             ),
         };
         let dir = TempDir::new();
-        let child = spawn_dev(dir.path(), database_url.as_deref(), extra);
+        let child = spawn_dev(dir.path(), database_url.as_deref(), extra, &env);
         let mut dev = Dev {
             child,
             backend,
@@ -284,6 +302,7 @@ impl Dev {
             authz_endpoint: String::new(),
             audit_endpoint: String::new(),
             sandbox_endpoint: String::new(),
+            env,
             dir,
         };
         dev.wait_until_serving();
@@ -319,7 +338,12 @@ impl Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.data_dir().join("endpoints.json"));
-        self.child = spawn_dev(self.dir.path(), self.database_url.as_deref(), &[]);
+        self.child = spawn_dev(
+            self.dir.path(),
+            self.database_url.as_deref(),
+            &[],
+            &self.env,
+        );
         self.wait_until_serving();
     }
 

@@ -413,9 +413,77 @@ fn the_kill_switch_and_silent_input(backend: Backend) {
     let s = ended(&dev, &owner, &in_project);
     assert_eq!(s["end_reason"], "project_deleted", "{s:#}");
 
+    // Nobody runs an agent above their own role, and a demotion stops the
+    // sandboxes it no longer allows: an admin runs an admin agent, then is
+    // made a developer.
+    let invite = dev
+        .paddock(
+            Some(&owner),
+            &["member", "invite", "ops@acme.test", "--role", "admin"],
+        )
+        .json();
+    let code = invite["code"].as_str().expect("code").to_owned();
+    let admin = dev.paddock(None, &["member", "accept", &code]).json()["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    dev.paddock(Some(&admin), &["agent", "create", "ops", "--role", "admin"])
+        .json();
+    let ops_args = |detach: bool| {
+        let mut args = vec![
+            "run",
+            "--agent",
+            "ops",
+            "--project",
+            "web",
+            "--image",
+            IMAGE,
+        ];
+        if detach {
+            args.push("--detach");
+        }
+        args.push("--");
+        args.extend_from_slice(&idle);
+        args
+    };
+    let by_admin = dev.paddock(Some(&admin), &ops_args(true)).json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let by_admin_bot = detached(&dev, &admin, &[], &idle);
+    let dev_invite = dev
+        .paddock(
+            Some(&owner),
+            &["member", "invite", "low@acme.test", "--role", "developer"],
+        )
+        .json();
+    let code = dev_invite["code"].as_str().expect("code").to_owned();
+    let low = dev.paddock(None, &["member", "accept", &code]).json()["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let refused = dev.paddock(Some(&low), &ops_args(false));
+    let message = refused.failure("PERMISSION_DENIED");
+    assert!(
+        message.contains("above") && message.contains("admin"),
+        "{refused:#?}"
+    );
+    dev.paddock(
+        Some(&owner),
+        &["member", "set-role", "ops@acme.test", "developer"],
+    )
+    .json();
+    let s = ended(&dev, &owner, &by_admin);
+    assert_eq!(s["end_reason"], "access_revoked", "{s:#}");
+    assert!(
+        s["message"].as_str().unwrap_or("").contains("above"),
+        "{s:#}"
+    );
+    // The demoted member's run of an agent still within their role goes on.
+    assert_eq!(get(&dev, &owner, &by_admin_bot)["state"], "running");
+
     // A member removed from the organization: their sandboxes stop, the
-    // owner's keep running. (Role changes are rechecked the same way; no
-    // member role lacks agents.execute today.)
+    // owner's keep running.
     let invite = dev
         .paddock(
             Some(&owner),
@@ -444,18 +512,7 @@ fn the_kill_switch_and_silent_input(backend: Backend) {
     assert_eq!(get(&dev, &owner, &by_owner)["state"], "running");
 
     // The manual switch: sessions.manage only.
-    let developer = dev
-        .paddock(
-            Some(&owner),
-            &["member", "invite", "d2@acme.test", "--role", "developer"],
-        )
-        .json();
-    let code = developer["code"].as_str().expect("code").to_owned();
-    let developer = dev.paddock(None, &["member", "accept", &code]).json()["secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
-    dev.paddock(Some(&developer), &["sandbox", "stop", "--all"])
+    dev.paddock(Some(&low), &["sandbox", "stop", "--all"])
         .failure("PERMISSION_DENIED");
     let stopped = dev
         .paddock(

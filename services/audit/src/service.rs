@@ -4,6 +4,7 @@
 //! inside the caller's organization (another organization is NOT_FOUND).
 
 use std::pin::Pin;
+use tracing::Instrument;
 
 use futures_util::Stream;
 use paddock_proto::audit::v1::audit_service_server::AuditService;
@@ -532,7 +533,7 @@ impl AuditService for Audit {
                     return;
                 }
             }
-        });
+        }.in_current_span());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use paddock_proto::audit::v1::TailEventsResponse;
 use paddock_shared::db::Backend;
@@ -118,31 +119,34 @@ impl Tails {
             scanned,
             tx,
         };
-        tokio::spawn(async move {
-            let _following = following;
-            if !tail.catch_up().await {
-                return;
-            }
-            loop {
-                let commit = tokio::select! {
-                    _ = closing.wait_for(|c| *c) => return,
-                    _ = tail.tx.closed() => return,
-                    commit = commits.recv() => commit,
-                };
-                let more = match commit {
-                    Ok(commit) => match commit.get(&tail.org) {
-                        Some(update) => tail.pass_on(update).await,
-                        None => true,
-                    },
-                    // Commits were dropped for this tail: read them back.
-                    Err(broadcast::error::RecvError::Lagged(_)) => tail.catch_up().await,
-                    Err(broadcast::error::RecvError::Closed) => false,
-                };
-                if !more {
+        tokio::spawn(
+            async move {
+                let _following = following;
+                if !tail.catch_up().await {
                     return;
                 }
+                loop {
+                    let commit = tokio::select! {
+                        _ = closing.wait_for(|c| *c) => return,
+                        _ = tail.tx.closed() => return,
+                        commit = commits.recv() => commit,
+                    };
+                    let more = match commit {
+                        Ok(commit) => match commit.get(&tail.org) {
+                            Some(update) => tail.pass_on(update).await,
+                            None => true,
+                        },
+                        // Commits were dropped for this tail: read them back.
+                        Err(broadcast::error::RecvError::Lagged(_)) => tail.catch_up().await,
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    };
+                    if !more {
+                        return;
+                    }
+                }
             }
-        });
+            .in_current_span(),
+        );
         Ok(rx)
     }
 
@@ -155,31 +159,34 @@ impl Tails {
         mut closing: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let tails = self.clone();
-        tokio::spawn(async move {
-            let mut seen: HashMap<String, i64> = HashMap::new();
-            loop {
-                tokio::select! {
-                    _ = closing.wait_for(|c| *c) => return,
-                    _ = tokio::time::sleep(REPLICA_POLL) => {}
-                }
-                let orgs: Vec<String> = tails
-                    .followed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .keys()
-                    .cloned()
-                    .collect();
-                seen.retain(|org, _| orgs.contains(org));
-                for org in orgs {
-                    let Ok((head, _)) = store.head(&org).await else {
-                        continue;
-                    };
-                    if seen.insert(org.clone(), head) != Some(head) {
-                        tails.publish_head(&org, head);
+        tokio::spawn(
+            async move {
+                let mut seen: HashMap<String, i64> = HashMap::new();
+                loop {
+                    tokio::select! {
+                        _ = closing.wait_for(|c| *c) => return,
+                        _ = tokio::time::sleep(REPLICA_POLL) => {}
+                    }
+                    let orgs: Vec<String> = tails
+                        .followed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .keys()
+                        .cloned()
+                        .collect();
+                    seen.retain(|org, _| orgs.contains(org));
+                    for org in orgs {
+                        let Ok((head, _)) = store.head(&org).await else {
+                            continue;
+                        };
+                        if seen.insert(org.clone(), head) != Some(head) {
+                            tails.publish_head(&org, head);
+                        }
                     }
                 }
             }
-        })
+            .in_current_span(),
+        )
     }
 }
 

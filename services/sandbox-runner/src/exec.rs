@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -114,50 +115,53 @@ pub async fn run(
     let exec_for_input = exec_id.clone();
     let container_for_input = record.container_id.clone();
     let stdin_wanted = start.stdin;
-    let input_task = tokio::spawn(async move {
-        let mut open = stdin_wanted;
-        while let Some(Ok(msg)) = input.next().await {
-            match msg.message {
-                Some(In::Stdin(bytes)) if open && stdin.write_all(&bytes).await.is_err() => {
-                    open = false;
-                }
-                Some(In::CloseStdin(true)) if open => {
-                    let _ = stdin.shutdown().await;
-                    open = false;
-                }
-                Some(In::Signal(sig)) => {
-                    let sent = signal_exec(
-                        &docker_for_input,
-                        &exec_for_input,
-                        &container_for_input,
-                        sig,
-                    )
-                    .await;
-                    tracing::debug!(sig, ok = sent.is_ok(), "signalling an exec");
-                    if let Err(e) = sent {
-                        let _ = refusal_tx.send(e.into()).await;
-                        break;
+    let input_task = tokio::spawn(
+        async move {
+            let mut open = stdin_wanted;
+            while let Some(Ok(msg)) = input.next().await {
+                match msg.message {
+                    Some(In::Stdin(bytes)) if open && stdin.write_all(&bytes).await.is_err() => {
+                        open = false;
                     }
-                }
-                Some(In::Resize(TerminalSize { rows, columns })) => {
-                    let _ = docker_for_input
-                        .resize_exec(
+                    Some(In::CloseStdin(true)) if open => {
+                        let _ = stdin.shutdown().await;
+                        open = false;
+                    }
+                    Some(In::Signal(sig)) => {
+                        let sent = signal_exec(
+                            &docker_for_input,
                             &exec_for_input,
-                            bollard::exec::ResizeExecOptions {
-                                height: rows.min(u16::MAX as u32) as u16,
-                                width: columns.min(u16::MAX as u32) as u16,
-                            },
+                            &container_for_input,
+                            sig,
                         )
                         .await;
+                        tracing::debug!(sig, ok = sent.is_ok(), "signalling an exec");
+                        if let Err(e) = sent {
+                            let _ = refusal_tx.send(e.into()).await;
+                            break;
+                        }
+                    }
+                    Some(In::Resize(TerminalSize { rows, columns })) => {
+                        let _ = docker_for_input
+                            .resize_exec(
+                                &exec_for_input,
+                                bollard::exec::ResizeExecOptions {
+                                    height: rows.min(u16::MAX as u32) as u16,
+                                    width: columns.min(u16::MAX as u32) as u16,
+                                },
+                            )
+                            .await;
+                    }
+                    _ => {}
                 }
-                _ => {}
+            }
+            // The client went away or finished sending: end stdin.
+            if open {
+                let _ = stdin.shutdown().await;
             }
         }
-        // The client went away or finished sending: end stdin.
-        if open {
-            let _ = stdin.shutdown().await;
-        }
-    });
+        .in_current_span(),
+    );
 
     let timeout = start
         .timeout
@@ -166,149 +170,152 @@ pub async fn run(
         .filter(|d| !d.is_zero());
     let (tx, rx) = mpsc::channel::<Result<ExecResponse, Status>>(OUTPUT_BUFFER);
     let container = record.container_id.clone();
-    tokio::spawn(async move {
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut timed_out = false;
-        let mut refused = false;
-        // Docker reports a command it cannot start (not in the image, not
-        // executable) as output: held back and answered as an error.
-        let mut first = true;
-        let mut not_started: Option<String> = None;
-        let mut client_gone = false;
-        loop {
-            let expired = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
+    tokio::spawn(
+        async move {
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let mut timed_out = false;
+            let mut refused = false;
+            // Docker reports a command it cannot start (not in the image, not
+            // executable) as output: held back and answered as an error.
+            let mut first = true;
+            let mut not_started: Option<String> = None;
+            let mut client_gone = false;
+            loop {
+                let expired = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let next = tokio::select! {
+                    n = output.next() => n,
+                    _ = expired => {
+                        timed_out = true;
+                        kill_exec(&docker, &exec_id, &container).await;
+                        break;
+                    }
+                    Some(status) = refusals.recv() => {
+                        let _ = tx.send(Err(status)).await;
+                        kill_exec(&docker, &exec_id, &container).await;
+                        refused = true;
+                        break;
+                    }
+                    // The client is gone, or its stream was ended (its key was
+                    // revoked): stop the command now, not at its next output.
+                    _ = tx.closed() => {
+                        client_gone = true;
+                        kill_exec(&docker, &exec_id, &container).await;
+                        break;
+                    }
+                };
+                let Some(Ok(chunk)) = next else { break };
+                if std::mem::take(&mut first)
+                    && let Some(why) = start_failure(chunk.as_ref())
+                {
+                    not_started = Some(why);
+                    continue;
                 }
-            };
-            let next = tokio::select! {
-                n = output.next() => n,
-                _ = expired => {
-                    timed_out = true;
-                    kill_exec(&docker, &exec_id, &container).await;
-                    break;
-                }
-                Some(status) = refusals.recv() => {
-                    let _ = tx.send(Err(status)).await;
-                    kill_exec(&docker, &exec_id, &container).await;
-                    refused = true;
-                    break;
-                }
-                // The client is gone, or its stream was ended (its key was
-                // revoked): stop the command now, not at its next output.
-                _ = tx.closed() => {
+                let message = match chunk {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        if let Some(log) = &log {
+                            log.append(LogStream::Stdout, &message);
+                        }
+                        Out::Stdout(message.to_vec())
+                    }
+                    LogOutput::StdErr { message } => {
+                        if let Some(log) = &log {
+                            log.append(LogStream::Stderr, &message);
+                        }
+                        Out::Stderr(message.to_vec())
+                    }
+                    LogOutput::StdIn { .. } => continue,
+                };
+                if tx
+                    .send(Ok(ExecResponse {
+                        message: Some(message),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    // The client left: stop the command rather than run unseen.
                     client_gone = true;
                     kill_exec(&docker, &exec_id, &container).await;
                     break;
                 }
-            };
-            let Some(Ok(chunk)) = next else { break };
-            if std::mem::take(&mut first)
-                && let Some(why) = start_failure(chunk.as_ref())
-            {
-                not_started = Some(why);
-                continue;
             }
-            let message = match chunk {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    if let Some(log) = &log {
-                        log.append(LogStream::Stdout, &message);
-                    }
-                    Out::Stdout(message.to_vec())
-                }
-                LogOutput::StdErr { message } => {
-                    if let Some(log) = &log {
-                        log.append(LogStream::Stderr, &message);
-                    }
-                    Out::Stderr(message.to_vec())
-                }
-                LogOutput::StdIn { .. } => continue,
+            input_task.abort();
+            let exit_code = exit_code(&docker, &exec_id).await;
+            let duration = began.elapsed();
+            let exit = ExecExit {
+                exit_code: if timed_out { 137 } else { exit_code },
+                timed_out,
+                duration: Some(paddock_shared::time::proto_duration(duration)),
             };
-            if tx
-                .send(Ok(ExecResponse {
-                    message: Some(message),
-                }))
-                .await
-                .is_err()
-            {
-                // The client left: stop the command rather than run unseen.
-                client_gone = true;
-                kill_exec(&docker, &exec_id, &container).await;
-                break;
-            }
-        }
-        input_task.abort();
-        let exit_code = exit_code(&docker, &exec_id).await;
-        let duration = began.elapsed();
-        let exit = ExecExit {
-            exit_code: if timed_out { 137 } else { exit_code },
-            timed_out,
-            duration: Some(paddock_shared::time::proto_duration(duration)),
-        };
-        let outcome = if exit.exit_code == 0 {
-            Outcome::Success
-        } else {
-            Outcome::Failure
-        };
-        let not_started = not_started.filter(|_| matches!(exit.exit_code, 126 | 127));
-        let details = serde_json::json!({
-            "argv": truncated_argv(&start.command),
-            "exit_code": exit.exit_code,
-            "timed_out": timed_out,
-            "duration_ms": duration.as_millis() as u64,
-            "tty": start.tty,
-            "foreground": start.foreground,
-            "not_started": not_started,
-        });
-        runner
-            .audit(
-                Some(&caller),
-                "sandbox.exec",
-                &record.name(),
-                outcome,
-                details,
-            )
-            .await;
-        if start.foreground {
-            // A client that went away (`paddock run` interrupted or
-            // killed) ended the run: the sandbox goes with it.
-            let (reason, message) = match &not_started {
-                _ if client_gone => (
-                    EndReason::StoppedByUser,
-                    "the client running its foreground command went away".to_owned(),
-                ),
-                Some(why) => (
-                    EndReason::Exited,
-                    format!("the command could not be started: {why}"),
-                ),
-                None => (EndReason::Exited, String::new()),
+            let outcome = if exit.exit_code == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Failure
             };
+            let not_started = not_started.filter(|_| matches!(exit.exit_code, 126 | 127));
+            let details = serde_json::json!({
+                "argv": truncated_argv(&start.command),
+                "exit_code": exit.exit_code,
+                "timed_out": timed_out,
+                "duration_ms": duration.as_millis() as u64,
+                "tty": start.tty,
+                "foreground": start.foreground,
+                "not_started": not_started,
+            });
             runner
-                .end_foreground(
-                    &caller,
-                    &record,
-                    i64::from(exit.exit_code),
-                    reason,
-                    &message,
+                .audit(
+                    Some(&caller),
+                    "sandbox.exec",
+                    &record.name(),
+                    outcome,
+                    details,
                 )
                 .await;
+            if start.foreground {
+                // A client that went away (`paddock run` interrupted or
+                // killed) ended the run: the sandbox goes with it.
+                let (reason, message) = match &not_started {
+                    _ if client_gone => (
+                        EndReason::StoppedByUser,
+                        "the client running its foreground command went away".to_owned(),
+                    ),
+                    Some(why) => (
+                        EndReason::Exited,
+                        format!("the command could not be started: {why}"),
+                    ),
+                    None => (EndReason::Exited, String::new()),
+                };
+                runner
+                    .end_foreground(
+                        &caller,
+                        &record,
+                        i64::from(exit.exit_code),
+                        reason,
+                        &message,
+                    )
+                    .await;
+            }
+            if let Some(why) = not_started {
+                let _ = tx
+                    .send(Err(Status::failed_precondition(format!(
+                        "cannot start the command in {}: {why}",
+                        record.name()
+                    ))))
+                    .await;
+            } else if !refused {
+                let _ = tx
+                    .send(Ok(ExecResponse {
+                        message: Some(Out::Exit(exit)),
+                    }))
+                    .await;
+            }
         }
-        if let Some(why) = not_started {
-            let _ = tx
-                .send(Err(Status::failed_precondition(format!(
-                    "cannot start the command in {}: {why}",
-                    record.name()
-                ))))
-                .await;
-        } else if !refused {
-            let _ = tx
-                .send(Ok(ExecResponse {
-                    message: Some(Out::Exit(exit)),
-                }))
-                .await;
-        }
-    });
+        .in_current_span(),
+    );
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 

@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use paddock_proto::identity::v1::{LookupResourcesRequest, Principal, PrincipalKind};
 use paddock_proto::sandbox::v1::{EndReason, Sandbox, StopSandboxesRequest};
@@ -17,7 +18,7 @@ use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{child_name, parse_child, truncate};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::runner::Runner;
+use crate::runner::{Runner, above_runner};
 use crate::store::{self, Record};
 
 /// How often every running sandbox is checked even when nothing was heard.
@@ -146,6 +147,13 @@ pub async fn sweep(runner: &Arc<Runner>, admission: &Admission) -> Result<usize>
                             creator.display_name
                         ),
                     ));
+                } else if let Some(above) =
+                    above_runner(creator, &agent, found.get(&agent).and_then(Option::as_ref))
+                {
+                    why = Some((
+                        EndReason::AccessRevoked,
+                        format!("its creator may no longer run {above}"),
+                    ));
                 }
             }
             if let Some((reason, message)) = why {
@@ -162,7 +170,7 @@ pub async fn sweep(runner: &Arc<Runner>, admission: &Admission) -> Result<usize>
                     {
                         tracing::warn!(sandbox = id, error = %e, "the kill switch could not stop a sandbox");
                     }
-                });
+                }.in_current_span());
             }
         }
     }

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 use paddock_proto::sandbox::v1::{GetSandboxLogsResponse, LogStream, SandboxState};
 use paddock_shared::error::{Error, Result};
@@ -254,84 +255,87 @@ pub async fn stream(
         tail(kept, tail_bytes)
     };
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(async move {
-        let send = |f: Frame| {
-            let tx = tx.clone();
-            async move {
-                tx.send(Ok(GetSandboxLogsResponse {
-                    stream: f.stream as i32,
-                    data: f.data,
-                }))
-                .await
-                .is_ok()
-            }
-        };
-        for f in kept {
-            if !send(f).await {
-                return;
-            }
-        }
-        let Some(rx) = frames.as_mut() else { return };
-        let ended = async {
-            match state.as_mut() {
-                Some(s) => {
-                    let _ = s
-                        .wait_for(|s| {
-                            s.state == SandboxState::Stopped as i32
-                                || s.state == SandboxState::Failed as i32
-                        })
-                        .await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(ended);
-        let mut ending = false;
-        loop {
-            let next = if ending {
-                // The sandbox has ended: what is left, then the end.
-                match rx.try_recv() {
-                    Ok(f) => Ok(f),
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(_) => return,
-                }
-            } else {
-                tokio::select! {
-                    f = rx.recv() => f,
-                    _ = &mut ended => {
-                        ending = true;
-                        continue;
-                    }
-                    _ = tx.closed() => return,
+    tokio::spawn(
+        async move {
+            let send = |f: Frame| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(Ok(GetSandboxLogsResponse {
+                        stream: f.stream as i32,
+                        data: f.data,
+                    }))
+                    .await
+                    .is_ok()
                 }
             };
-            match next {
-                Ok(f) if last.is_some_and(|l| f.seq <= l) => {}
-                Ok(f) => {
-                    last = Some(f.seq);
-                    if !send(f).await {
-                        return;
-                    }
+            for f in kept {
+                if !send(f).await {
+                    return;
                 }
-                // Fell behind: catch up from the files.
-                Err(RecvError::Lagged(_)) => {
-                    let Ok(Ok(kept)) = tokio::task::spawn_blocking(read.clone()).await else {
-                        return;
-                    };
-                    for f in kept {
-                        if last.is_some_and(|l| f.seq <= l) {
+            }
+            let Some(rx) = frames.as_mut() else { return };
+            let ended = async {
+                match state.as_mut() {
+                    Some(s) => {
+                        let _ = s
+                            .wait_for(|s| {
+                                s.state == SandboxState::Stopped as i32
+                                    || s.state == SandboxState::Failed as i32
+                            })
+                            .await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(ended);
+            let mut ending = false;
+            loop {
+                let next = if ending {
+                    // The sandbox has ended: what is left, then the end.
+                    match rx.try_recv() {
+                        Ok(f) => Ok(f),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(_) => return,
+                    }
+                } else {
+                    tokio::select! {
+                        f = rx.recv() => f,
+                        _ = &mut ended => {
+                            ending = true;
                             continue;
                         }
+                        _ = tx.closed() => return,
+                    }
+                };
+                match next {
+                    Ok(f) if last.is_some_and(|l| f.seq <= l) => {}
+                    Ok(f) => {
                         last = Some(f.seq);
                         if !send(f).await {
                             return;
                         }
                     }
+                    // Fell behind: catch up from the files.
+                    Err(RecvError::Lagged(_)) => {
+                        let Ok(Ok(kept)) = tokio::task::spawn_blocking(read.clone()).await else {
+                            return;
+                        };
+                        for f in kept {
+                            if last.is_some_and(|l| f.seq <= l) {
+                                continue;
+                            }
+                            last = Some(f.seq);
+                            if !send(f).await {
+                                return;
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
                 }
-                Err(RecvError::Closed) => return,
             }
         }
-    });
+        .in_current_span(),
+    );
     Ok(rx)
 }
 

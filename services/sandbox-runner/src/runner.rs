@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use paddock_proto::audit::v1::{AuditEvent, Outcome};
 use paddock_proto::authz::v1::{GetEffectivePolicyRequest, HardeningRelaxations, NetworkMode};
@@ -578,6 +579,17 @@ impl Runner {
                 return Err(err);
             }
         }
+        if caller.kind == PrincipalKind::Member as i32 {
+            let agent = found
+                .iter()
+                .find(|f| f.name == spec.agent)
+                .and_then(|f| f.principal.as_ref());
+            if let Some(why) = above_runner(caller, &spec.agent, agent) {
+                let err = Error::PermissionDenied(format!("cannot run {why}"));
+                self.refused(caller, org, spec, &err).await;
+                return Err(err);
+            }
+        }
         Ok(())
     }
 
@@ -646,7 +658,7 @@ impl Runner {
             if let Err(e) = ended.await {
                 tracing::warn!(sandbox = id, error = %e, "cannot end the sandbox after its foreground command");
             }
-        });
+        }.in_current_span());
     }
 
     /// Why a sandbox's own command could not be started, from what the
@@ -877,11 +889,14 @@ impl Runner {
             .entry(id.clone())
             .or_insert_with(|| watch::channel(record.to_proto()).0);
         let runner = self.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = runner.run_supervisor(record).await {
-                tracing::error!(error = %e, "sandbox supervisor failed");
+        let task = tokio::spawn(
+            async move {
+                if let Err(e) = runner.run_supervisor(record).await {
+                    tracing::error!(error = %e, "sandbox supervisor failed");
+                }
             }
-        });
+            .in_current_span(),
+        );
         lock(&self.tasks).insert(id, task.abort_handle());
     }
 
@@ -905,9 +920,10 @@ impl Runner {
             Ok((log, resumed)) => {
                 let engine = engine.clone();
                 let container = container.clone();
-                Some(tokio::spawn(async move {
-                    engine.follow_logs(&container, &log, resumed).await
-                }))
+                Some(tokio::spawn(
+                    async move { engine.follow_logs(&container, &log, resumed).await }
+                        .in_current_span(),
+                ))
             }
             Err(e) => {
                 tracing::warn!(sandbox = id, error = %e, "the sandbox's output is not kept");
@@ -932,7 +948,7 @@ impl Runner {
                         if let Ok(engine) = runner.engine() {
                             let _ = engine.stop(&container, runner.tuning.stop_grace).await;
                         }
-                    });
+                    }.in_current_span());
                 }
                 _ = usage.tick() => {
                     if let Some((cpu, mem)) = engine.sample(&container).await {
@@ -1383,4 +1399,34 @@ pub fn container_name(org: &str, id: &str) -> String {
 
 pub fn network_name(id: &str) -> String {
     format!("paddock-{id}")
+}
+
+/// Nobody runs an agent whose role is above their own: its session token
+/// would act with permissions the member lacks. Checked at create against
+/// the caller's role and key role, and by the kill switch against the
+/// creator's current role, so a demotion stops what it no longer allows.
+/// Says why when `member` may not run `agent` (an agent without a
+/// principal is above everyone).
+pub(crate) fn above_runner(
+    member: &Principal,
+    agent_name: &str,
+    agent: Option<&Principal>,
+) -> Option<String> {
+    let role = agent.map_or("", |a| a.role.as_str());
+    let lacks =
+        paddock_shared::rbac::Grant::of(&member.role, &member.key_role, &[]).lacks_for(role);
+    if lacks.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "agent {}: its role ({}) is above {}'s own (lacking {})",
+        truncate(agent_name),
+        if role.is_empty() { "unknown" } else { role },
+        if member.display_name.is_empty() {
+            "the member"
+        } else {
+            member.display_name.as_str()
+        },
+        lacks.join(", ")
+    ))
 }

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use bollard::query_parameters::UploadToContainerOptions;
 use futures_util::{Stream, StreamExt};
@@ -361,7 +362,9 @@ impl SandboxService for Sandboxes {
         let caller = principal(&request)?;
         let guard = self.watches.open(&request)?;
         let req = request.into_inner();
-        let record = self.authorized(&caller, &req.name, Intent::Read).await?;
+        // The output may print what GetSandbox hides (env values): reading
+        // it is managing, so another's sandbox needs sessions.manage.
+        let record = self.authorized(&caller, &req.name, Intent::Manage).await?;
         let rx =
             crate::logs::stream(self.runner.clone(), record, req.follow, req.tail_bytes).await?;
         Ok(Response::new(
@@ -735,6 +738,6 @@ fn async_stream(
                 _ = &mut closing => return,
             }
         }
-    });
+    }.in_current_span());
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
 }

@@ -29,7 +29,7 @@ const MATRIX: &[(&str, &str, &str)] = &[
     ("UploadFiles", "OODO", "NNNN"),
     ("DownloadFiles", "OODO", "NNNN"),
     ("GetUsage", "OOOO", "NNNN"),
-    ("GetSandboxLogs", "OOOO", "NNNN"),
+    ("GetSandboxLogs", "OODO", "NNNN"),
     // Without sessions.manage the answer is the same for any organization,
     // one that does not exist included: nothing is learned.
     ("StopSandboxes", "OODD", "NNDD"),

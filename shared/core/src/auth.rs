@@ -20,7 +20,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::proto::audit::v1::{AuditEvent, Outcome};
 use crate::proto::authz::v1::authz_service_client::AuthzServiceClient;
@@ -32,7 +32,7 @@ use crate::proto::identity::v1::{
 };
 use crate::proto::{Access, access_for};
 use crate::secret::Secret;
-use crate::telemetry::{self, TraceContext};
+use crate::telemetry;
 use crate::token;
 
 /// The upper bound on how long a resolved principal or decision is reused.
@@ -256,10 +256,7 @@ impl Interceptor for BearerAuth {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
         }
-        let ctx = telemetry::current().map_or_else(TraceContext::root, |c| c.child());
-        if let Ok(v) = MetadataValue::try_from(ctx.traceparent()) {
-            req.metadata_mut().insert("traceparent", v);
-        }
+        telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }
@@ -839,21 +836,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = self.admission.clone();
-        let incoming = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse);
-        let ctx = incoming.map_or_else(TraceContext::root, |c| c.child());
-        let span =
-            tracing::info_span!("rpc", path = %req.uri().path(), trace_id = %ctx.trace_id_hex());
+        let span = server_span(&req);
         let fut = async move {
             // The refusal owns what it needs, so `req` is free again below;
             // the path is copied only for the audit details of a refusal.
             let admitted = admission.admit(req.uri().path(), req.headers()).await;
             match admitted {
                 Ok(principal) => {
-                    req.extensions_mut().insert(ctx);
                     if let Some(p) = principal {
                         req.extensions_mut().insert(Caller(p));
                         if let Ok(token) = bearer_token(req.headers()) {
@@ -932,7 +921,65 @@ where
                 }
             }
         };
-        Box::pin(telemetry::with_trace(ctx, fut).instrument(span))
+        Box::pin(
+            async move {
+                let response = fut.await;
+                if let Ok(r) = &response {
+                    record_status(r.headers());
+                }
+                response
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The server span of one RPC, after the RPC semantic conventions,
+/// continuing the caller's trace.
+fn server_span(req: &http::Request<tonic::body::Body>) -> Span {
+    let path = req.uri().path();
+    let (service, method) = telemetry::rpc_parts(path);
+    let local = req
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|c| c.local_addr());
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(addr) = local {
+        span.record("server.address", tracing::field::display(addr.ip()));
+        span.record("server.port", i64::from(addr.port()));
+    }
+    telemetry::continue_trace(&span, req.headers(), telemetry::service_of(path));
+    if let Some(trace) = span.in_scope(telemetry::current_trace_id) {
+        span.record("trace_id", trace);
+    }
+    span
+}
+
+/// Records the gRPC status of a response on the current (server) span:
+/// from `grpc-status` in the headers (a refusal or a trailers-only error),
+/// else OK.
+fn record_status(headers: &http::HeaderMap) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    let span = Span::current();
+    span.record("rpc.grpc.status_code", i64::from(code));
+    if code != 0 {
+        span.record("otel.status_code", "ERROR");
     }
 }
 
@@ -1016,12 +1063,15 @@ mod tests {
 
     #[derive(Default)]
     struct RecordingAuthz {
-        seen: Mutex<Vec<Option<TraceContext>>>,
+        seen: Mutex<Vec<Option<String>>>,
     }
 
     impl Authorizer for Arc<RecordingAuthz> {
         fn check(&self, _req: CheckRequest) -> BoxFuture<'_, Result<CheckResponse, Status>> {
-            self.seen.lock().unwrap().push(telemetry::current());
+            self.seen
+                .lock()
+                .unwrap()
+                .push(telemetry::current_trace_id());
             Box::pin(async {
                 Ok(CheckResponse {
                     allowed: true,
@@ -1102,14 +1152,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_trace_context_follows_the_request() {
+        use opentelemetry::trace::TracerProvider as _;
         use tower::{Layer, Service, ServiceExt};
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
         let authz = Arc::new(RecordingAuthz::default());
         let admission = Admission::new(Arc::new(FixedIdentity(member())), Arc::new(authz.clone()));
         let inner = tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
-            let ctx = *req
-                .extensions()
-                .get::<TraceContext>()
-                .expect("trace context");
             let caller = req
                 .extensions()
                 .get::<Caller>()
@@ -1118,6 +1173,7 @@ mod tests {
                 .id
                 .clone();
             assert_eq!(caller, "m1");
+            assert_eq!(telemetry::current_trace_id().as_deref(), Some(TRACE));
             // What a client call made by the handler would send on.
             let outgoing = Interceptor::call(&mut BearerAuth::anonymous(), tonic::Request::new(()))
                 .expect("intercept");
@@ -1125,26 +1181,25 @@ mod tests {
                 .metadata()
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
-                .and_then(TraceContext::parse)
-                .expect("sent");
-            assert_eq!(sent.trace_id, ctx.trace_id);
+                .expect("sent")
+                .to_owned();
+            assert!(sent.starts_with(&format!("00-{TRACE}-")), "{sent}");
             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
         let mut svc = AdmissionLayer::new(admission).layer(inner);
-        let incoming = TraceContext::root();
         let (_, token) = token::mint(token::TokenKind::ApiKey);
         let req = http::Request::builder()
             .uri("/paddock.identity.v1.IdentityService/ListProjects")
             .header("authorization", format!("Bearer {token}"))
-            .header("traceparent", incoming.traceparent())
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
             .body(tonic::body::Body::empty())
             .unwrap();
         svc.ready().await.unwrap().call(req).await.unwrap();
         let seen = authz.seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 1);
         assert_eq!(
-            seen[0].map(|c| c.trace_id),
-            Some(incoming.trace_id),
+            seen[0].as_deref(),
+            Some(TRACE),
             "the authz call carries the caller's trace"
         );
     }

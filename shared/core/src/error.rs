@@ -96,7 +96,7 @@ impl From<Error> for Status {
             Error::Unavailable(m) => (Code::Unavailable, m),
             Error::Database(e) => return database_status(&e),
             Error::Internal(m) => {
-                let trace = crate::telemetry::current_trace_id();
+                let trace = crate::telemetry::trace_id_or_dash();
                 tracing::error!(trace_id = %trace, cause = %m, "internal error");
                 (Code::Internal, format!("internal error (trace id {trace})"))
             }
@@ -111,7 +111,7 @@ fn database_status(err: &sqlx::Error) -> Status {
     {
         return Status::already_exists("a resource with that name already exists");
     }
-    let trace = crate::telemetry::current_trace_id();
+    let trace = crate::telemetry::trace_id_or_dash();
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             tracing::error!(trace_id = %trace, cause = %err, "database unavailable");

@@ -48,9 +48,7 @@ pub fn event(
         resource: resource.to_owned(),
         outcome: outcome as i32,
         source_service: source.to_owned(),
-        trace_id: crate::telemetry::current()
-            .map(|c| c.trace_id_hex())
-            .unwrap_or_default(),
+        trace_id: crate::telemetry::current_trace_id().unwrap_or_default(),
         details_json: "{}".to_owned(),
         ..Default::default()
     }

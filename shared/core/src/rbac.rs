@@ -273,6 +273,24 @@ impl Grant {
             .map_or(PermissionSet::all(), Role::permissions);
         role.intersect(key).intersect(self.scope)
     }
+
+    /// The permissions of role `other` that this grant's role and key role
+    /// do not hold: empty when `other` is not above them. The scope is left
+    /// out: it narrows which calls a key makes, not whom it acts for. An
+    /// unknown role is above everyone (it lacks every permission).
+    pub fn lacks_for(&self, other: &str) -> Vec<&'static str> {
+        let mine = self
+            .role
+            .map_or(PermissionSet::EMPTY, Role::permissions)
+            .intersect(
+                self.key_role
+                    .map_or(PermissionSet::all(), Role::permissions),
+            );
+        match Role::parse(other) {
+            Some(theirs) => PermissionSet(theirs.permissions().0 & !mine.0).names(),
+            None => PermissionSet::all().names(),
+        }
+    }
 }
 
 /// The link of the chain that decided.

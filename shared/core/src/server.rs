@@ -245,7 +245,7 @@ macro_rules! service_main {
 
         #[tokio::main]
         async fn main() -> Result<(), $lib::StartError> {
-            $crate::telemetry::init();
+            let telemetry = $crate::telemetry::init(&[$bin]);
             let mut cli = <Cli as clap::Parser>::parse();
             if cli.config.database_url.is_none() {
                 cli.config.database_url =
@@ -261,6 +261,7 @@ macro_rules! service_main {
             let server = $lib::start(&cli.config, &token).await?;
             $crate::server::shutdown_signal().await;
             server.shutdown().await;
+            telemetry.shutdown().await;
             Ok(())
         }
     };

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{broadcast, oneshot};
@@ -249,10 +250,13 @@ impl Guard {
             permit,
         } = self;
         let (tx, rx) = oneshot::channel();
-        let check = tokio::spawn(async move {
-            let status = until_unauthenticated(authn, changes, principal, token).await;
-            let _ = tx.send(status);
-        });
+        let check = tokio::spawn(
+            async move {
+                let status = until_unauthenticated(authn, changes, principal, token).await;
+                let _ = tx.send(status);
+            }
+            .in_current_span(),
+        );
         let state = Served {
             inner: Box::pin(stream),
             revoked: Some(rx),

@@ -1,144 +1,407 @@
-//! Logging and W3C trace context. Servers read `traceparent` from incoming
-//! metadata (or start a trace), keep it in a task-local for the request, and
-//! every Paddock client writes it into outgoing metadata, so one trace id
-//! follows a request through every hop. OTLP export plugs in here.
+//! Logs and traces. `tracing` spans become OpenTelemetry spans through
+//! `tracing-opentelemetry`; the W3C trace context travels in gRPC metadata
+//! (`traceparent`), read by the server stack and written by every Paddock
+//! client, so one trace id follows a request through every hop, every task
+//! it spawns and every audit event it causes.
+//!
+//! Configuration is OpenTelemetry's own environment: an OTLP/gRPC exporter
+//! runs only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is
+//! set and `OTEL_SDK_DISABLED` is not `true`; `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_TRACES_SAMPLER`/`_ARG` are read by
+//! the SDK. Without an exporter spans are not recorded (their ids still
+//! flow, for logs and audit). One process may serve several services
+//! (`paddock dev`): each span is exported under the `service.name` of the
+//! service whose request it belongs to.
 
-use std::fmt;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use rand::Rng;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracerProvider, Span as SdkSpan, SpanData, SpanProcessor,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Initializes `tracing` once per process; `PADDOCK_LOG` (or `RUST_LOG`)
-/// sets the filter, default `info`. Colours only on a terminal, and never
-/// with `NO_COLOR` set: logs piped to a file or journald stay plain text.
-pub fn init() {
+mod json;
+
+/// The attribute that carries a span's service from its start to its
+/// export; never exported itself.
+const ROUTE: &str = "paddock.route";
+
+/// The service a span belongs to, kept in the OpenTelemetry context of a
+/// request's server span, so every span below it inherits it.
+#[derive(Debug, Clone, Copy)]
+struct ServiceName(&'static str);
+
+/// What `init` set up; `shutdown` flushes the exporter.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
+/// Initializes logging and tracing once per process, for the services it
+/// serves (`paddock-identity`, …; none for a tool). `PADDOCK_LOG` (or
+/// `RUST_LOG`) sets the filter, default `info`; `PADDOCK_LOG_FORMAT=json`
+/// writes one JSON object per line with `trace_id` and `span_id`. Colours
+/// only on a terminal, never with `NO_COLOR`. An exporter that cannot be
+/// built is reported and left out: telemetry never stops a service.
+pub fn init(services: &[&'static str]) -> &'static Telemetry {
+    init_with(services, false)
+}
+
+/// As [`init`], logging nothing unless `PADDOCK_LOG` says otherwise: for
+/// tests and benches, which still want traces.
+pub fn init_quiet(services: &[&'static str]) -> &'static Telemetry {
+    init_with(services, true)
+}
+
+fn init_with(services: &[&'static str], quiet: bool) -> &'static Telemetry {
+    TELEMETRY.get_or_init(|| {
+        let (provider, exporting, problem) = provider(services);
+        let tracer = provider.tracer("paddock");
+        install_subscriber(tracer, quiet);
+        if let Some(problem) = problem {
+            tracing::warn!("{problem}; traces are not exported");
+        }
+        Telemetry {
+            provider,
+            exporting,
+        }
+    })
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports what is buffered and stops the exporter, off the async
+    /// runtime (the exporter needs it to make progress).
+    pub async fn shutdown(&'static self) {
+        if !self.exporting {
+            return;
+        }
+        let provider = self.provider.clone();
+        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "flushing traces at shutdown");
+        }
+    }
+
+    /// Exports what is buffered now, without stopping.
+    pub async fn flush(&'static self) {
+        if !self.exporting {
+            return;
+        }
+        let provider = self.provider.clone();
+        let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The tracer provider: with an exporter per service when OTLP is
+/// configured, else one that records nothing and only hands out ids.
+fn provider(services: &[&'static str]) -> (SdkTracerProvider, bool, Option<String>) {
+    let silent = || {
+        SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build()
+    };
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let configured = env("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .is_some();
+    if disabled || !configured {
+        return (silent(), false, None);
+    }
+    let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "grpc".to_owned());
+    if protocol.trim() != "grpc" {
+        return (
+            silent(),
+            false,
+            Some(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported: Paddock exports OTLP over gRPC only"
+            )),
+        );
+    }
+    match Router::new(services) {
+        Ok(router) => (
+            SdkTracerProvider::builder()
+                .with_span_processor(router)
+                .build(),
+            true,
+            None,
+        ),
+        Err(e) => (silent(), false, Some(format!("OTLP exporter: {e}"))),
+    }
+}
+
+fn install_subscriber(tracer: opentelemetry_sdk::trace::SdkTracer, quiet: bool) {
     use std::io::IsTerminal;
-    let filter = std::env::var("PADDOCK_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::Layer;
+    let filter = env("PADDOCK_LOG")
+        .or_else(|| env("RUST_LOG"))
+        .unwrap_or_else(|| if quiet { "off" } else { "info" }.to_owned());
+    let filter = tracing_subscriber::EnvFilter::new(filter);
+    // Spans are traced at info whatever the log filter says, so trace ids
+    // reach audit events even when nothing is logged.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_level(false)
         .with_target(false)
-        .try_init();
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(otel);
+    let json = env("PADDOCK_LOG_FORMAT").is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    let _ = if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(json::JsonWithTrace)
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init()
+    } else {
+        let colour = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(colour)
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_filter(filter),
+            )
+            .try_init()
+    };
+    tracing::dispatcher::get_default(|d| {
+        let _ = json::DISPATCH.set(d.downgrade());
+    });
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 }
 
-/// A W3C trace context: trace id, parent span id and flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub sampled: bool,
+/// Hands each ended span to the exporter of its service, so every service
+/// of a process is exported under its own `service.name`.
+#[derive(Debug)]
+struct Router {
+    /// Spans outside any service's request (a tool, a background task).
+    fallback: &'static str,
+    routes: HashMap<&'static str, BatchSpanProcessor>,
 }
 
-impl TraceContext {
-    /// A new trace.
-    pub fn root() -> Self {
-        let mut rng = rand::rng();
-        Self {
-            trace_id: rng.random(),
-            span_id: rng.random(),
-            sampled: true,
+impl Router {
+    fn new(services: &[&'static str]) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+        let fallback = services.first().copied().unwrap_or("paddock");
+        let own_name = services.len() <= 1;
+        let mut routes = HashMap::new();
+        for service in services.iter().copied().chain([fallback]) {
+            if routes.contains_key(service) {
+                continue;
+            }
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?;
+            let mut processor = BatchSpanProcessor::builder(exporter).build();
+            // A lone service answers to OTEL_SERVICE_NAME; several in one
+            // process keep their own names.
+            let resource = if own_name && env("OTEL_SERVICE_NAME").is_some() {
+                Resource::builder().build()
+            } else {
+                Resource::builder().with_service_name(service).build()
+            };
+            processor.set_resource(&resource);
+            routes.insert(service, processor);
+        }
+        Ok(Self { fallback, routes })
+    }
+
+    fn route(&self, name: &str) -> Option<&BatchSpanProcessor> {
+        self.routes
+            .get(name)
+            .or_else(|| self.routes.get(self.fallback))
+    }
+}
+
+impl SpanProcessor for Router {
+    fn on_start(&self, span: &mut SdkSpan, cx: &Context) {
+        use opentelemetry::trace::Span as _;
+        let service = cx.get::<ServiceName>().map_or(self.fallback, |s| s.0);
+        span.set_attribute(KeyValue::new(ROUTE, service));
+    }
+
+    fn on_end(&self, mut span: SpanData) {
+        let mut service = String::new();
+        span.attributes.retain(|kv| {
+            if kv.key.as_str() == ROUTE {
+                service = kv.value.as_str().into_owned();
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(p) = self.route(&service) {
+            p.on_end(span);
         }
     }
 
-    /// The same trace with a new span, for the next hop.
-    pub fn child(&self) -> Self {
-        Self {
-            span_id: rand::rng().random(),
-            ..*self
+    fn force_flush(&self) -> OTelSdkResult {
+        for p in self.routes.values() {
+            p.force_flush()?;
         }
+        Ok(())
     }
 
-    /// Parses a `traceparent` header (version 00).
-    pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
-        let (version, trace, span, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || parts.next().is_some() {
-            return None;
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let mut result = Ok(());
+        for p in self.routes.values() {
+            if let Err(e) = p.shutdown_with_timeout(timeout) {
+                result = Err(e);
+            }
         }
-        let trace_id: [u8; 16] = hex(trace)?.try_into().ok()?;
-        let span_id: [u8; 8] = hex(span)?.try_into().ok()?;
-        let flags = hex(flags)?;
-        if trace_id == [0; 16] || span_id == [0; 8] || flags.len() != 1 {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            span_id,
-            sampled: flags[0] & 1 == 1,
-        })
+        result
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        to_hex(&self.trace_id)
-    }
+    // Each route keeps the resource of its own service.
+    fn set_resource(&mut self, _resource: &Resource) {}
+}
 
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&self.span_id),
-            u8::from(self.sampled)
+/// The service a gRPC path belongs to (`/paddock.identity.v1.…` →
+/// `paddock-identity`), for spans' `service.name`.
+pub fn service_of(path: &str) -> Option<&'static str> {
+    let package = path.trim_start_matches('/').split('.').nth(1)?;
+    Some(match package {
+        "identity" => "paddock-identity",
+        "authz" => "paddock-authz",
+        "audit" => "paddock-audit",
+        "sandbox" => "paddock-sandbox-runner",
+        _ => return None,
+    })
+}
+
+/// `(rpc.service, rpc.method)` of a gRPC path.
+pub fn rpc_parts(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .rsplit_once('/')
+        .unwrap_or((path, ""))
+}
+
+/// Makes `span` (a server span) continue the trace in `headers`, if any,
+/// and marks it, with what runs below it, as `service`'s.
+pub fn continue_trace(
+    span: &tracing::Span,
+    headers: &http::HeaderMap,
+    service: Option<&'static str>,
+) {
+    let mut parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if let Some(service) = service {
+        parent = parent.with_value(ServiceName(service));
+    }
+    let _ = span.set_parent(parent);
+}
+
+/// The trace of a command-line tool, for the calls it makes outside any
+/// span.
+static PROCESS_TRACE: OnceLock<SpanContext> = OnceLock::new();
+
+/// Starts the one trace of a tool's run (the `paddock` CLI): every call it
+/// makes outside a span carries it, sampled, so services that export record
+/// it. Returns its trace id, for the user to find the trace.
+pub fn start_process_trace() -> String {
+    use opentelemetry::trace::{TraceFlags, TraceState};
+    use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+    let ids = RandomIdGenerator::default();
+    let sc = PROCESS_TRACE.get_or_init(|| {
+        SpanContext::new(
+            ids.new_trace_id(),
+            ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
         )
+    });
+    sc.trace_id().to_string()
+}
+
+/// The trace id of this tool's run, once started.
+pub fn process_trace_id() -> Option<String> {
+    PROCESS_TRACE.get().map(|sc| sc.trace_id().to_string())
+}
+
+/// Writes the current trace context (the current span's, else the tool's
+/// run) into outgoing metadata.
+pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    let mut cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid()
+        && let Some(sc) = PROCESS_TRACE.get()
+    {
+        cx = Context::new().with_remote_span_context(sc.clone());
+    }
+    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
+}
+
+/// The span context of the current span (invalid outside any).
+pub fn current_span_context() -> SpanContext {
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone()
+}
+
+/// The current trace id (32 hex digits), if there is a trace.
+pub fn current_trace_id() -> Option<String> {
+    let sc = current_span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The current trace id, or `-` outside a trace (for messages).
+pub fn trace_id_or_dash() -> String {
+    current_trace_id().unwrap_or_else(|| "-".to_owned())
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
     }
 }
 
-impl fmt::Display for TraceContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.traceparent())
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(k, v);
+        }
     }
-}
-
-fn hex(s: &str) -> Option<Vec<u8>> {
-    crate::hex::decode(s)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    crate::hex::encode(bytes)
-}
-
-tokio::task_local! {
-    static CURRENT: TraceContext;
-}
-
-/// Runs `fut` with `ctx` as the current trace context.
-pub async fn with_trace<F: Future>(ctx: TraceContext, fut: F) -> F::Output {
-    CURRENT.scope(ctx, fut).await
-}
-
-/// The current request's trace context, if any.
-pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(|c| *c).ok()
-}
-
-/// The current trace id, or `-` outside a request.
-pub fn current_trace_id() -> String {
-    current().map_or_else(|| "-".to_owned(), |c| c.trace_id_hex())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_round_trips() {
-        let ctx = TraceContext::root();
-        assert_eq!(TraceContext::parse(&ctx.traceparent()), Some(ctx));
-        let child = ctx.child();
-        assert_eq!(child.trace_id, ctx.trace_id);
-        assert_ne!(child.span_id, ctx.span_id);
-        assert!(
-            TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01")
-                .is_none()
-        );
-        assert!(TraceContext::parse("garbage").is_none());
-        assert!(
-            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-                .is_some()
-        );
-    }
-}
+mod tests;

@@ -189,9 +189,7 @@ impl Stack {
         last_used_flush: Duration,
         identity_audits: bool,
     ) -> Stack {
-        if std::env::var_os("PADDOCK_LOG").is_some() {
-            paddock_shared::telemetry::init();
-        }
+        paddock_shared::telemetry::init_quiet(&[]);
         let dir = TempDir::new();
         let database_url = database_url(backend).await;
         let service_token =

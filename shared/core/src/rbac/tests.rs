@@ -190,3 +190,21 @@ fn unknown_permissions_and_scopes() {
     assert_eq!(scope_permissions(&["nope".into()]), Err("nope".into()));
     assert_eq!(scope_permissions(&[]).unwrap(), PermissionSet::all());
 }
+
+#[test]
+fn nobody_acts_for_a_role_above_their_own() {
+    assert!(grant(Role::Developer).lacks_for("agent").is_empty());
+    assert!(grant(Role::Admin).lacks_for("admin").is_empty());
+    assert!(grant(Role::Owner).lacks_for("owner").is_empty());
+    let lacks = grant(Role::Developer).lacks_for("admin");
+    assert!(lacks.contains(&"agents.manage"), "{lacks:?}");
+    assert!(!lacks.contains(&"projects.read"), "{lacks:?}");
+    // The key's role bounds it too; its scope does not.
+    let key = Grant::of("owner", "developer", &["ci-cd".to_owned()]);
+    assert!(key.lacks_for("developer").is_empty());
+    assert!(key.lacks_for("agent").is_empty());
+    assert!(!key.lacks_for("admin").is_empty());
+    // An unknown role is above everyone; no role holds nothing.
+    assert!(!grant(Role::Owner).lacks_for("root").is_empty());
+    assert!(!Grant::of("", "", &[]).lacks_for("agent").is_empty());
+}
