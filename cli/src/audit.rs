@@ -11,10 +11,10 @@ use paddock_proto::audit::v1::{
     UpdateAuditSettingsRequest, VerifyChainRequest, VerifyPlatformChainRequest,
 };
 use paddock_shared::auth::{self, BearerAuth};
+use paddock_shared::client::Channel;
 use paddock_shared::secret::Secret;
 use serde_json::{Value, json};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::Global;

@@ -27,10 +27,10 @@ use paddock_proto::identity::v1::{
     Project,
 };
 use paddock_shared::auth::{AuthzClient, BearerAuth, IdentityClient, lazy_channel};
+use paddock_shared::client::Channel;
 use paddock_shared::secret::Secret;
 use serde_json::{Value, json};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;

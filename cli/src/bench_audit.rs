@@ -382,7 +382,7 @@ async fn raw_inserts(
 }
 
 type AuditClient = AuditServiceClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerAuth>,
+    tonic::service::interceptor::InterceptedService<paddock_shared::client::Channel, BearerAuth>,
 >;
 
 async fn appends(

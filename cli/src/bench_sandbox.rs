@@ -485,7 +485,10 @@ async fn docker_true(engine: &Engine, container: &str) -> Result<(), CliError> {
 
 async fn sandbox_true(
     client: &mut SandboxServiceClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerAuth>,
+        tonic::service::interceptor::InterceptedService<
+            paddock_shared::client::Channel,
+            BearerAuth,
+        >,
     >,
     name: &str,
 ) -> Result<(), CliError> {

@@ -15,10 +15,10 @@ use paddock_proto::authz::v1::{
     UpdateSecuritySettingsRequest,
 };
 use paddock_shared::auth::{self, BearerAuth};
+use paddock_shared::client::Channel;
 use serde_json::Value;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use crate::commands::Ctx;
 use crate::error::CliError;

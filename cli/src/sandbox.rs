@@ -12,11 +12,11 @@ use paddock_proto::authz::v1::{NetworkMode, ResourceLimits};
 use paddock_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 use paddock_proto::sandbox::v1::*;
 use paddock_shared::auth::{self, BearerAuth};
+use paddock_shared::client::Channel;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use crate::commands::{Ctx, all_pages, print_deleted};
 use crate::error::CliError;

@@ -170,7 +170,24 @@ impl Output {
             .as_object()
             .map(|o| o.keys().collect())
             .unwrap_or_default();
-        assert_eq!(keys, ["code", "message"], "{self:#?}");
+        // An error from a call names the trace of the run; a usage error
+        // made no call.
+        match keys.as_slice() {
+            [c, m] => assert_eq!((c.as_str(), m.as_str()), ("code", "message"), "{self:#?}"),
+            [c, m, t] => {
+                assert_eq!(
+                    (c.as_str(), m.as_str(), t.as_str()),
+                    ("code", "message", "trace_id"),
+                    "{self:#?}"
+                );
+                let trace = err["trace_id"].as_str().unwrap_or_default();
+                assert!(
+                    trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{self:#?}"
+                );
+            }
+            _ => panic!("unexpected error object: {self:#?}"),
+        }
         err["message"]
             .as_str()
             .unwrap_or_else(|| panic!("no message: {self:#?}"))

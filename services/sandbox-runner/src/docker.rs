@@ -285,6 +285,7 @@ impl Engine {
     /// the image's own /etc/passwd and /etc/group (read from a container
     /// created, never started, for the purpose; cached per image id).
     /// None when the image names no user.
+    #[tracing::instrument(name = "docker.image.inspect", skip_all, fields(otel.kind = "client"))]
     pub async fn image_user(
         &self,
         image: &str,
@@ -420,6 +421,7 @@ impl Engine {
     }
 
     /// Creates a container (not started); returns its id.
+    #[tracing::instrument(name = "docker.container.create", skip_all, fields(otel.kind = "client"))]
     pub async fn create(&self, plan: &ContainerPlan) -> Result<String, Error> {
         let created = self
             .docker
@@ -447,6 +449,7 @@ impl Engine {
     }
 
     /// Starts a created container; one that does not start is removed.
+    #[tracing::instrument(name = "docker.container.start", skip_all, fields(otel.kind = "client"))]
     pub async fn start(&self, id: &str) -> Result<(), Error> {
         if let Err(e) = self.docker.start_container(id, None).await {
             let _ = self.remove(id).await;
@@ -457,6 +460,7 @@ impl Engine {
 
     /// SIGTERM, then SIGKILL after `grace`. A container already stopped or
     /// gone is fine.
+    #[tracing::instrument(name = "docker.container.stop", skip_all, fields(otel.kind = "client"))]
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), Error> {
         let options = StopContainerOptions {
             t: Some(grace.as_secs().max(1).min(i32::MAX as u64) as i32),
@@ -470,6 +474,7 @@ impl Engine {
     }
 
     /// Removes a container (and its anonymous volumes), running or not.
+    #[tracing::instrument(name = "docker.container.remove", skip_all, fields(otel.kind = "client"))]
     pub async fn remove(&self, id: &str) -> Result<(), Error> {
         let options = RemoveContainerOptions {
             force: true,
@@ -541,6 +546,7 @@ impl Engine {
     }
 
     /// The container's state, or `None` when it is gone.
+    #[tracing::instrument(name = "docker.container.inspect", skip_all, fields(otel.kind = "client"))]
     pub async fn state(&self, id: &str) -> Result<Option<ContainerState>, Error> {
         match self
             .docker
@@ -603,6 +609,7 @@ impl Engine {
     }
 
     /// A bridge network of one sandbox, with no traffic between sandboxes.
+    #[tracing::instrument(name = "docker.network.create", skip_all, fields(otel.kind = "client"))]
     pub async fn create_network(
         &self,
         name: &str,
@@ -631,6 +638,7 @@ impl Engine {
             .map_err(|e| self.fail("creating the sandbox network", e))
     }
 
+    #[tracing::instrument(name = "docker.network.remove", skip_all, fields(otel.kind = "client"))]
     pub async fn remove_network(&self, name: &str) -> Result<(), Error> {
         match self.docker.remove_network(name).await {
             Ok(()) => Ok(()),
@@ -661,6 +669,7 @@ impl Engine {
             .collect())
     }
 
+    #[tracing::instrument(name = "docker.volume.remove", skip_all, fields(otel.kind = "client"))]
     pub async fn remove_volume(&self, name: &str) -> Result<(), Error> {
         match self
             .docker

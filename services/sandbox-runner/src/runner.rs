@@ -707,6 +707,7 @@ impl Runner {
     /// The workspace's file system (mkfs and a loop mount: tens of
     /// milliseconds) is made while everything else is prepared and the
     /// container created; the container starts once both are done.
+    #[tracing::instrument(name = "sandbox.start", skip_all, fields(sandbox = %record.id))]
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
@@ -747,6 +748,7 @@ impl Runner {
 
     /// Everything but the workspace's file system: token, credentials,
     /// caches, network, and the container, created but not started.
+    #[tracing::instrument(name = "sandbox.prepare", skip_all, fields(sandbox = %record.id))]
     #[allow(clippy::too_many_arguments)]
     async fn create_container(
         &self,
@@ -1071,6 +1073,7 @@ impl Runner {
     }
 
     /// [`Runner::stop`], saying why in the record's message.
+    #[tracing::instrument(name = "sandbox.stop", skip_all, fields(sandbox = %record.id, reason = ?reason))]
     pub async fn stop_because(
         self: &Arc<Self>,
         caller: Option<&Principal>,
@@ -1154,6 +1157,7 @@ impl Runner {
 
     /// Ends a sandbox once: records the final state and removes its
     /// container, network, token, credentials and (unless kept) workspace.
+    #[tracing::instrument(name = "sandbox.finish", skip_all, fields(sandbox = %id, state = ?state))]
     pub async fn finish(
         &self,
         id: &str,
@@ -1210,6 +1214,7 @@ impl Runner {
         Ok(())
     }
 
+    #[tracing::instrument(name = "sandbox.cleanup", skip_all, fields(sandbox = %record.id))]
     async fn cleanup(&self, record: &Record) {
         if let Ok(engine) = self.engine() {
             if !record.container_id.is_empty()

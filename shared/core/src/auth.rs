@@ -18,7 +18,6 @@ use http::HeaderMap;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{Instrument, Span};
 
@@ -226,8 +225,8 @@ impl<A: Authenticator> Authenticator for CachedAuthenticator<A> {
     }
 }
 
-/// Adds `authorization: Bearer …` and the current `traceparent` to every
-/// outgoing call.
+/// Adds `authorization: Bearer …` to every outgoing call (the channel adds
+/// the trace context).
 #[derive(Clone)]
 pub struct BearerAuth {
     header: Option<AsciiMetadataValue>,
@@ -256,19 +255,11 @@ impl Interceptor for BearerAuth {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
         }
-        telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }
 
-/// A channel that connects on first use, with Paddock's timeouts.
-pub fn lazy_channel(endpoint: &str) -> Result<Channel, Status> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|_| Status::invalid_argument(format!("invalid endpoint {endpoint:?}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
+pub use crate::client::{Channel, lazy_channel};
 
 pub type IdentityClient = IdentityServiceClient<InterceptedService<Channel, BearerAuth>>;
 pub type AuthzClient = AuthzServiceClient<InterceptedService<Channel, BearerAuth>>;
@@ -925,7 +916,7 @@ where
             async move {
                 let response = fut.await;
                 if let Ok(r) = &response {
-                    record_status(r.headers());
+                    telemetry::record_status(&Span::current(), r.headers());
                 }
                 response
             }
@@ -965,22 +956,6 @@ fn server_span(req: &http::Request<tonic::body::Body>) -> Span {
         span.record("trace_id", trace);
     }
     span
-}
-
-/// Records the gRPC status of a response on the current (server) span:
-/// from `grpc-status` in the headers (a refusal or a trailers-only error),
-/// else OK.
-fn record_status(headers: &http::HeaderMap) {
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(0);
-    let span = Span::current();
-    span.record("rpc.grpc.status_code", i64::from(code));
-    if code != 0 {
-        span.record("otel.status_code", "ERROR");
-    }
 }
 
 /// The resource a denied request named: the `organizations/…` string in
@@ -1175,10 +1150,9 @@ mod tests {
             assert_eq!(caller, "m1");
             assert_eq!(telemetry::current_trace_id().as_deref(), Some(TRACE));
             // What a client call made by the handler would send on.
-            let outgoing = Interceptor::call(&mut BearerAuth::anonymous(), tonic::Request::new(()))
-                .expect("intercept");
+            let mut outgoing = tonic::metadata::MetadataMap::new();
+            telemetry::inject(&mut outgoing);
             let sent = outgoing
-                .metadata()
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .expect("sent")

@@ -132,7 +132,7 @@ impl crate::auth::RefusalSink for RefusalOutbox {
 pub struct Forwarder {
     pool: AnyPool,
     client: AuditServiceClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerAuth>,
+        tonic::service::interceptor::InterceptedService<crate::client::Channel, BearerAuth>,
     >,
     wake: Arc<Notify>,
 }

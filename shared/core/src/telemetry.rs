@@ -358,6 +358,33 @@ pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
 }
 
+/// Writes the current trace context into outgoing HTTP/2 headers.
+pub fn inject_headers(headers: &mut http::HeaderMap) {
+    let mut metadata = tonic::metadata::MetadataMap::from_headers(std::mem::take(headers));
+    inject(&mut metadata);
+    *headers = metadata.into_headers();
+}
+
+/// Records the gRPC status of a response on `span` (an RPC span): from
+/// `grpc-status` in the headers (a refusal or a trailers-only error), else
+/// OK. Not OK is an error status.
+pub fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from);
+    record_code(span, code);
+}
+
+/// Records `code` on `span` (an RPC span).
+pub fn record_code(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i64);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// The span context of the current span (invalid outside any).
 pub fn current_span_context() -> SpanContext {
     tracing::Span::current()

@@ -12,13 +12,13 @@ use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
 use paddock_proto::identity::v1::{CreateOrganizationRequest, CreateOrganizationResponse};
 use paddock_shared::auth::{self, AuthzClient, BearerAuth, IdentityClient};
+use paddock_shared::client::Channel;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{ServerHandle, load_or_create_token};
 use paddock_shared::token::TokenKind;
 use rand::Rng;
 use sqlx::Executor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 /// A client of authz's PolicyService.
 pub type PolicyClient = PolicyServiceClient<InterceptedService<Channel, BearerAuth>>;

@@ -13,10 +13,10 @@ use paddock_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 use paddock_proto::sandbox::v1::*;
 use paddock_sandbox_runner::docker::Engine;
 use paddock_shared::auth::{self, BearerAuth};
+use paddock_shared::client::Channel;
 use paddock_shared::server::ServerHandle;
 use paddock_testkit::{Backend, Stack, bearer};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 pub use paddock_testkit::fixtures::*;
 
