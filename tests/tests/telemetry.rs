@@ -289,7 +289,16 @@ fn one_command_one_trace_across_the_services(backend: Backend) {
     );
     assert_eq!(run.code, 0, "{run:#?}");
     let trace = trace_of(&run.stderr);
-    let spans = spans_of(&receiver, &trace, |s| services(s).len() >= 3);
+    let phases = [
+        "sandbox.start",
+        "docker.container.create",
+        "docker.container.start",
+    ];
+    let spans = spans_of(&receiver, &trace, |s| {
+        services(s).len() >= 3
+            && s.iter().any(|s| s.name.ends_with("/CreateSandbox"))
+            && phases.iter().all(|p| s.iter().any(|s| s.name == *p))
+    });
     assert_eq!(
         services(&spans),
         [
@@ -317,6 +326,12 @@ fn one_command_one_trace_across_the_services(backend: Backend) {
             .find(|p| p.span_id == s.parent)
             .unwrap_or_else(|| panic!("the parent of {s:#?} is not exported: {spans:#?}"));
         assert_ne!(parent.service, s.service, "{s:#?} {parent:#?}");
+        assert_eq!(parent.kind, SpanKind::Client as i32, "{parent:#?}");
+        assert_eq!(
+            parent.attributes.get("rpc.method"),
+            s.attributes.get("rpc.method"),
+            "{s:#?} {parent:#?}"
+        );
         called_by_services.push(s.service.as_str());
     }
     for service in ["paddock-identity", "paddock-authz"] {
@@ -324,6 +339,14 @@ fn one_command_one_trace_across_the_services(backend: Backend) {
             called_by_services.contains(&service),
             "the runner never called {service}: {spans:#?}"
         );
+    }
+    // The sandbox's phases and its Docker Engine calls are in the trace.
+    for name in phases {
+        let span = spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span in {spans:#?}"));
+        assert_eq!(span.service, "paddock-sandbox-runner", "{span:#?}");
     }
     let events = audited(&dev, &owner, &trace, &["sandbox.create", "sandbox.exec"]);
     assert!(
