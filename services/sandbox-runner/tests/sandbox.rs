@@ -281,9 +281,26 @@ async fn stop_is_graceful_then_forced(backend: Backend) {
     s.command = vec![
         "sh".into(),
         "-c".into(),
-        "trap '' TERM; while :; do sleep 1; done".into(),
+        "trap '' TERM; touch /tmp/trapped; while :; do sleep 1; done".into(),
     ];
     let stubborn = create(&mut client, s).await.expect("create");
+    // RUNNING means started, not that the shell has set its trap yet: a
+    // busy machine could deliver SIGTERM first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exec(
+        &mut client,
+        &stubborn.name,
+        &["test", "-f", "/tmp/trapped"],
+        None,
+    )
+    .await
+    .expect("exec")
+    .code()
+        != 0
+    {
+        assert!(Instant::now() < deadline, "the trap was never set");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let t = Instant::now();
     let stopped = client
         .stop_sandbox(StopSandboxRequest {
