@@ -9,7 +9,8 @@
 //! set and `OTEL_SDK_DISABLED` is not `true`; `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_TRACES_SAMPLER`/`_ARG` are read by
 //! the SDK. Without an exporter spans are not recorded (their ids still
-//! flow, for logs and audit). One process may serve several services
+//! flow, for logs and audit); with `OTEL_SDK_DISABLED=true` there is no
+//! OpenTelemetry at all, trace ids included. One process may serve several services
 //! (`paddock dev`): each span is exported under the `service.name` of the
 //! service whose request it belongs to.
 
@@ -68,7 +69,8 @@ pub fn init_quiet(services: &[&'static str]) -> &'static Telemetry {
 fn init_with(services: &[&'static str], quiet: bool) -> &'static Telemetry {
     TELEMETRY.get_or_init(|| {
         let (provider, exporting, problem) = provider(services);
-        let tracer = provider.tracer("paddock");
+        // OTEL_SDK_DISABLED: no OpenTelemetry at all, trace ids included.
+        let tracer = (!sdk_disabled()).then(|| provider.tracer("paddock"));
         install_subscriber(tracer, quiet);
         if let Some(problem) = problem {
             tracing::warn!("{problem}; traces are not exported");
@@ -113,6 +115,10 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+fn sdk_disabled() -> bool {
+    env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 /// The tracer provider: with an exporter per service when OTLP is
 /// configured, else one that records nothing and only hands out ids.
 fn provider(services: &[&'static str]) -> (SdkTracerProvider, bool, Option<String>) {
@@ -121,7 +127,7 @@ fn provider(services: &[&'static str]) -> (SdkTracerProvider, bool, Option<Strin
             .with_sampler(Sampler::AlwaysOff)
             .build()
     };
-    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let disabled = sdk_disabled();
     let configured = env("OTEL_EXPORTER_OTLP_ENDPOINT")
         .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
         .is_some();
@@ -152,7 +158,7 @@ fn provider(services: &[&'static str]) -> (SdkTracerProvider, bool, Option<Strin
     }
 }
 
-fn install_subscriber(tracer: opentelemetry_sdk::trace::SdkTracer, quiet: bool) {
+fn install_subscriber(tracer: Option<opentelemetry_sdk::trace::SdkTracer>, quiet: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::Layer;
     let filter = env("PADDOCK_LOG")
@@ -161,14 +167,19 @@ fn install_subscriber(tracer: opentelemetry_sdk::trace::SdkTracer, quiet: bool) 
     let filter = tracing_subscriber::EnvFilter::new(filter);
     // Spans are traced at info whatever the log filter says, so trace ids
     // reach audit events even when nothing is logged.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_threads(false)
-        .with_location(false)
-        .with_level(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    // Context activation would attach the OpenTelemetry context on every
+    // poll; Paddock reads it from the span instead.
+    let otel = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            .with_level(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
     let registry = tracing_subscriber::registry().with(otel);
     let json = env("PADDOCK_LOG_FORMAT").is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
     let _ = if json {
