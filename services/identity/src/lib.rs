@@ -2,6 +2,9 @@
 //! projects, API keys and sandbox session tokens, stored credentials
 //! (encrypted at rest), and `Authenticate`: who is calling.
 #![forbid(unsafe_code)]
+// Outside tests a failure is an answer, never a panic.
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod authn;
 pub mod credential_key;

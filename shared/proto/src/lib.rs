@@ -1,6 +1,9 @@
 //! Paddock's gRPC contracts: generated messages, clients and servers, the
 //! descriptor set for reflection, and each RPC's declared access rule.
 #![forbid(unsafe_code)]
+// Outside tests a failure is an answer, never a panic.
+#![warn(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api {
     pub mod v1 {
