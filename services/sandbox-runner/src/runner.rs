@@ -902,15 +902,55 @@ impl Runner {
         lock(&self.tasks).insert(id, task.abort_handle());
     }
 
+    /// Stops the container of a sandbox whose TTL ran out, retrying with
+    /// backoff until the Docker Engine has done it: an expired sandbox must
+    /// not keep running because one call failed. The first failure is in
+    /// the audit trail; each is logged.
+    async fn stop_expired(&self, name: &str, container: &str) {
+        let mut backoff = Duration::from_secs(1);
+        let mut reported = false;
+        loop {
+            let result = match self.engine() {
+                Ok(engine) => engine.stop(container, self.tuning.stop_grace).await,
+                Err(e) => Err(e),
+            };
+            let Err(e) = result else { return };
+            tracing::warn!(sandbox = name, error = %e, retry_in = ?backoff, "the TTL stop failed");
+            if !reported {
+                reported = true;
+                let details = serde_json::json!({"reason": "ttl_expired", "error": e.to_string()});
+                self.record_event(event(None, "sandbox.stop", name, Outcome::Failure, details))
+                    .await;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
     async fn run_supervisor(self: Arc<Self>, record: Record) -> Result<()> {
         let engine = self.engine()?;
         let id = record.id.clone();
         let container = record.container_id.clone();
         // Walking the workspace is blocking file I/O: off the async threads.
         let root = PathBuf::from(&record.workspace);
-        let mut scanner = tokio::task::spawn_blocking(move || Scanner::new(root))
-            .await
-            .ok();
+        let mut scanner = match tokio::task::spawn_blocking(move || Scanner::new(root)).await {
+            Ok(scanner) => Some(scanner),
+            Err(e) => {
+                // Without it file changes go unrecorded: say so, where the
+                // organization looks.
+                tracing::error!(sandbox = id, error = %e, "the workspace scanner is lost");
+                let details = serde_json::json!({"error": "the workspace scanner stopped; file changes are not recorded"});
+                self.record_event(event(
+                    None,
+                    "sandbox.scanner_lost",
+                    &record.name(),
+                    Outcome::Failure,
+                    details,
+                ))
+                .await;
+                None
+            }
+        };
         let expire_in = Duration::from_micros((record.expire_time - now_micros()).max(0) as u64);
         let ttl = tokio::time::sleep(expire_in);
         tokio::pin!(ttl);
@@ -945,12 +985,11 @@ impl Runner {
                         self.record_event(event(None, "sandbox.ttl_expired", &r.name(), Outcome::Success, serde_json::json!({}))).await;
                     }
                     let runner = self.clone();
+                    let name = record.name();
                     let container = container.clone();
-                    tokio::spawn(async move {
-                        if let Ok(engine) = runner.engine() {
-                            let _ = engine.stop(&container, runner.tuning.stop_grace).await;
-                        }
-                    }.in_current_span());
+                    tokio::spawn(
+                        async move { runner.stop_expired(&name, &container).await }.in_current_span(),
+                    );
                 }
                 _ = usage.tick() => {
                     if let Some((cpu, mem)) = engine.sample(&container).await {
