@@ -83,6 +83,7 @@ pub struct Config {
 pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_policies.sql")),
     (2, paddock_shared::outbox::MIGRATION),
+    (3, paddock_shared::outbox::QUARANTINE_MIGRATION),
 ];
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;

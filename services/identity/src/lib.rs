@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
         6,
         include_str!("../migrations/0006_credential_rotation.sql"),
     ),
+    (7, paddock_shared::outbox::QUARANTINE_MIGRATION),
 ];
 
 /// Configuration of the identity service.

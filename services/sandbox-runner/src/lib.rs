@@ -49,6 +49,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, paddock_shared::outbox::MIGRATION),
     (3, include_str!("../migrations/0003_installation.sql")),
+    (4, paddock_shared::outbox::QUARANTINE_MIGRATION),
 ];
 
 /// Configuration of the sandbox runner.

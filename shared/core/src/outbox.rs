@@ -23,6 +23,10 @@ use crate::proto::identity::v1::{Principal, PrincipalKind};
 /// The outbox table; add it to a service's migrations.
 pub const MIGRATION: &str = "CREATE TABLE audit_outbox (\n    id TEXT PRIMARY KEY,\n    created BIGINT NOT NULL,\n    event TEXT NOT NULL\n);\nCREATE INDEX audit_outbox_created ON audit_outbox (created, id);\n";
 
+/// The quarantine: outbox rows that cannot be decoded are moved here, never
+/// deleted, for an operator to look at.
+pub const QUARANTINE_MIGRATION: &str = "CREATE TABLE audit_outbox_quarantine (\n    id TEXT PRIMARY KEY,\n    created BIGINT NOT NULL,\n    quarantined BIGINT NOT NULL,\n    event TEXT NOT NULL\n);\n";
+
 /// Most events one delivery carries.
 const BATCH: i64 = 500;
 
@@ -135,6 +139,7 @@ pub struct Forwarder {
         tonic::service::interceptor::InterceptedService<crate::client::Channel, BearerAuth>,
     >,
     wake: Arc<Notify>,
+    quarantined: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Forwarder {
@@ -148,7 +153,14 @@ impl Forwarder {
             pool,
             client: AuditServiceClient::with_interceptor(channel, auth),
             wake: Arc::default(),
+            quarantined: Arc::default(),
         })
+    }
+
+    /// How many undecodable rows this forwarder has moved to the
+    /// quarantine since it started.
+    pub fn quarantined(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.quarantined.clone()
     }
 
     /// Call after committing events, to deliver them without waiting.
@@ -158,21 +170,22 @@ impl Forwarder {
 
     /// Delivers one batch; returns how many events were delivered.
     pub async fn deliver_once(&mut self) -> Result<usize, String> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, event FROM audit_outbox ORDER BY created, id LIMIT $1")
-                .bind(BATCH)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| format!("reading the outbox: {e}"))?;
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT id, created, event FROM audit_outbox ORDER BY created, id LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| format!("reading the outbox: {e}"))?;
         if rows.is_empty() {
             return Ok(0);
         }
         let mut events = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
-        for (id, hex) in &rows {
+        for (id, created, hex) in &rows {
             match crate::hex::decode(hex).and_then(|b| AuditEvent::decode(b.as_slice()).ok()) {
                 Some(e) => events.push(e),
-                None => undecodable.push(id.clone()),
+                None => undecodable.push((id, *created, hex)),
             }
         }
         if !events.is_empty() {
@@ -181,15 +194,22 @@ impl Forwarder {
                 .await
                 .map_err(|s| format!("audit service: {:?}: {}", s.code(), s.message()))?;
         }
-        if !undecodable.is_empty() {
-            tracing::error!(
-                count = undecodable.len(),
-                "dropping undecodable outbox rows"
-            );
-        }
-        // Only acknowledged rows are removed.
+        // Only acknowledged rows are removed; undecodable ones move to the
+        // quarantine in the same transaction.
         let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
-        for (id, _) in &rows {
+        for (id, created, hex) in &undecodable {
+            sqlx::query(
+                "INSERT INTO audit_outbox_quarantine (id, created, quarantined, event) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(*id)
+            .bind(*created)
+            .bind(crate::time::now_micros())
+            .bind(*hex)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| format!("quarantining an outbox row: {e}"))?;
+        }
+        for (id, _, _) in &rows {
             sqlx::query("DELETE FROM audit_outbox WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -197,6 +217,17 @@ impl Forwarder {
                 .map_err(|e| e.to_string())?;
         }
         tx.commit().await.map_err(|e| e.to_string())?;
+        if !undecodable.is_empty() {
+            let total = self.quarantined.fetch_add(
+                undecodable.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            ) + undecodable.len() as u64;
+            tracing::error!(
+                count = undecodable.len(),
+                total,
+                "undecodable outbox rows moved to audit_outbox_quarantine"
+            );
+        }
         Ok(rows.len())
     }
 
@@ -298,5 +329,61 @@ mod tests {
         assert_eq!(decoded, first);
         db.pool.close().await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn undecodable_rows_are_quarantined_never_deleted() {
+        let dir = std::env::temp_dir().join(format!("paddock-outbox-{}", uuid::Uuid::new_v4()));
+        let db = Database::connect(
+            "svc",
+            &dir,
+            None,
+            &[(1, MIGRATION), (2, QUARANTINE_MIGRATION)],
+        )
+        .await
+        .expect("db");
+        for (id, event) in [("bad-hex", "zz"), ("bad-proto", "ffffffff")] {
+            sqlx::query("INSERT INTO audit_outbox (id, created, event) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(7_i64)
+                .bind(event)
+                .execute(&db.pool)
+                .await
+                .expect("insert");
+        }
+        let unused = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let mut forwarder = Forwarder::new(
+            db.pool.clone(),
+            &format!("http://{unused}"),
+            BearerAuth::anonymous(),
+        )
+        .expect("forwarder");
+        let counter = forwarder.quarantined();
+        // Nothing to deliver: the two rows leave the outbox for the
+        // quarantine, as they were.
+        assert_eq!(forwarder.deliver_once().await, Ok(2));
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_outbox")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+        assert_eq!(left, 0);
+        let kept: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT id, created, event FROM audit_outbox_quarantine ORDER BY id")
+                .fetch_all(&db.pool)
+                .await
+                .expect("quarantine");
+        assert_eq!(
+            kept,
+            [
+                ("bad-hex".to_owned(), 7, "zz".to_owned()),
+                ("bad-proto".to_owned(), 7, "ffffffff".to_owned())
+            ]
+        );
+        assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), 2);
+        db.pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
