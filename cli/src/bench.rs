@@ -77,6 +77,10 @@ pub struct AuthzBenchArgs {
     /// PostgreSQL for identity; a fresh SQLite database when unset.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Export every span over OTLP/gRPC to a receiver in this process
+    /// while measuring (the cost of tracing with an exporter on).
+    #[arg(long)]
+    pub otlp: bool,
 }
 
 pub async fn run(global: &Global, cmd: BenchCommand) -> Result<(), CliError> {
@@ -209,7 +213,24 @@ async fn authz(global: &Global, args: AuthzBenchArgs) -> Result<(), CliError> {
             "--members must be at least 1: the bench measures as a developer member",
         ));
     }
-    paddock_shared::telemetry::init_quiet(&[]);
+    let receiver = if args.otlp {
+        let (receiver, endpoint) = crate::bench_otlp::start().await?;
+        let telemetry = paddock_shared::telemetry::init_quiet_exporting(
+            &["paddock-identity", "paddock-authz"],
+            &endpoint,
+        );
+        if !telemetry.exporting() {
+            return Err(CliError::new(
+                Code::FailedPrecondition,
+                "--otlp: tracing was already set up without an exporter",
+            ));
+        }
+        eprintln!("exporting every span to the OTLP receiver at {endpoint}");
+        Some((receiver, telemetry))
+    } else {
+        paddock_shared::telemetry::init_quiet(&[]);
+        None
+    };
     let data_dir = std::env::temp_dir().join(format!(
         "paddock-bench-{}-{}",
         std::process::id(),
@@ -217,6 +238,10 @@ async fn authz(global: &Global, args: AuthzBenchArgs) -> Result<(), CliError> {
     ));
     let result = authz_in(global, &args, data_dir.clone()).await;
     let _ = std::fs::remove_dir_all(&data_dir);
+    if let Some((receiver, telemetry)) = receiver {
+        telemetry.flush().await;
+        eprintln!("the OTLP receiver got {} spans", receiver.spans());
+    }
     result
 }
 

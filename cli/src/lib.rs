@@ -18,6 +18,7 @@ mod agent;
 mod audit;
 mod bench;
 mod bench_audit;
+mod bench_otlp;
 mod bench_sandbox;
 mod commands;
 mod completion;

@@ -66,19 +66,52 @@ pub fn init_quiet(services: &[&'static str]) -> &'static Telemetry {
     init_with(services, true)
 }
 
+/// As [`init_quiet`], exporting to `endpoint` (OTLP/gRPC) whatever the
+/// environment says: for a bench that measures the cost of exporting.
+pub fn init_quiet_exporting(services: &[&'static str], endpoint: &str) -> &'static Telemetry {
+    TELEMETRY.get_or_init(|| {
+        let (provider, exporting, problem) = match Router::new(services, Some(endpoint)) {
+            Ok(router) => (
+                SdkTracerProvider::builder()
+                    .with_span_processor(router)
+                    .build(),
+                true,
+                None,
+            ),
+            Err(e) => (
+                SdkTracerProvider::builder()
+                    .with_sampler(Sampler::AlwaysOff)
+                    .build(),
+                false,
+                Some(format!("OTLP exporter: {e}")),
+            ),
+        };
+        finish_init(provider, exporting, problem, true)
+    })
+}
+
+fn finish_init(
+    provider: SdkTracerProvider,
+    exporting: bool,
+    problem: Option<String>,
+    quiet: bool,
+) -> Telemetry {
+    // OTEL_SDK_DISABLED: no OpenTelemetry at all, trace ids included.
+    let tracer = (!sdk_disabled() || exporting).then(|| provider.tracer("paddock"));
+    install_subscriber(tracer, quiet);
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}; traces are not exported");
+    }
+    Telemetry {
+        provider,
+        exporting,
+    }
+}
+
 fn init_with(services: &[&'static str], quiet: bool) -> &'static Telemetry {
     TELEMETRY.get_or_init(|| {
         let (provider, exporting, problem) = provider(services);
-        // OTEL_SDK_DISABLED: no OpenTelemetry at all, trace ids included.
-        let tracer = (!sdk_disabled()).then(|| provider.tracer("paddock"));
-        install_subscriber(tracer, quiet);
-        if let Some(problem) = problem {
-            tracing::warn!("{problem}; traces are not exported");
-        }
-        Telemetry {
-            provider,
-            exporting,
-        }
+        finish_init(provider, exporting, problem, quiet)
     })
 }
 
@@ -146,7 +179,7 @@ fn provider(services: &[&'static str]) -> (SdkTracerProvider, bool, Option<Strin
             )),
         );
     }
-    match Router::new(services) {
+    match Router::new(services, None) {
         Ok(router) => (
             SdkTracerProvider::builder()
                 .with_span_processor(router)
@@ -220,7 +253,11 @@ struct Router {
 }
 
 impl Router {
-    fn new(services: &[&'static str]) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+    fn new(
+        services: &[&'static str],
+        endpoint: Option<&str>,
+    ) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+        use opentelemetry_otlp::WithExportConfig;
         let fallback = services.first().copied().unwrap_or("paddock");
         let own_name = services.len() <= 1;
         let mut routes = HashMap::new();
@@ -228,9 +265,11 @@ impl Router {
             if routes.contains_key(service) {
                 continue;
             }
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()?;
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(endpoint) = endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let exporter = builder.build()?;
             let mut processor = BatchSpanProcessor::builder(exporter).build();
             // A lone service answers to OTEL_SERVICE_NAME; several in one
             // process keep their own names.
