@@ -1127,15 +1127,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_trace_context_follows_the_request() {
-        use opentelemetry::trace::TracerProvider as _;
         use tower::{Layer, Service, ServiceExt};
-        use tracing_subscriber::layer::SubscriberExt;
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = tracing::subscriber::set_default(telemetry::test_subscriber());
         const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
         let authz = Arc::new(RecordingAuthz::default());
         let admission = Admission::new(Arc::new(FixedIdentity(member())), Arc::new(authz.clone()));
@@ -1150,7 +1143,7 @@ mod tests {
             assert_eq!(caller, "m1");
             assert_eq!(telemetry::current_trace_id().as_deref(), Some(TRACE));
             // What a client call made by the handler would send on.
-            let mut outgoing = tonic::metadata::MetadataMap::new();
+            let mut outgoing = http::HeaderMap::new();
             telemetry::inject(&mut outgoing);
             let sent = outgoing
                 .get("traceparent")

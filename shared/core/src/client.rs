@@ -84,7 +84,7 @@ where
             server.address = %self.address,
             server.port = i64::from(self.port),
         );
-        span.in_scope(|| telemetry::inject_headers(req.headers_mut()));
+        span.in_scope(|| telemetry::inject(req.headers_mut()));
         // The clone is not ready; keep the ready one for this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -107,18 +107,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::TracerProvider as _;
     use tower::{Service, ServiceExt};
-    use tracing_subscriber::layer::SubscriberExt;
 
     #[tokio::test]
     async fn a_call_sends_the_trace_of_its_own_client_span() {
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOff)
-            .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = tracing::subscriber::set_default(telemetry::test_subscriber());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let inner = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
             let tx = tx.clone();

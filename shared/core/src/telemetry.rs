@@ -397,22 +397,15 @@ pub fn process_trace_id() -> Option<String> {
 }
 
 /// Writes the current trace context (the current span's, else the tool's
-/// run) into outgoing metadata.
-pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+/// run) into outgoing HTTP/2 headers.
+pub fn inject(headers: &mut http::HeaderMap) {
     let mut cx = tracing::Span::current().context();
     if !cx.span().span_context().is_valid()
         && let Some(sc) = PROCESS_TRACE.get()
     {
         cx = Context::new().with_remote_span_context(sc.clone());
     }
-    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
-}
-
-/// Writes the current trace context into outgoing HTTP/2 headers.
-pub fn inject_headers(headers: &mut http::HeaderMap) {
-    let mut metadata = tonic::metadata::MetadataMap::from_headers(std::mem::take(headers));
-    inject(&mut metadata);
-    *headers = metadata.into_headers();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
 /// Records the gRPC status of a response on `span` (an RPC span): from
@@ -467,17 +460,28 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
-impl Injector for MetadataInjector<'_> {
+impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         if let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            tonic::metadata::MetadataValue::try_from(value.as_str()),
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::try_from(value),
         ) {
             self.0.insert(k, v);
         }
     }
+}
+
+/// A subscriber like the installed one, exporting nothing, for a test's
+/// thread.
+#[cfg(test)]
+pub(crate) fn test_subscriber() -> impl tracing::Subscriber + Send + Sync {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOff)
+        .build();
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
 }
 
 #[cfg(test)]

@@ -1,14 +1,7 @@
 use super::*;
-use tracing_subscriber::layer::SubscriberExt;
 
-/// A subscriber like the installed one, without export, for this thread.
 fn with_tracing<T>(f: impl FnOnce() -> T) -> T {
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(Sampler::AlwaysOff)
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::with_default(subscriber, f)
+    tracing::subscriber::with_default(test_subscriber(), f)
 }
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -29,9 +22,9 @@ fn a_server_span_continues_the_callers_trace_and_passes_it_on() {
         // with a span id of its own.
         let child = tracing::info_span!("child");
         let _child = child.enter();
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        inject(&mut metadata);
-        let sent = metadata
+        let mut headers = http::HeaderMap::new();
+        inject(&mut headers);
+        let sent = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .expect("traceparent");
