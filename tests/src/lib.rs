@@ -472,6 +472,42 @@ impl Dev {
             .to_owned()
     }
 
+    /// Organization `acme` (owner alice@acme.test) with agent `bot`, the
+    /// test image approved and built; returns the owner's key.
+    pub fn acme_with_bot(&self) -> String {
+        paddock_testkit::image::busybox_image();
+        let out = self
+            .paddock(
+                Some(&self.bootstrap_token()),
+                &["org", "create", "acme", "--owner", "alice@acme.test"],
+            )
+            .json();
+        let owner = out["secret"].as_str().expect("secret").to_owned();
+        self.paddock(Some(&owner), &["agent", "create", "bot"])
+            .json();
+        // No image runs until the owner approves it.
+        self.paddock(
+            Some(&owner),
+            &["security", "set", "--allow-image", "paddock-test-*"],
+        )
+        .json();
+        owner
+    }
+
+    /// Invites `email` as `role` and accepts the invite without a token;
+    /// returns what `member accept` printed (`member`, `secret`).
+    pub fn join(&self, owner: &str, email: &str, role: &str) -> Value {
+        let invite = self
+            .paddock(Some(owner), &["member", "invite", email, "--role", role])
+            .json();
+        let code = invite["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code in {invite:#}"));
+        let accepted = self.paddock(None, &["member", "accept", code]).json();
+        assert!(accepted["secret"].is_string(), "{accepted:#}");
+        accepted
+    }
+
     /// Runs `paddock -o json ARGS` against this stack, with `token` as
     /// `PADDOCK_TOKEN` (none when `None`).
     pub fn paddock(&self, token: Option<&str>, args: &[&str]) -> Output {

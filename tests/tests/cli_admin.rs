@@ -20,12 +20,10 @@ fn create_org(dev: &Dev, org: &str, owner: &str) -> String {
 }
 
 fn join(dev: &Dev, owner: &str, email: &str, role: &str) -> String {
-    let invite = dev
-        .paddock(Some(owner), &["member", "invite", email, "--role", role])
-        .json();
-    let code = invite["code"].as_str().expect("code");
-    let accepted = dev.paddock(None, &["member", "accept", code]).json();
-    accepted["secret"].as_str().expect("secret").to_owned()
+    dev.join(owner, email, role)["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned()
 }
 
 fn organizations_agents_and_keys(backend: Backend) {

@@ -14,24 +14,14 @@ const IMAGE: &str = paddock_testkit::image::IMAGE;
 
 /// Organization `acme` with agent `bot` and project `web`; the owner key.
 fn setup(dev: &Dev) -> String {
-    paddock_testkit::image::busybox_image();
-    let out = dev
-        .paddock(
-            Some(&dev.bootstrap_token()),
-            &["org", "create", "acme", "--owner", "alice@acme.test"],
-        )
-        .json();
-    let owner = out["secret"].as_str().expect("secret").to_owned();
-    dev.paddock(Some(&owner), &["agent", "create", "bot"])
-        .json();
+    let owner = dev.acme_with_bot();
     dev.paddock(Some(&owner), &["project", "create", "web"])
         .json();
-    dev.paddock(
-        Some(&owner),
-        &["security", "set", "--allow-image", "paddock-test-*"],
-    )
-    .json();
     owner
+}
+
+fn secret(accepted: &Value) -> String {
+    accepted["secret"].as_str().expect("secret").to_owned()
 }
 
 fn run(dev: &Dev, token: &str, extra: &[&str], command: &[&str]) -> Output {
@@ -416,17 +406,7 @@ fn the_kill_switch_and_silent_input(backend: Backend) {
     // Nobody runs an agent above their own role, and a demotion stops the
     // sandboxes it no longer allows: an admin runs an admin agent, then is
     // made a developer.
-    let invite = dev
-        .paddock(
-            Some(&owner),
-            &["member", "invite", "ops@acme.test", "--role", "admin"],
-        )
-        .json();
-    let code = invite["code"].as_str().expect("code").to_owned();
-    let admin = dev.paddock(None, &["member", "accept", &code]).json()["secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let admin = secret(&dev.join(&owner, "ops@acme.test", "admin"));
     dev.paddock(Some(&admin), &["agent", "create", "ops", "--role", "admin"])
         .json();
     let ops_args = |detach: bool| {
@@ -451,17 +431,7 @@ fn the_kill_switch_and_silent_input(backend: Backend) {
         .expect("id")
         .to_owned();
     let by_admin_bot = detached(&dev, &admin, &[], &idle);
-    let dev_invite = dev
-        .paddock(
-            Some(&owner),
-            &["member", "invite", "low@acme.test", "--role", "developer"],
-        )
-        .json();
-    let code = dev_invite["code"].as_str().expect("code").to_owned();
-    let low = dev.paddock(None, &["member", "accept", &code]).json()["secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
+    let low = secret(&dev.join(&owner, "low@acme.test", "developer"));
     let refused = dev.paddock(Some(&low), &ops_args(false));
     let message = refused.failure("PERMISSION_DENIED");
     assert!(
@@ -484,21 +454,8 @@ fn the_kill_switch_and_silent_input(backend: Backend) {
 
     // A member removed from the organization: their sandboxes stop, the
     // owner's keep running.
-    let invite = dev
-        .paddock(
-            Some(&owner),
-            &["member", "invite", "dev@acme.test", "--role", "developer"],
-        )
-        .json();
-    let code = invite["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{invite:#}"))
-        .to_owned();
-    let member = dev.paddock(None, &["member", "accept", &code]).json();
-    let member_key = member["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{member:#}"))
-        .to_owned();
+    let member = dev.join(&owner, "dev@acme.test", "developer");
+    let member_key = secret(&member);
     let member_name = member["member"]["name"]
         .as_str()
         .unwrap_or_else(|| panic!("{member:#}"))

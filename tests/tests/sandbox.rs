@@ -10,24 +10,9 @@ const IMAGE: &str = paddock_testkit::image::IMAGE;
 
 /// An organization with agent `bot` and project `web`; returns the owner key.
 fn setup(dev: &Dev) -> String {
-    paddock_testkit::image::busybox_image();
-    let out = dev
-        .paddock(
-            Some(&dev.bootstrap_token()),
-            &["org", "create", "acme", "--owner", "alice@acme.test"],
-        )
-        .json();
-    let owner = out["secret"].as_str().expect("secret").to_owned();
-    dev.paddock(Some(&owner), &["agent", "create", "bot"])
-        .json();
+    let owner = dev.acme_with_bot();
     dev.paddock(Some(&owner), &["project", "create", "web"])
         .json();
-    // No image runs until the owner approves it.
-    dev.paddock(
-        Some(&owner),
-        &["security", "set", "--allow-image", "paddock-test-*"],
-    )
-    .json();
     owner
 }
 

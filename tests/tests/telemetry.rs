@@ -192,23 +192,7 @@ fn one_command_one_trace_across_the_services(backend: Backend) {
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
-    paddock_testkit::image::busybox_image();
-    let owner = dev
-        .paddock(
-            Some(&dev.bootstrap_token()),
-            &["org", "create", "acme", "--owner", "alice@acme.test"],
-        )
-        .json()["secret"]
-        .as_str()
-        .expect("secret")
-        .to_owned();
-    dev.paddock(Some(&owner), &["agent", "create", "bot"])
-        .json();
-    dev.paddock(
-        Some(&owner),
-        &["security", "set", "--allow-image", "paddock-test-*"],
-    )
-    .json();
+    let owner = dev.acme_with_bot();
 
     // `project create`: identity, which asks authz.
     let created = dev.paddock(Some(&owner), &["--verbose", "project", "create", "web"]);
