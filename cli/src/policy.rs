@@ -3,6 +3,10 @@
 //! security settings, which bound every policy). `set` sends only the
 //! fields its flags name, as an update mask; `0` puts an amount back to the
 //! organization's bound or the built-in default.
+//!
+//! Long (about 780 lines without tests) because policy and security settings
+//! share the flag-to-update-mask code; it splits into `policy` and
+//! `security` when the policy model moves to a shared crate (issue 10).
 
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
 //! The events table and the chain heads: appends chained under a lock on
 //! each organization's head row, filtered keyset reads, and the chain walk
 //! that verification runs.
+//!
+//! Long because appends, keyset reads and the chain walk share
+//! the row shapes and SQL dialect helpers; it splits with the typed store of
+//! issue 10.
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -3,6 +3,10 @@
 //! against its organization's bounds, and the effective policy (the agent's
 //! policy clamped by the settings, every zero filled). No I/O here: `store`
 //! keeps them, `service` answers the RPCs.
+//!
+//! Long because the whole policy model (validation, merge, clamping,
+//! defaults) is one pure module with no I/O; it moves to a shared policy
+//! crate in issue 10 and splits there.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -2,6 +2,11 @@
 //! function, also used by the benchmark's baseline), and the few engine
 //! operations the runner needs. Everything Paddock creates carries the
 //! `paddock.*` labels, so reconciliation and cleanup can find it.
+//!
+//! Long because it is the one wrapper around the Docker Engine API
+//! (containers, networks, volumes, images, logs) with the hardened container
+//! spec; the spec builder moves to a file of its own when the runner splits
+//! by phase (issue 10).
 
 use std::collections::HashMap;
 use std::time::Duration;
