@@ -7,7 +7,7 @@ use paddock_proto::identity::v1::{
     UpdateAgentRequest,
 };
 
-use crate::commands::{Ctx, all_pages, field_mask, missing, print_deleted, split_for_create};
+use crate::commands::{Ctx, all_pages, missing, print_deleted, split_for_create, update_mask};
 use crate::error::CliError;
 use crate::names::{self, AGENTS};
 use crate::output::{self, Table, print_fields, print_json, print_list};
@@ -130,18 +130,10 @@ pub async fn run(ctx: &mut Ctx, cmd: AgentCommand) -> Result<(), CliError> {
             description,
             role,
         } => {
-            let mut paths = Vec::new();
-            if description.is_some() {
-                paths.push("description");
-            }
-            if role.is_some() {
-                paths.push("role");
-            }
-            if paths.is_empty() {
-                return Err(CliError::usage(
-                    "nothing to update: pass --description and/or --role",
-                ));
-            }
+            let mask = update_mask(&[
+                ("description", "--description", description.is_some()),
+                ("role", "--role", role.is_some()),
+            ])?;
             let name = ctx.expand(AGENTS, &name).await?;
             let mut client = ctx.identity()?;
             let resp = client
@@ -152,7 +144,7 @@ pub async fn run(ctx: &mut Ctx, cmd: AgentCommand) -> Result<(), CliError> {
                         role: role.unwrap_or_default(),
                         ..Default::default()
                     }),
-                    update_mask: Some(field_mask(paths)),
+                    update_mask: Some(mask),
                 })
                 .await
                 .map_err(|s| ctx.id_err()(s).with_flags(AGENT_FLAGS))?

@@ -200,6 +200,27 @@ pub(crate) fn field_mask(paths: Vec<&str>) -> prost_types::FieldMask {
     }
 }
 
+/// The update mask of an `update` command: the paths of the flags given,
+/// `(path, flag, given)`; none given is a usage error naming the flags.
+pub(crate) fn update_mask(
+    fields: &[(&str, &str, bool)],
+) -> Result<prost_types::FieldMask, CliError> {
+    let paths: Vec<&str> = fields
+        .iter()
+        .filter(|(_, _, given)| *given)
+        .map(|(path, _, _)| *path)
+        .collect();
+    if paths.is_empty() {
+        let flags: Vec<&str> = fields.iter().map(|(_, flag, _)| *flag).collect();
+        let listed = match flags.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and/or {last}", rest.join(", ")),
+            _ => flags.join(""),
+        };
+        return Err(CliError::usage(format!("nothing to update: pass {listed}")));
+    }
+    Ok(field_mask(paths))
+}
+
 // ---------------------------------------------------------------- member
 
 #[derive(Debug, Subcommand)]
@@ -542,18 +563,10 @@ pub async fn project(ctx: &mut Ctx, cmd: ProjectCommand) -> Result<(), CliError>
             display_name,
             description,
         } => {
-            let mut paths = Vec::new();
-            if display_name.is_some() {
-                paths.push("display_name");
-            }
-            if description.is_some() {
-                paths.push("description");
-            }
-            if paths.is_empty() {
-                return Err(CliError::usage(
-                    "nothing to update: pass --display-name and/or --description",
-                ));
-            }
+            let mask = update_mask(&[
+                ("display_name", "--display-name", display_name.is_some()),
+                ("description", "--description", description.is_some()),
+            ])?;
             let name = ctx.expand(PROJECTS, &name).await?;
             let mut client = ctx.identity()?;
             let resp = client
@@ -564,7 +577,7 @@ pub async fn project(ctx: &mut Ctx, cmd: ProjectCommand) -> Result<(), CliError>
                         description: description.unwrap_or_default(),
                         ..Default::default()
                     }),
-                    update_mask: Some(field_mask(paths)),
+                    update_mask: Some(mask),
                 })
                 .await
                 .map_err(ctx.id_err())?
@@ -603,4 +616,33 @@ pub async fn whoami(ctx: &mut Ctx) -> Result<(), CliError> {
         print_fields(&output::principal_fields(&p));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_names_the_flags_it_takes() {
+        let mask = update_mask(&[("a", "--a", false), ("b.c", "--c", true)]).expect("mask");
+        assert_eq!(mask.paths, ["b.c"]);
+        let none = |fields: &[(&str, &str, bool)]| {
+            update_mask(fields)
+                .expect_err("usage")
+                .render()
+                .expect("line")
+        };
+        assert_eq!(
+            none(&[
+                ("a", "--a", false),
+                ("b", "--b", false),
+                ("c", "--c", false)
+            ]),
+            "INVALID_ARGUMENT: nothing to update: pass --a, --b and/or --c"
+        );
+        assert_eq!(
+            none(&[("a", "--a", false)]),
+            "INVALID_ARGUMENT: nothing to update: pass --a"
+        );
+    }
 }

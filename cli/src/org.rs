@@ -12,7 +12,7 @@ use paddock_proto::identity::v1::{
 use serde_json::json;
 use tonic::Code;
 
-use crate::commands::{Ctx, all_pages, field_mask, missing, print_deleted};
+use crate::commands::{Ctx, all_pages, missing, print_deleted, update_mask};
 use crate::error::CliError;
 use crate::global::TokenSource;
 use crate::output::{self, Table, print_fields, print_json, print_list};
@@ -210,21 +210,19 @@ pub async fn run(ctx: &mut Ctx, cmd: OrgCommand) -> Result<(), CliError> {
             max_key_lifetime,
             allow_non_expiring_keys,
         } => {
-            let mut paths = Vec::new();
-            if display_name.is_some() {
-                paths.push("display_name");
-            }
-            if max_key_lifetime.is_some() {
-                paths.push("settings.max_key_lifetime");
-            }
-            if allow_non_expiring_keys.is_some() {
-                paths.push("settings.allow_non_expiring_keys");
-            }
-            if paths.is_empty() {
-                return Err(CliError::usage(
-                    "nothing to update: pass --display-name, --max-key-lifetime and/or --allow-non-expiring-keys",
-                ));
-            }
+            let mask = update_mask(&[
+                ("display_name", "--display-name", display_name.is_some()),
+                (
+                    "settings.max_key_lifetime",
+                    "--max-key-lifetime",
+                    max_key_lifetime.is_some(),
+                ),
+                (
+                    "settings.allow_non_expiring_keys",
+                    "--allow-non-expiring-keys",
+                    allow_non_expiring_keys.is_some(),
+                ),
+            ])?;
             let name = ctx.parent().await?;
             let mut client = ctx.identity()?;
             let resp = client
@@ -239,7 +237,7 @@ pub async fn run(ctx: &mut Ctx, cmd: OrgCommand) -> Result<(), CliError> {
                         }),
                         ..Default::default()
                     }),
-                    update_mask: Some(field_mask(paths)),
+                    update_mask: Some(mask),
                 })
                 .await
                 .map_err(|s| ctx.id_err()(s).with_flags(ORG_FLAGS))?
