@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// Address of the sandbox runner (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7103")]
     pub sandbox_listen: SocketAddr,
+    /// The admin HTTP listener: Prometheus `/metrics` and `/healthz` for
+    /// every service here (port 0 picks a free port).
+    #[arg(long, env = "PADDOCK_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
     /// The Docker Engine the sandbox runner drives.
     #[arg(
         long,
@@ -322,6 +326,18 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     if skip.len() == Service::ALL.len() {
         return Err(CliError::usage("--skip leaves no service to run"));
     }
+    let admin = paddock_shared::admin::AdminServer::start(args.admin_listen)
+        .await
+        .map_err(|e| {
+            CliError::new(
+                Code::Unavailable,
+                format!(
+                    "cannot bind the admin listener {}: {e} (set --admin-listen)",
+                    args.admin_listen
+                ),
+            )
+        })?;
+    let admin_endpoint = client_endpoint(admin.addr);
     let mut stack = start_stack(StackOptions {
         data_dir: args.data_dir.clone(),
         identity_listen: args.identity_listen,
@@ -392,6 +408,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         "authz": stack.authz_endpoint,
         "audit": audit_endpoint,
         "sandbox": sandbox_endpoint,
+        "admin": admin_endpoint,
     });
     if let Err(e) = write_secret_file(
         &args.data_dir.join("endpoints.json"),
@@ -418,6 +435,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             args.docker_host
         );
     }
+    outln!("metrics on {admin_endpoint}/metrics");
     if stack.identity.is_some() {
         outln!(
             "bootstrap token in {}",
@@ -457,6 +475,7 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         r.shutdown().await;
     }
     stack.shutdown().await;
+    admin.shutdown().await;
     telemetry.shutdown().await;
     outcome
 }

@@ -230,6 +230,8 @@ fn spawn_dev(
             "127.0.0.1:0",
             "--sandbox-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .env_remove("DATABASE_URL")
@@ -275,6 +277,8 @@ pub struct Dev {
     pub authz_endpoint: String,
     pub audit_endpoint: String,
     pub sandbox_endpoint: String,
+    /// The admin listener (`/metrics`, `/healthz`).
+    pub admin_endpoint: String,
     env: Vec<(String, String)>,
     // Dropped last: the child is gone before its data dir is removed.
     dir: TempDir,
@@ -319,6 +323,7 @@ impl Dev {
             authz_endpoint: String::new(),
             audit_endpoint: String::new(),
             sandbox_endpoint: String::new(),
+            admin_endpoint: String::new(),
             env,
             dir,
         };
@@ -387,6 +392,10 @@ impl Dev {
         self.sandbox_endpoint = endpoints["sandbox"]
             .as_str()
             .expect("sandbox endpoint")
+            .to_owned();
+        self.admin_endpoint = endpoints["admin"]
+            .as_str()
+            .expect("admin endpoint")
             .to_owned();
     }
 

@@ -37,8 +37,14 @@ fn reason(p: &Principal, summary: String, missing: PbLink, granted_by: &str) -> 
     }
 }
 
-/// Decides one check.
+/// Decides one check, and counts the decision.
 pub fn evaluate(req: &CheckRequest) -> CheckResponse {
+    let response = decide(req);
+    paddock_shared::metrics::decision(response.allowed);
+    response
+}
+
+fn decide(req: &CheckRequest) -> CheckResponse {
     let p = req.principal.clone().unwrap_or_default();
     let deny = |missing: Link, summary: String| CheckResponse {
         allowed: false,

@@ -84,6 +84,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_policies.sql")),
     (2, paddock_shared::outbox::MIGRATION),
     (3, paddock_shared::outbox::QUARANTINE_MIGRATION),
+    (4, paddock_shared::outbox::TRACE_MIGRATION),
 ];
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -122,6 +123,7 @@ pub async fn start_on(
     let watch = authn.inner().watch(authn.cache());
     let forwarder = match &config.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
+            "authz",
             db.pool.clone(),
             endpoint,
             BearerAuth::new(service_token)?,

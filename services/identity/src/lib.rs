@@ -45,6 +45,7 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../migrations/0006_credential_rotation.sql"),
     ),
     (7, paddock_shared::outbox::QUARANTINE_MIGRATION),
+    (8, paddock_shared::outbox::TRACE_MIGRATION),
 ];
 
 /// Configuration of the identity service.
@@ -136,6 +137,7 @@ pub async fn start_on(
     )?);
     let forwarder = match &config.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
+            "identity",
             db.pool.clone(),
             endpoint,
             BearerAuth::new(service_token)?,

@@ -50,6 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[
     (2, paddock_shared::outbox::MIGRATION),
     (3, include_str!("../migrations/0003_installation.sql")),
     (4, paddock_shared::outbox::QUARANTINE_MIGRATION),
+    (5, paddock_shared::outbox::TRACE_MIGRATION),
 ];
 
 /// Configuration of the sandbox runner.
@@ -219,6 +220,7 @@ pub async fn start_on(
     let policy = auth::policy_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?;
     let forwarder = match &config.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
+            "sandbox-runner",
             db.pool.clone(),
             endpoint,
             BearerAuth::new(service_token)?,
@@ -325,6 +327,7 @@ pub async fn start_on(
         authn.inner().watch(authn.cache()),
         tokio::spawn(watch_engine(runner.clone(), health, name)),
         tokio::spawn(heartbeat(runner.clone())),
+        tokio::spawn(count_sandboxes(runner.clone())),
     ];
     background.extend(forwarder.map(Forwarder::spawn));
     tracing::info!(%addr, worker, docker = config.docker_host, "sandbox runner listening");
@@ -429,6 +432,29 @@ async fn heartbeat(runner: Arc<Runner>) {
         .await
         {
             tracing::warn!(error = %e, "worker heartbeat failed");
+        }
+    }
+}
+
+/// Counts this worker's sandboxes by state for the metrics, every few
+/// seconds (a gauge read at collection time cannot wait on the database).
+async fn count_sandboxes(runner: Arc<Runner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        match store::count_by_state(&runner.db.pool, &runner.worker).await {
+            Ok(counts) => paddock_shared::metrics::set_sandboxes(
+                &runner.worker,
+                counts
+                    .into_iter()
+                    .map(|(state, n)| {
+                        let name = state.as_str_name();
+                        let name = name.strip_prefix("SANDBOX_STATE_").unwrap_or(name);
+                        (name.to_ascii_lowercase(), n)
+                    })
+                    .collect(),
+            ),
+            Err(e) => tracing::debug!(error = %e, "counting sandboxes by state"),
         }
     }
 }

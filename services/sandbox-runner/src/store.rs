@@ -414,3 +414,19 @@ pub async fn installation_id(pool: &AnyPool) -> Result<String> {
         .await?;
     Ok(id)
 }
+
+/// This worker's sandboxes by state, for the metrics.
+pub async fn count_by_state(pool: &AnyPool, worker: &str) -> Result<Vec<(SandboxState, i64)>> {
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM sandboxes WHERE worker_id = $1 GROUP BY state")
+            .bind(worker)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(state, n)| {
+            let state = SandboxState::try_from(state as i32).unwrap_or(SandboxState::Unspecified);
+            (state, n)
+        })
+        .collect())
+}

@@ -8,8 +8,7 @@
 //! missing credentials and unreachable dependencies are refused: default
 //! deny, fail closed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -118,21 +117,25 @@ impl Invalidation {
 /// Resolved principals by token hash, for at most [`CACHE_TTL`]; each
 /// change it is told about is passed on to [`PrincipalCache::subscribe`]rs.
 pub struct PrincipalCache {
-    entries: RwLock<HashMap<String, (Principal, Instant)>>,
+    entries: moka::sync::Cache<String, Principal>,
     changes: tokio::sync::broadcast::Sender<Invalidation>,
 }
 
 impl Default for PrincipalCache {
     fn default() -> Self {
         Self {
-            entries: RwLock::default(),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(Self::MAX_ENTRIES)
+                .time_to_live(CACHE_TTL)
+                .support_invalidation_closures()
+                .build(),
             changes: tokio::sync::broadcast::channel(Self::CHANGES_BUFFER).0,
         }
     }
 }
 
 impl PrincipalCache {
-    const MAX_ENTRIES: usize = 100_000;
+    const MAX_ENTRIES: u64 = 100_000;
     /// Changes kept for a slow subscriber; one that lags further is told
     /// so and treats it as a reset.
     const CHANGES_BUFFER: usize = 1024;
@@ -143,33 +146,31 @@ impl PrincipalCache {
     }
 
     fn get(&self, token_hash: &str) -> Option<Principal> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(token_hash)
-            .filter(|(p, at)| at.elapsed() < CACHE_TTL && !expired(p))
-            .map(|(p, _)| p.clone())
+        let found = self.entries.get(token_hash).filter(|p| !expired(p));
+        crate::metrics::cache_lookup(crate::metrics::Cache::Principal, found.is_some());
+        found
     }
 
     fn put(&self, token_hash: String, principal: Principal) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= Self::MAX_ENTRIES {
-            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-            if entries.len() >= Self::MAX_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(token_hash, (principal, Instant::now()));
+        self.entries.insert(token_hash, principal);
     }
 
     /// Drops every cached principal the change touches, then tells the
     /// subscribers (after the drop, so that what they look up again is
     /// fresh).
     pub fn invalidate(&self, change: &Invalidation) {
-        {
-            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            match change {
-                Invalidation::Reset => entries.clear(),
-                _ => entries.retain(|_, (p, _)| !change.touches(p)),
+        match change {
+            Invalidation::Reset => self.entries.invalidate_all(),
+            _ => {
+                let change = change.clone();
+                if self
+                    .entries
+                    .invalidate_entries_if(move |_, p| change.touches(p))
+                    .is_err()
+                {
+                    // Cannot happen (closures are enabled); fail safe.
+                    self.entries.invalidate_all();
+                }
             }
         }
         // No subscriber is not an error.
@@ -365,14 +366,17 @@ impl Authenticator for RemoteIdentity {
 /// role, key role and scope, which are part of the memo key.
 pub struct RemoteAuthz {
     client: AuthzClient,
-    memo: RwLock<HashMap<String, (CheckResponse, Instant)>>,
+    memo: moka::sync::Cache<String, CheckResponse>,
 }
 
 impl RemoteAuthz {
     pub fn new(client: AuthzClient) -> Self {
         Self {
             client,
-            memo: RwLock::default(),
+            memo: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
         }
     }
 }
@@ -399,13 +403,10 @@ impl Authorizer for RemoteAuthz {
     fn check(&self, req: CheckRequest) -> BoxFuture<'_, Result<CheckResponse, Status>> {
         Box::pin(async move {
             let key = memo_key(&req);
-            {
-                let memo = self.memo.read().unwrap_or_else(|e| e.into_inner());
-                if let Some((resp, at)) = memo.get(&key)
-                    && at.elapsed() < CACHE_TTL
-                {
-                    return Ok(resp.clone());
-                }
+            let memoized = self.memo.get(&key);
+            crate::metrics::cache_lookup(crate::metrics::Cache::Decision, memoized.is_some());
+            if let Some(resp) = memoized {
+                return Ok(resp);
             }
             let resp = self
                 .client
@@ -414,11 +415,7 @@ impl Authorizer for RemoteAuthz {
                 .await
                 .map_err(|s| dependency_status("authz", s))?
                 .into_inner();
-            let mut memo = self.memo.write().unwrap_or_else(|e| e.into_inner());
-            if memo.len() >= 100_000 {
-                memo.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-            }
-            memo.insert(key, (resp.clone(), Instant::now()));
+            self.memo.insert(key, resp.clone());
             Ok(resp)
         })
     }
@@ -828,6 +825,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = self.admission.clone();
         let span = server_span(&req);
+        let started = Instant::now();
+        let path = req.uri().path().to_owned();
         let fut = async move {
             // The refusal owns what it needs, so `req` is free again below;
             // the path is copied only for the audit details of a refusal.
@@ -915,9 +914,12 @@ where
         Box::pin(
             async move {
                 let response = fut.await;
-                if let Ok(r) = &response {
-                    telemetry::record_status(&Span::current(), r.headers());
-                }
+                let code = match &response {
+                    Ok(r) => telemetry::record_status(&Span::current(), r.headers()),
+                    Err(_) => tonic::Code::Internal,
+                };
+                let (service, method) = telemetry::rpc_parts(&path);
+                crate::metrics::rpc_served(service, method, code, started.elapsed());
                 response
             }
             .instrument(span),

@@ -89,14 +89,20 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = inner.call(req);
+        let started = std::time::Instant::now();
         Box::pin(
             async move {
                 let response = call.await;
-                match &response {
+                let code = match &response {
                     Ok(r) => telemetry::record_status(&Span::current(), r.headers()),
                     // Unreachable: no answer at all.
-                    Err(_) => telemetry::record_code(&Span::current(), tonic::Code::Unavailable),
-                }
+                    Err(_) => {
+                        telemetry::record_code(&Span::current(), tonic::Code::Unavailable);
+                        tonic::Code::Unavailable
+                    }
+                };
+                let (service, method) = telemetry::rpc_parts(&path);
+                crate::metrics::rpc_made(service, method, code, started.elapsed());
                 response
             }
             .instrument(span),

@@ -6,12 +6,14 @@
 #![warn(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod db;
 pub mod error;
 pub mod hex;
+pub mod metrics;
 pub mod names;
 pub mod org_reaper;
 pub mod outbox;

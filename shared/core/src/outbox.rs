@@ -14,6 +14,7 @@ use std::time::Duration;
 use prost::Message;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::auth::BearerAuth;
 use crate::proto::audit::v1::audit_service_client::AuditServiceClient;
@@ -27,8 +28,15 @@ pub const MIGRATION: &str = "CREATE TABLE audit_outbox (\n    id TEXT PRIMARY KE
 /// deleted, for an operator to look at.
 pub const QUARANTINE_MIGRATION: &str = "CREATE TABLE audit_outbox_quarantine (\n    id TEXT PRIMARY KEY,\n    created BIGINT NOT NULL,\n    quarantined BIGINT NOT NULL,\n    event TEXT NOT NULL\n);\n";
 
+/// The trace context of the span that recorded each event, so its
+/// delivery can link back to it.
+pub const TRACE_MIGRATION: &str = "ALTER TABLE audit_outbox ADD COLUMN traceparent TEXT;\n";
+
 /// Most events one delivery carries.
 const BATCH: i64 = 500;
+
+/// Most links one delivery span carries (OpenTelemetry's default limit).
+const MAX_LINKS: usize = 128;
 
 /// A new event: id (UUIDv7), time, the current trace id, the source service.
 pub fn event(
@@ -73,12 +81,15 @@ pub fn actor(p: &Principal) -> Actor {
 
 /// Writes `event` into the outbox inside the caller's transaction.
 pub async fn record(conn: &mut AnyConnection, event: &AuditEvent) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_outbox (id, created, event) VALUES ($1, $2, $3)")
-        .bind(&event.id)
-        .bind(crate::time::now_micros())
-        .bind(crate::hex::encode(&event.encode_to_vec()))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_outbox (id, created, event, traceparent) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&event.id)
+    .bind(crate::time::now_micros())
+    .bind(crate::hex::encode(&event.encode_to_vec()))
+    .bind(crate::telemetry::current_traceparent())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -140,10 +151,13 @@ pub struct Forwarder {
     >,
     wake: Arc<Notify>,
     quarantined: Arc<std::sync::atomic::AtomicU64>,
+    gauge: Arc<crate::metrics::OutboxGauge>,
 }
 
 impl Forwarder {
+    /// A forwarder of `service`'s outbox (the name its metrics carry).
     pub fn new(
+        service: &'static str,
         pool: AnyPool,
         audit_endpoint: &str,
         auth: BearerAuth,
@@ -154,7 +168,25 @@ impl Forwarder {
             client: AuditServiceClient::with_interceptor(channel, auth),
             wake: Arc::default(),
             quarantined: Arc::default(),
+            gauge: crate::metrics::OutboxGauge::register(service),
         })
+    }
+
+    /// Counts what waits and what is quarantined, for the metrics and the
+    /// admin health. A count that fails leaves the last one.
+    async fn measure(&self) {
+        let waiting: Result<(i64, Option<i64>), _> =
+            sqlx::query_as("SELECT COUNT(*), MIN(created) FROM audit_outbox")
+                .fetch_one(&self.pool)
+                .await;
+        let quarantined: Result<(i64,), _> =
+            sqlx::query_as("SELECT COUNT(*) FROM audit_outbox_quarantine")
+                .fetch_one(&self.pool)
+                .await;
+        if let Ok((backlog, oldest)) = waiting {
+            let quarantined = quarantined.map_or(self.gauge.quarantined(), |(n,)| n);
+            self.gauge.set(backlog, oldest, quarantined);
+        }
     }
 
     /// How many undecodable rows this forwarder has moved to the
@@ -170,8 +202,8 @@ impl Forwarder {
 
     /// Delivers one batch; returns how many events were delivered.
     pub async fn deliver_once(&mut self) -> Result<usize, String> {
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT id, created, event FROM audit_outbox ORDER BY created, id LIMIT $1",
+        let rows: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, created, event, traceparent FROM audit_outbox ORDER BY created, id LIMIT $1",
         )
         .bind(BATCH)
         .fetch_all(&self.pool)
@@ -180,9 +212,32 @@ impl Forwarder {
         if rows.is_empty() {
             return Ok(0);
         }
+        // A delivery is its own trace, linked to the ones that recorded
+        // its events.
+        let span = tracing::info_span!(
+            parent: None,
+            "outbox.deliver",
+            otel.kind = "producer",
+            paddock.outbox.events = rows.len() as i64,
+        );
+        for (_, _, _, traceparent) in rows.iter().take(MAX_LINKS) {
+            if let Some(cx) = traceparent
+                .as_deref()
+                .and_then(crate::telemetry::parse_traceparent)
+            {
+                crate::telemetry::link(&span, cx);
+            }
+        }
+        self.deliver_rows(&rows).instrument(span).await
+    }
+
+    async fn deliver_rows(
+        &mut self,
+        rows: &[(String, i64, String, Option<String>)],
+    ) -> Result<usize, String> {
         let mut events = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
-        for (id, created, hex) in &rows {
+        for (id, created, hex, _) in rows {
             match crate::hex::decode(hex).and_then(|b| AuditEvent::decode(b.as_slice()).ok()) {
                 Some(e) => events.push(e),
                 None => undecodable.push((id, *created, hex)),
@@ -209,7 +264,7 @@ impl Forwarder {
             .await
             .map_err(|e| format!("quarantining an outbox row: {e}"))?;
         }
-        for (id, _, _) in &rows {
+        for (id, _, _, _) in rows {
             sqlx::query("DELETE FROM audit_outbox WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -237,7 +292,11 @@ impl Forwarder {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.deliver_once().await {
+                let delivered = self.deliver_once().await;
+                if !matches!(delivered, Ok(n) if n as i64 == BATCH) {
+                    self.measure().await;
+                }
+                match delivered {
                     Ok(n) if n as i64 == BATCH => continue,
                     Ok(_) => {
                         backoff = Duration::from_millis(100);
@@ -263,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn events_stay_in_the_outbox_while_audit_is_unreachable() {
         let dir = std::env::temp_dir().join(format!("paddock-outbox-{}", uuid::Uuid::new_v4()));
-        let db = Database::connect("svc", &dir, None, &[(1, MIGRATION)])
+        let db = Database::connect("svc", &dir, None, &[(1, MIGRATION), (2, TRACE_MIGRATION)])
             .await
             .expect("db");
         let p = Principal {
@@ -308,6 +367,7 @@ mod tests {
             .local_addr()
             .expect("addr");
         let mut forwarder = Forwarder::new(
+            "svc",
             db.pool.clone(),
             &format!("http://{unused}"),
             BearerAuth::anonymous(),
@@ -338,7 +398,11 @@ mod tests {
             "svc",
             &dir,
             None,
-            &[(1, MIGRATION), (2, QUARANTINE_MIGRATION)],
+            &[
+                (1, MIGRATION),
+                (2, QUARANTINE_MIGRATION),
+                (3, TRACE_MIGRATION),
+            ],
         )
         .await
         .expect("db");
@@ -356,6 +420,7 @@ mod tests {
             .local_addr()
             .expect("addr");
         let mut forwarder = Forwarder::new(
+            "svc",
             db.pool.clone(),
             &format!("http://{unused}"),
             BearerAuth::anonymous(),

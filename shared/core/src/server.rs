@@ -226,7 +226,7 @@ pub async fn shutdown_signal() {
 }
 
 /// The whole `main` of a service binary: flags from the library's `Config`
-/// (plus `--service-token-file`), `DATABASE_URL` as the fallback storage,
+/// (plus `--service-token-file` and `--admin-listen`), `DATABASE_URL` as the fallback storage,
 /// the shared service token, then serve until SIGINT/SIGTERM and drain.
 /// The calling crate depends on `clap` and `tokio`.
 #[macro_export]
@@ -241,6 +241,10 @@ macro_rules! service_main {
             /// 0600); default {data-dir}/service-token.
             #[arg(long, env = "PADDOCK_SERVICE_TOKEN_FILE")]
             service_token_file: Option<std::path::PathBuf>,
+            /// The admin HTTP listener (`/metrics`, `/healthz`); loopback
+            /// unless told otherwise, port 0 picks a free one.
+            #[arg(long, env = "PADDOCK_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+            admin_listen: std::net::SocketAddr,
         }
 
         #[tokio::main]
@@ -258,9 +262,18 @@ macro_rules! service_main {
                 &token_file,
                 $crate::token::TokenKind::Service,
             )?;
+            let admin = $crate::admin::AdminServer::start(cli.admin_listen)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot bind the admin listener {}: {e} (set --admin-listen)",
+                        cli.admin_listen
+                    )
+                })?;
             let server = $lib::start(&cli.config, &token).await?;
             $crate::server::shutdown_signal().await;
             server.shutdown().await;
+            admin.shutdown().await;
             telemetry.shutdown().await;
             Ok(())
         }

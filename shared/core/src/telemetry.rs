@@ -86,11 +86,12 @@ pub fn init_quiet_exporting(services: &[&'static str], endpoint: &str) -> &'stat
                 Some(format!("OTLP exporter: {e}")),
             ),
         };
-        finish_init(provider, exporting, problem, true)
+        finish_init(services, provider, exporting, problem, true)
     })
 }
 
 fn finish_init(
+    services: &[&'static str],
     provider: SdkTracerProvider,
     exporting: bool,
     problem: Option<String>,
@@ -102,6 +103,15 @@ fn finish_init(
     if let Some(problem) = problem {
         tracing::warn!("{problem}; traces are not exported");
     }
+    // One meter provider per process: several services in one process
+    // share it, told apart by their RPC and service attributes.
+    let name = match services {
+        [one] => one,
+        _ => "paddock",
+    };
+    if let Some(problem) = crate::metrics::init(name, sdk_disabled(), None) {
+        tracing::warn!("{problem}");
+    }
     Telemetry {
         provider,
         exporting,
@@ -111,7 +121,7 @@ fn finish_init(
 fn init_with(services: &[&'static str], quiet: bool) -> &'static Telemetry {
     TELEMETRY.get_or_init(|| {
         let (provider, exporting, problem) = provider(services);
-        finish_init(provider, exporting, problem, quiet)
+        finish_init(services, provider, exporting, problem, quiet)
     })
 }
 
@@ -124,6 +134,7 @@ impl Telemetry {
     /// Exports what is buffered and stops the exporter, off the async
     /// runtime (the exporter needs it to make progress).
     pub async fn shutdown(&'static self) {
+        crate::metrics::shutdown().await;
         if !self.exporting {
             return;
         }
@@ -213,7 +224,10 @@ fn install_subscriber(tracer: Option<opentelemetry_sdk::trace::SdkTracer>, quiet
             .with_context_activation(false)
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
-    let registry = tracing_subscriber::registry().with(otel);
+    let timer = crate::metrics::DockerCallTimer.with_filter(tracing_subscriber::filter::filter_fn(
+        crate::metrics::DockerCallTimer::wants,
+    ));
+    let registry = tracing_subscriber::registry().with(otel).with(timer);
     let json = env("PADDOCK_LOG_FORMAT").is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
     let _ = if json {
         registry
@@ -408,16 +422,22 @@ pub fn inject(headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }
 
-/// Records the gRPC status of a response on `span` (an RPC span): from
-/// `grpc-status` in the headers (a refusal or a trailers-only error), else
-/// OK. Not OK is an error status.
-pub fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
-    let code = headers
+/// Records the gRPC status of a response on `span` (an RPC span) and
+/// returns it: see [`status_code`].
+pub fn record_status(span: &tracing::Span, headers: &http::HeaderMap) -> tonic::Code {
+    let code = status_code(headers);
+    record_code(span, code);
+    code
+}
+
+/// The gRPC status of a response: from `grpc-status` in the headers (a
+/// refusal or a trailers-only error), else OK.
+pub fn status_code(headers: &http::HeaderMap) -> tonic::Code {
+    headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from);
-    record_code(span, code);
+        .map_or(tonic::Code::Ok, tonic::Code::from)
 }
 
 /// Records `code` on `span` (an RPC span).
@@ -441,6 +461,31 @@ pub fn current_span_context() -> SpanContext {
 pub fn current_trace_id() -> Option<String> {
     let sc = current_span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The current span's context as a W3C `traceparent` value, if there is a
+/// trace.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut headers = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut headers);
+    headers.remove("traceparent")
+}
+
+/// The span context a `traceparent` value names, if it is well formed.
+pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let headers = HashMap::from([("traceparent".to_owned(), value.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&headers);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Links `span` to another span (one that caused its work).
+pub fn link(span: &tracing::Span, to: SpanContext) {
+    span.add_link(to);
 }
 
 /// The current trace id, or `-` outside a trace (for messages).
