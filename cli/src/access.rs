@@ -1,6 +1,6 @@
-//! Who may do what: `paddock can` (for the caller, or `--as` another
-//! member or agent; `--list` like `kubectl auth can-i --list`), `paddock
-//! role list` and `paddock permission list`.
+//! Who is calling and who may do what: `paddock whoami`, `paddock can` (for
+//! the caller, or `--as` another member or agent; `--list` like `kubectl
+//! auth can-i --list`), `paddock role list` and `paddock permission list`.
 
 use std::collections::BTreeMap;
 
@@ -10,10 +10,11 @@ use paddock_proto::identity::v1::Principal;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::commands::{Ctx, resolve_member};
+use crate::commands::Ctx;
 use crate::error::CliError;
+use crate::member::resolve_member;
 use crate::names::{self, AGENTS, MEMBERS};
-use crate::output::{self, Table, print_list};
+use crate::output::{self, Table, print_fields, print_json, print_list};
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCommand {
@@ -44,6 +45,17 @@ pub struct CanArgs {
     /// List every permission held, instead of checking one.
     #[arg(long, conflicts_with_all = ["permission", "resource"])]
     pub list: bool,
+}
+
+/// `paddock whoami`: the principal the token belongs to.
+pub async fn whoami(ctx: &mut Ctx) -> Result<(), CliError> {
+    let p = ctx.caller().await?;
+    if ctx.json() {
+        print_json(&output::principal_json(&p));
+    } else {
+        print_fields(&output::principal_fields(&p));
+    }
+    Ok(())
 }
 
 /// `paddock can`: exits 0 when allowed, 1 when denied, and 2 when it

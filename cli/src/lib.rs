@@ -17,9 +17,6 @@ mod access;
 mod agent;
 mod audit;
 mod bench;
-mod bench_audit;
-mod bench_otlp;
-mod bench_sandbox;
 mod commands;
 mod completion;
 mod config;
@@ -30,10 +27,12 @@ mod error;
 mod global;
 mod invite;
 mod keys;
+mod member;
 mod names;
 mod org;
 mod output;
 mod policy;
+mod project;
 mod sandbox;
 
 use std::ffi::OsString;
@@ -79,7 +78,7 @@ pub enum Command {
     Org(org::OrgCommand),
     /// Members: invite, accept an invite, list, change roles, remove.
     #[command(subcommand)]
-    Member(commands::MemberCommand),
+    Member(member::MemberCommand),
     /// Invites: list them (never their codes) and revoke pending ones.
     #[command(subcommand)]
     Invite(invite::InviteCommand),
@@ -88,7 +87,7 @@ pub enum Command {
     Agent(agent::AgentCommand),
     /// Projects.
     #[command(subcommand)]
-    Project(commands::ProjectCommand),
+    Project(project::ProjectCommand),
     /// API keys: create, list, rotate, revoke.
     #[command(subcommand)]
     Key(keys::KeyCommand),
@@ -294,15 +293,15 @@ async fn execute(global: Global, command: Command) -> Result<(), CliError> {
         Command::Context(c) => context::run(global.output, c),
         Command::Completion(a) => completion::print(&a),
         Command::Org(c) => org::run(&mut ctx(), c).await,
-        Command::Member(c) => commands::member(&mut ctx(), c).await,
+        Command::Member(c) => member::run(&mut ctx(), c).await,
         Command::Invite(c) => invite::run(&mut ctx(), c).await,
         Command::Agent(c) => agent::run(&mut ctx(), c).await,
-        Command::Project(c) => commands::project(&mut ctx(), c).await,
+        Command::Project(c) => project::run(&mut ctx(), c).await,
         Command::Key(c) => keys::run(&mut ctx(), c).await,
         Command::Credential(c) => credential::run(&mut ctx(), c).await,
         Command::Role(c) => access::role(&mut ctx(), c).await,
         Command::Permission(c) => access::permission(&mut ctx(), c).await,
-        Command::Whoami => commands::whoami(&mut ctx()).await,
+        Command::Whoami => access::whoami(&mut ctx()).await,
         Command::Can(a) => access::can(&mut ctx(), a).await,
         Command::Audit(c) => audit::run(&global, c).await,
         Command::Run(a) => sandbox::run(&mut ctx(), a).await,

@@ -1,18 +1,21 @@
 //! `paddock audit`: query, tail, verify and export the caller's
-//! organization's audit trail (needs `audit.read`).
+//! organization's audit trail (needs `audit.read`), and its settings.
 //!
-//! One command group with its filter flags, paging and both renderings
-//! (table, JSON): past 600 lines by about 20 plus its tests, kept whole
-//! because the pieces are read together.
+//! The commands, paging and the tail's reconnects live here; the filter
+//! flags (and the times they take) in `filter`, how an event prints (table
+//! and JSON) in `event`.
+
+mod event;
+mod filter;
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::Subcommand;
 use paddock_proto::audit::v1::audit_service_client::AuditServiceClient;
 use paddock_proto::audit::v1::{
-    AuditEvent, AuditSettings, EventFilter, ExportEventsRequest, GetAuditSettingsRequest, Outcome,
-    QueryEventsRequest, QueryEventsResponse, QueryPlatformEventsRequest, TailEventsRequest,
-    UpdateAuditSettingsRequest, VerifyChainRequest, VerifyPlatformChainRequest,
+    AuditSettings, EventFilter, ExportEventsRequest, GetAuditSettingsRequest, QueryEventsRequest,
+    QueryEventsResponse, QueryPlatformEventsRequest, TailEventsRequest, UpdateAuditSettingsRequest,
+    VerifyChainRequest, VerifyPlatformChainRequest,
 };
 use paddock_shared::auth::{self, BearerAuth};
 use paddock_shared::client::Channel;
@@ -21,6 +24,8 @@ use serde_json::{Value, json};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 
+use self::event::{HEADER, event_cells, event_json};
+use self::filter::FilterArgs;
 use crate::Global;
 use crate::error::CliError;
 use crate::names;
@@ -105,226 +110,6 @@ fn organization_name(org: &str) -> String {
         format!("organizations/{org}")
     }
 }
-
-/// `--outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutcomeArg {
-    Success,
-    Failure,
-    Denied,
-}
-
-/// Filters of query, tail and export.
-#[derive(Debug, Clone, Args)]
-pub struct FilterArgs {
-    /// Actor: a principal id or an email / agent name.
-    #[arg(long)]
-    actor: Option<String>,
-    /// Action prefix, e.g. apikey. or apikey.create.
-    #[arg(long)]
-    action: Option<String>,
-    /// Exact resource name (full, or relative like projects/web).
-    #[arg(long)]
-    resource: Option<String>,
-    /// Only events with this outcome.
-    #[arg(long, value_enum)]
-    outcome: Option<OutcomeArg>,
-    /// Events at or after: a duration ago (1h, 30m, 7d) or RFC 3339.
-    #[arg(long, value_parser = parse_time)]
-    since: Option<prost_types::Timestamp>,
-    /// Events before: a duration ago or RFC 3339.
-    #[arg(long, value_parser = parse_time)]
-    until: Option<prost_types::Timestamp>,
-    /// W3C trace id.
-    #[arg(long)]
-    trace_id: Option<String>,
-}
-
-impl FilterArgs {
-    fn into_filter(self) -> Result<EventFilter, CliError> {
-        let resource = match self.resource {
-            Some(r) if !names::is_full(&r) => {
-                return Err(CliError::usage(format!(
-                    "invalid --resource {r:?}: give the full name, organizations/{{organization}}/..."
-                )));
-            }
-            r => r.unwrap_or_default(),
-        };
-        Ok(EventFilter {
-            actor: self.actor.unwrap_or_default(),
-            action_prefix: self.action.unwrap_or_default(),
-            resource,
-            outcome: match self.outcome {
-                None => Outcome::Unspecified,
-                Some(OutcomeArg::Success) => Outcome::Success,
-                Some(OutcomeArg::Failure) => Outcome::Failure,
-                Some(OutcomeArg::Denied) => Outcome::Denied,
-            } as i32,
-            start_time: self.since,
-            end_time: self.until,
-            trace_id: self.trace_id.unwrap_or_default(),
-        })
-    }
-}
-
-/// `1h` (that long ago) or RFC 3339 (`2026-01-02T03:04:05Z`,
-/// `2026-01-02T03:04:05.5+02:00`).
-pub fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
-    if let Ok(d) = paddock_shared::time::parse_duration(text) {
-        let micros = paddock_shared::time::now_micros()
-            .saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        return Ok(paddock_shared::time::timestamp(micros));
-    }
-    parse_rfc3339(text).ok_or_else(|| {
-        format!("invalid time {text:?}: use a duration ago (1h, 30m, 7d) or RFC 3339 (2026-01-02T03:04:05Z)")
-    })
-}
-
-fn parse_rfc3339(text: &str) -> Option<prost_types::Timestamp> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(r)?;
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut nanos = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 9 {
-            return None;
-        }
-        nanos = frac[..digits].parse::<i64>().ok()? * 10i64.pow(9 - digits as u32);
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    let seconds = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset;
-    Some(prost_types::Timestamp {
-        seconds,
-        nanos: nanos as i32,
-    })
-}
-
-/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// RFC 3339 with microseconds, as stored.
-fn time_micros(ts: Option<&prost_types::Timestamp>) -> String {
-    ts.map_or_else(String::new, |t| {
-        let secs = output::rfc3339(t);
-        let base = secs.trim_end_matches('Z');
-        format!("{base}.{:06}Z", t.nanos / 1000)
-    })
-}
-
-fn outcome_name(outcome: i32) -> &'static str {
-    match Outcome::try_from(outcome).unwrap_or(Outcome::Unspecified) {
-        Outcome::Success => "success",
-        Outcome::Failure => "failure",
-        Outcome::Denied => "denied",
-        Outcome::Unspecified => "unspecified",
-    }
-}
-
-/// One event as JSON, `details` as an object (`export` adds the exact
-/// `details_json` the hash covers).
-pub fn event_json(e: &AuditEvent) -> Value {
-    let actor = e.actor.clone().unwrap_or_default();
-    let details = serde_json::from_str::<Value>(&e.details_json)
-        .unwrap_or_else(|_| Value::String(e.details_json.clone()));
-    json!({
-        "id": e.id,
-        "time": time_micros(e.time.as_ref()),
-        "organization": e.organization,
-        "actor": {
-            "principal_id": actor.principal_id,
-            "kind": output::kind_short(&actor.kind),
-            "display_name": actor.display_name,
-            "key_id": actor.key_id,
-        },
-        "action": e.action,
-        "resource": e.resource,
-        "outcome": outcome_name(e.outcome),
-        "error_code": e.error_code,
-        "source_service": e.source_service,
-        "trace_id": e.trace_id,
-        "details": details,
-        "sequence": e.sequence,
-        "previous_hash": e.previous_hash,
-        "hash": e.hash,
-    })
-}
-
-fn actor_cell(e: &AuditEvent) -> String {
-    let actor = e.actor.clone().unwrap_or_default();
-    if !actor.display_name.is_empty() {
-        actor.display_name
-    } else if !actor.principal_id.is_empty() {
-        actor.principal_id
-    } else {
-        "-".into()
-    }
-}
-
-fn event_cells(e: &AuditEvent) -> Vec<String> {
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
-    let outcome = if e.error_code.is_empty() {
-        outcome_name(e.outcome).to_owned()
-    } else {
-        format!("{} ({})", outcome_name(e.outcome), e.error_code)
-    };
-    vec![
-        output::ts_cell(e.time.as_ref()),
-        e.sequence.to_string(),
-        actor_cell(e),
-        e.action.clone(),
-        dash(&e.resource),
-        outcome,
-    ]
-}
-
-const HEADER: [&str; 6] = ["TIME", "SEQ", "ACTOR", "ACTION", "RESOURCE", "OUTCOME"];
 
 fn client(global: &Global) -> Result<AuditClient, CliError> {
     names::check_endpoint("--audit-endpoint", &global.audit_endpoint)?;
@@ -618,40 +403,5 @@ async fn tail(
         }
         // The server went away (restart, shutdown): resume after the cursor.
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_times() {
-        let t = parse_rfc3339("1970-01-01T00:00:00Z").expect("epoch");
-        assert_eq!((t.seconds, t.nanos), (0, 0));
-        let t = parse_rfc3339("2026-01-02T03:04:05.5+02:00").expect("offset");
-        assert_eq!(t.seconds, 1_767_323_045 - 7200);
-        assert_eq!(t.nanos, 500_000_000);
-        assert_eq!(
-            output::rfc3339(&parse_rfc3339("2025-03-01T12:00:00Z").expect("t")),
-            "2025-03-01T12:00:00Z"
-        );
-        for bad in [
-            "",
-            "2026-01-02",
-            "2026-13-02T03:04:05Z",
-            "2026-01-02T03:04:05",
-            "x",
-        ] {
-            assert!(parse_rfc3339(bad).is_none(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn durations_are_ago() {
-        let t = parse_time("1h").expect("1h");
-        let now = paddock_shared::time::now_micros() / 1_000_000;
-        assert!((now - 3600 - t.seconds).abs() <= 2);
-        assert!(parse_time("yesterday").is_err());
     }
 }

@@ -30,12 +30,11 @@ use serde_json::{Value, json};
 use sqlx::AssertSqlSafe;
 use tonic::Code;
 
+use super::{Sample, internal, print_report, round3};
 use crate::Global;
-use crate::bench::{Sample, print_report_table, round3};
 use crate::dev::{self, StackOptions};
 use crate::error::CliError;
 use crate::names;
-use crate::output::{Format, print_json};
 
 #[derive(Debug, Args)]
 pub struct AuditBenchArgs {
@@ -64,11 +63,7 @@ const ACTORS: usize = 1000;
 /// Generated event times spread over this many days before now.
 const SPREAD_DAYS: i64 = 7;
 
-fn internal(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::new(Code::Internal, format!("{what}: {e}"))
-}
-
-pub async fn run(global: &Global, args: AuditBenchArgs) -> Result<(), CliError> {
+pub(super) async fn run(global: &Global, args: AuditBenchArgs) -> Result<(), CliError> {
     paddock_shared::telemetry::init_quiet(&[]);
     let data_dir = std::env::temp_dir().join(format!(
         "paddock-bench-audit-{}-{}",
@@ -77,12 +72,7 @@ pub async fn run(global: &Global, args: AuditBenchArgs) -> Result<(), CliError> 
     ));
     let result = run_in(&args, &data_dir).await;
     let _ = std::fs::remove_dir_all(&data_dir);
-    let report = result?;
-    if global.output == Format::Json {
-        print_json(&report);
-    } else {
-        print_report_table(&report);
-    }
+    print_report(global, &result?);
     Ok(())
 }
 

@@ -46,7 +46,7 @@ impl TraceService for Receiver {
 }
 
 /// Serves a receiver on a free loopback port; returns it and its endpoint.
-pub async fn start() -> Result<(Receiver, String), CliError> {
+pub(super) async fn start() -> Result<(Receiver, String), CliError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| CliError::new(tonic::Code::Internal, format!("OTLP receiver: {e}")))?;

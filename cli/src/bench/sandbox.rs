@@ -40,11 +40,10 @@ use paddock_shared::time::now_micros;
 use serde_json::{Value, json};
 use tonic::Code;
 
+use super::{Sample, internal, print_report, round3};
 use crate::Global;
-use crate::bench::{Sample, print_report_table, round3};
 use crate::dev::{self, StackOptions};
 use crate::error::CliError;
-use crate::output::{Format, print_json};
 
 #[derive(Debug, Args)]
 pub struct SandboxBenchArgs {
@@ -66,11 +65,7 @@ pub struct SandboxBenchArgs {
 
 const BENCH_IMAGE: &str = "paddock-bench-busybox:1";
 
-fn internal(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::new(Code::Internal, format!("{what}: {e}"))
-}
-
-pub async fn run(global: &Global, args: SandboxBenchArgs) -> Result<(), CliError> {
+pub(super) async fn run(global: &Global, args: SandboxBenchArgs) -> Result<(), CliError> {
     paddock_shared::telemetry::init_quiet(&[]);
     let data_dir = std::env::temp_dir().join(format!(
         "paddock-bench-sandbox-{}-{}",
@@ -79,12 +74,7 @@ pub async fn run(global: &Global, args: SandboxBenchArgs) -> Result<(), CliError
     ));
     let result = run_in(&args, &data_dir).await;
     let _ = std::fs::remove_dir_all(&data_dir);
-    let report = result?;
-    if global.output == Format::Json {
-        print_json(&report);
-    } else {
-        print_report_table(&report);
-    }
+    print_report(global, &result?);
     Ok(())
 }
 
