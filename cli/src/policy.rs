@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use paddock_authz::policy as builtin;
+use paddock_policy as builtin;
 use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
 use paddock_proto::authz::v1::{
     AgentPolicy, Effect, GetAgentPolicyRequest, GetSecuritySettingsRequest, HardeningRelaxations,
@@ -543,7 +543,7 @@ pub async fn security(ctx: &mut Ctx, cmd: SecurityCommand) -> Result<(), CliErro
     }
     .ok_or_else(|| missing("settings"))?;
     if ctx.json() {
-        let mut v = paddock_authz::json::security_settings(&settings);
+        let mut v = paddock_policy::json::security_settings(&settings);
         v["update_time"] = time_json(settings.update_time.as_ref());
         print_json(&v);
     } else {
@@ -562,7 +562,7 @@ fn time_json(ts: Option<&prost_types::Timestamp>) -> Value {
 
 fn show_policy(ctx: &Ctx, p: &AgentPolicy) {
     if ctx.json() {
-        let mut v = paddock_authz::json::agent_policy(p);
+        let mut v = paddock_policy::json::agent_policy(p);
         v["update_time"] = time_json(p.update_time.as_ref());
         print_json(&v);
     } else {
@@ -645,7 +645,8 @@ fn label(prefix: &str, a: builtin::Amount) -> &'static str {
 }
 
 fn mode_word(value: i32) -> String {
-    builtin::mode_name(NetworkMode::try_from(value).unwrap_or(NetworkMode::Unspecified)).to_owned()
+    builtin::network::name(NetworkMode::try_from(value).unwrap_or(NetworkMode::Unspecified))
+        .to_owned()
 }
 
 fn effect_word(value: i32) -> &'static str {
