@@ -50,8 +50,8 @@ pub struct SandboxBenchArgs {
     /// Operations measured per row (creates and stops); execs run 5× as many.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(3..=1000))]
     pub iterations: u32,
-    /// The image; default a busybox image made with `docker import` from
-    /// the host's busybox (no registry needed).
+    /// The image; default a busybox image made from the host's busybox and
+    /// loaded through the Docker API (no registry needed).
     #[arg(long)]
     pub image: Option<String>,
     /// The Docker Engine socket.
@@ -79,21 +79,24 @@ pub(super) async fn run(global: &Global, args: SandboxBenchArgs) -> Result<(), C
 }
 
 async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliError> {
-    let image = match &args.image {
-        Some(i) => i.clone(),
-        None => {
-            paddock_sandbox_runner::image::import_busybox(BENCH_IMAGE).map_err(|e| {
-                CliError::new(Code::FailedPrecondition, format!("{e}; or pass --image"))
-            })?;
-            BENCH_IMAGE.to_owned()
-        }
-    };
     let engine = Engine::connect(&args.docker_host)
         .map_err(|e| CliError::new(Code::FailedPrecondition, e.to_string()))?;
     engine
         .ping()
         .await
         .map_err(|e| CliError::new(Code::FailedPrecondition, e.to_string()))?;
+    let image = match &args.image {
+        Some(i) => i.clone(),
+        None => {
+            paddock_test_image::Busybox::new(BENCH_IMAGE)
+                .ensure(engine.docker())
+                .await
+                .map_err(|e| {
+                    CliError::new(Code::FailedPrecondition, format!("{e}; or pass --image"))
+                })?;
+            BENCH_IMAGE.to_owned()
+        }
+    };
 
     let loopback0 = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let stack = dev::start_stack(StackOptions {

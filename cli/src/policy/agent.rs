@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use paddock_authz::policy as builtin;
+use paddock_policy as builtin;
 use paddock_proto::authz::v1::{
     AgentPolicy, Effect, GetAgentPolicyRequest, NetworkMode, NetworkRule, ResourceLimits, ToolRule,
     UpdateAgentPolicyRequest,
@@ -261,7 +261,7 @@ pub async fn policy(ctx: &mut Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
 
 fn show_policy(ctx: &Ctx, p: &AgentPolicy) {
     if ctx.json() {
-        let mut v = paddock_authz::json::agent_policy(p);
+        let mut v = paddock_policy::json::agent_policy(p);
         v["update_time"] = time_json(p.update_time.as_ref());
         print_json(&v);
     } else {

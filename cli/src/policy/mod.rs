@@ -14,7 +14,7 @@ mod security;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use paddock_authz::policy as builtin;
+use paddock_policy as builtin;
 use paddock_proto::authz::v1::policy_service_client::PolicyServiceClient;
 use paddock_proto::authz::v1::{NetworkMode, ResourceLimits};
 use paddock_shared::auth::{self, BearerAuth};
@@ -240,7 +240,8 @@ fn label(prefix: &str, a: builtin::Amount) -> &'static str {
 }
 
 fn mode_word(value: i32) -> String {
-    builtin::mode_name(NetworkMode::try_from(value).unwrap_or(NetworkMode::Unspecified)).to_owned()
+    builtin::network::name(NetworkMode::try_from(value).unwrap_or(NetworkMode::Unspecified))
+        .to_owned()
 }
 
 fn list_cell(items: Vec<String>) -> String {

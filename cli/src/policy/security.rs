@@ -2,7 +2,7 @@
 //! settings, which bound every agent policy (owners only for `set`).
 
 use clap::{Args, Subcommand};
-use paddock_authz::policy as builtin;
+use paddock_policy as builtin;
 use paddock_proto::authz::v1::{
     GetSecuritySettingsRequest, HardeningRelaxations, ResourceLimits, SecuritySettings,
     UpdateSecuritySettingsRequest,
@@ -163,7 +163,7 @@ pub async fn security(ctx: &mut Ctx, cmd: SecurityCommand) -> Result<(), CliErro
     }
     .ok_or_else(|| missing("settings"))?;
     if ctx.json() {
-        let mut v = paddock_authz::json::security_settings(&settings);
+        let mut v = paddock_policy::json::security_settings(&settings);
         v["update_time"] = time_json(settings.update_time.as_ref());
         print_json(&v);
     } else {

@@ -1,7 +1,6 @@
 //! How a sandbox prints: its state and end-reason words, the JSON object,
 //! the `get` fields, and the line that says why a sandbox ended.
 
-use paddock_proto::authz::v1::NetworkMode;
 use paddock_proto::sandbox::v1::*;
 use serde_json::{Value, json};
 
@@ -55,7 +54,7 @@ pub fn sandbox_json(s: &Sandbox) -> Value {
         "memory_bytes": res.memory_bytes,
         "pids": res.pids,
         "ttl_seconds": res.ttl.map(|d| d.seconds),
-        "network": paddock_authz::policy::mode_name(NetworkMode::try_from(spec.network_mode).unwrap_or(NetworkMode::None)),
+        "network": paddock_policy::network::name(paddock_policy::network::of(spec.network_mode)),
         "created_by": s.created_by,
         "worker": s.worker,
         "create_time": s.create_time.as_ref().map(output::rfc3339),

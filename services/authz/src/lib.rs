@@ -13,8 +13,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod decide;
-pub mod json;
-pub mod policy;
 mod service;
 mod store;
 mod subject;

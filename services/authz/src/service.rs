@@ -26,7 +26,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::store::{self, Stamp};
-use crate::{json as shape, policy};
+use paddock_policy::{self as policy, json as shape};
 
 /// How often an update re-reads and retries after losing a race.
 const ATTEMPTS: usize = 8;

@@ -3,7 +3,7 @@
 //! Writes are compare-and-set on `revision`, so two concurrent updates of
 //! one policy never lose each other's fields.
 
-use paddock_proto::authz::v1::{AgentPolicy, NetworkMode, SecuritySettings};
+use paddock_proto::authz::v1::{AgentPolicy, SecuritySettings};
 use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::hex;
@@ -11,7 +11,7 @@ use paddock_shared::time::timestamp;
 use prost::Message;
 use sqlx::{Any, AnyPool, Transaction};
 
-use crate::policy::mode_name;
+use paddock_policy::network;
 
 /// A stored message and the revision it was read at.
 pub struct Stored<T> {
@@ -90,7 +90,7 @@ pub async fn put_agent_policy(
         }
         .encode_to_vec(),
     );
-    let mode = mode_name(NetworkMode::try_from(policy.network_mode).unwrap_or(NetworkMode::None));
+    let mode = network::name(network::of(policy.network_mode));
     let done = match read_at {
         None => sqlx::query(
             "INSERT INTO agent_policies (org_id, agent_id, policy, network_mode, revision, update_time, updated_by) \

@@ -13,7 +13,6 @@ mod egress;
 mod envseal;
 mod exec;
 pub mod files;
-pub mod image;
 mod kill_switch;
 mod logs;
 mod runner;

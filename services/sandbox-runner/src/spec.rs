@@ -112,25 +112,7 @@ pub fn resolve(mut spec: SandboxSpec, policy: &AgentPolicy) -> Result<Resolved> 
         ));
     }
 
-    let policy_mode = NetworkMode::try_from(policy.network_mode).unwrap_or(NetworkMode::None);
-    let policy_mode = if policy_mode == NetworkMode::Unspecified {
-        NetworkMode::None
-    } else {
-        policy_mode
-    };
-    let asked_mode = NetworkMode::try_from(spec.network_mode)
-        .map_err(|_| Error::invalid(format!("unknown network_mode {}", spec.network_mode)))?;
-    let network = match asked_mode {
-        NetworkMode::Unspecified => policy_mode,
-        m if rank(m) <= rank(policy_mode) => m,
-        m => {
-            return Err(Error::invalid(format!(
-                "network mode {} is wider than the agent policy's network_mode {}",
-                mode_name(m),
-                mode_name(policy_mode)
-            )));
-        }
-    };
+    let network = paddock_policy::network::sandbox_mode(spec.network_mode, policy.network_mode)?;
     // Allow and deny lists are enforced by the egress proxy, which is not
     // part of this runner yet: refuse rather than run wider or narrower
     // than asked.
@@ -232,15 +214,6 @@ fn pick_i64(field: &str, asked: i64, default: i64, max: i64) -> Result<i64> {
     Ok(value)
 }
 
-fn rank(mode: NetworkMode) -> u8 {
-    match mode {
-        NetworkMode::Unspecified | NetworkMode::None => 0,
-        NetworkMode::Allowlist => 1,
-        NetworkMode::Denylist => 2,
-        NetworkMode::Open => 3,
-    }
-}
-
 /// An end reason as people and the CLI say it.
 pub fn reason_name(reason: EndReason) -> &'static str {
     match reason {
@@ -258,14 +231,8 @@ pub fn reason_name(reason: EndReason) -> &'static str {
     }
 }
 
-pub fn mode_name(mode: NetworkMode) -> &'static str {
-    match mode {
-        NetworkMode::Unspecified | NetworkMode::None => "none",
-        NetworkMode::Allowlist => "allowlist",
-        NetworkMode::Denylist => "denylist",
-        NetworkMode::Open => "open",
-    }
-}
+/// A network mode as people and the CLI say it (the policy crate's words).
+pub use paddock_policy::network::name as mode_name;
 
 /// Input rules that do not depend on the policy.
 fn validate(spec: &SandboxSpec) -> Result<()> {

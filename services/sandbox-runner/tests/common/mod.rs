@@ -1,7 +1,7 @@
 //! Harness for the runner's tests against the real Docker Engine: the
 //! identity/authz/audit stack, a runner on port 0 with its own data dir and
-//! worker id, and a test image made with `docker import` from Debian's
-//! busybox-static (no registry needed). Everything a test labelled is
+//! worker id, and a test image made from Debian's busybox-static and
+//! loaded through the Docker API (no registry needed). Everything a test labelled is
 //! removed when its runner is dropped.
 #![allow(dead_code)]
 

@@ -1,36 +1,42 @@
-//! The image sandbox tests run (the runner's busybox image, made with
-//! `docker import`: there is no registry to pull from), and cleanup of what
-//! a test's worker labelled.
+//! The images sandbox tests run (busybox images made by
+//! `paddock-test-image` and loaded through the Docker API: there is no
+//! registry to pull from), and cleanup of what a test's worker labelled.
 
 use std::sync::OnceLock;
+
+use paddock_test_image::Busybox;
 
 /// The test image's tag.
 pub const IMAGE: &str = "paddock-test-busybox:1";
 
-static READY: OnceLock<()> = OnceLock::new();
+/// Loads `image` unless the engine has it; a test cannot go on without it.
+fn ensure(image: Busybox<'_>) {
+    if let Err(e) = image.ensure_blocking() {
+        panic!(
+            "the test image {}: {e} (scripts/test installs busybox-static)",
+            image.tag
+        );
+    }
+}
 
 /// Builds the image once per test binary and returns its tag.
 pub fn busybox_image() -> &'static str {
-    READY.get_or_init(build);
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| ensure(Busybox::new(IMAGE)));
     IMAGE
-}
-
-fn build() {
-    if let Err(e) = paddock_sandbox_runner::image::import_busybox(IMAGE) {
-        panic!("the test image: {e} (scripts/test installs busybox-static)");
-    }
 }
 
 /// The test image with a root-owned 0755 /tmp, as many real images have.
 pub const IMAGE_TMP_0755: &str = "paddock-test-busybox-tmp0755:1";
 
-/// Builds (once per host) and returns [`IMAGE_TMP_0755`].
+/// Builds (once per test binary) and returns [`IMAGE_TMP_0755`].
 pub fn busybox_image_tmp_0755() -> &'static str {
-    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
-        if let Err(e) = paddock_sandbox_runner::image::import_busybox_with(IMAGE_TMP_0755, 0o755) {
-            panic!("the test image: {e} (scripts/test installs busybox-static)");
-        }
+        ensure(Busybox {
+            tmp_mode: 0o755,
+            ..Busybox::new(IMAGE_TMP_0755)
+        })
     });
     IMAGE_TMP_0755
 }
@@ -80,40 +86,26 @@ pub fn unmount_under(dir: &std::path::Path) {
     }
 }
 
-/// Images derived from the test image whose config says `USER <user>`,
-/// with an /etc/passwd that also names `toor` (uid 0) and `node` (uid
-/// 1000): `(user, tag)` pairs, built once per test binary.
+/// Test images whose config says `USER <user>`, with an /etc/passwd that
+/// also names `toor` (uid 0) and `node` (uid 1000): `(user, tag)` pairs,
+/// built once per test binary.
 pub fn user_images() -> &'static [(String, String)] {
     static IMAGES: OnceLock<Vec<(String, String)>> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        busybox_image();
         let passwd = "root:x:0:0:root:/root:/bin/sh\n\
             toor:x:0:0:root by another name:/root:/bin/sh\n\
             node:x:1000:1000:node:/home/node:/bin/sh\n\
             nobody:x:65534:65534:nobody:/home/sandbox:/bin/sh\n";
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let file = dir.path().join("passwd");
-        std::fs::write(&file, passwd).expect("write passwd");
         ["root", "0", "00", "0:0", "toor", "1000", "node", "ghost"]
             .iter()
             .enumerate()
             .map(|(i, user)| {
                 let tag = format!("paddock-test-user{i}:1");
-                let script = format!(
-                    "docker image inspect {tag} >/dev/null 2>&1 && exit 0; \
-                     cid=$(docker create {IMAGE} /bin/true) && \
-                     docker cp '{}' $cid:/etc/passwd && \
-                     docker commit --change 'USER {user}' $cid {tag} >/dev/null; \
-                     status=$?; docker rm -f $cid >/dev/null 2>&1; exit $status",
-                    file.display()
-                );
-                let ok = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(script)
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                assert!(ok, "building the test image {tag} (USER {user})");
+                ensure(Busybox {
+                    passwd,
+                    user: Some(user),
+                    ..Busybox::new(&tag)
+                });
                 ((*user).to_owned(), tag)
             })
             .collect()

@@ -8,7 +8,8 @@ use paddock_proto::authz::v1::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::policy::{Amount, mode_name};
+use crate::Amount;
+use crate::network;
 
 pub fn limits(l: Option<&ResourceLimits>) -> Value {
     let l = l.cloned().unwrap_or_default();
@@ -26,7 +27,7 @@ pub fn limits(l: Option<&ResourceLimits>) -> Value {
 }
 
 fn network_mode(value: i32) -> Value {
-    json!(mode_name(
+    json!(network::name(
         NetworkMode::try_from(value).unwrap_or(NetworkMode::Unspecified)
     ))
 }

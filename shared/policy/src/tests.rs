@@ -1,6 +1,14 @@
 //! Unit tests of validation, masks, bounds and the effective policy.
 
+use std::collections::BTreeSet;
+
+use paddock_proto::authz::v1::{
+    AgentPolicy, Effect, HardeningRelaxations, NetworkMode, NetworkRule, ResourceLimits,
+    SecuritySettings, ToolRule,
+};
+
 use super::*;
+use crate::limits::GIB;
 
 fn gib(n: i64) -> i64 {
     n * GIB
