@@ -21,6 +21,7 @@ use std::time::Duration;
 use paddock_proto::audit::v1::audit_service_server::AuditServiceServer;
 use paddock_shared::auth::{
     self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
+    ServiceTokenFirst,
 };
 use paddock_shared::db::{Database, Migration};
 use paddock_shared::secret::Secret;
@@ -132,8 +133,11 @@ pub async fn start_on(
         &config.identity_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let authn = Arc::new(CachedAuthenticator::new(identity));
-    let watch = authn.inner().watch(authn.cache());
+    let authn = Arc::new(CachedAuthenticator::new(ServiceTokenFirst::new(
+        service_token,
+        identity,
+    )));
+    let watch = authn.inner().inner().watch(authn.cache());
     let authz = RemoteAuthz::new(auth::authz_client(
         &config.authz_endpoint,
         BearerAuth::new(service_token)?,

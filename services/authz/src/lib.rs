@@ -29,7 +29,7 @@ use paddock_proto::authz::v1::{
     ListPermissionsResponse, ListRolesRequest, ListRolesResponse, PermissionGroup, Role,
 };
 use paddock_shared::auth::{
-    self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity,
+    self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity, ServiceTokenFirst,
 };
 use paddock_shared::db::{Database, Migration};
 use paddock_shared::org_reaper;
@@ -117,8 +117,8 @@ pub async fn start_on(
     let authz = Authz {
         identity: identity_client.clone(),
     };
-    let authn = CachedAuthenticator::new(identity);
-    let watch = authn.inner().watch(authn.cache());
+    let authn = CachedAuthenticator::new(ServiceTokenFirst::new(service_token, identity));
+    let watch = authn.inner().inner().watch(authn.cache());
     let forwarder = match &config.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
             "authz",

@@ -30,6 +30,7 @@ use std::time::Duration;
 use paddock_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
 use paddock_shared::auth::{
     self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
+    ServiceTokenFirst,
 };
 use paddock_shared::db::{Database, Migration};
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
@@ -211,7 +212,10 @@ pub async fn start_on(
     let identity_client =
         auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?;
     let remote = RemoteIdentity::new(identity_client.clone());
-    let authn = Arc::new(CachedAuthenticator::new(remote));
+    let authn = Arc::new(CachedAuthenticator::new(ServiceTokenFirst::new(
+        service_token,
+        remote,
+    )));
     let authz = RemoteAuthz::new(auth::authz_client(
         &config.authz_endpoint,
         BearerAuth::new(service_token)?,
@@ -323,7 +327,7 @@ pub async fn start_on(
     let mut background = vec![
         kill_switch,
         reaper,
-        authn.inner().watch(authn.cache()),
+        authn.inner().inner().watch(authn.cache()),
         tokio::spawn(watch_engine(runner.clone(), health, name)),
         tokio::spawn(heartbeat(runner.clone())),
         tokio::spawn(count_sandboxes(runner.clone())),
