@@ -117,3 +117,72 @@ pub(super) fn mask_paths(
         paths
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_bounded_and_tokens_round_trip() {
+        assert_eq!(page(0, "").unwrap().size, DEFAULT_PAGE);
+        assert_eq!(page(5000, "").unwrap().size, MAX_PAGE);
+        assert_eq!(page(7, "").unwrap().limit(), 8);
+        assert!(matches!(page(-1, ""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(page(1, "zz"), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            page(1, &"0".repeat(258)),
+            Err(Error::InvalidArgument(_))
+        ));
+
+        let first = page(2, "").unwrap();
+        let mut rows = vec!["a", "b", "c"];
+        let token = next_page(&mut rows, &first, |r| (*r).to_owned());
+        assert_eq!(rows, ["a", "b"]);
+        assert_eq!(page(2, &token).unwrap().after, "b");
+
+        let mut last = vec!["c"];
+        assert_eq!(next_page(&mut last, &first, |r| (*r).to_owned()), "");
+    }
+
+    #[test]
+    fn masks_name_allowed_paths_and_default_to_all() {
+        let allowed = ["display_name", "description"];
+        assert_eq!(mask_paths(None, &allowed).unwrap(), allowed);
+        let mask = prost_types::FieldMask {
+            paths: vec!["description".into()],
+        };
+        assert_eq!(mask_paths(Some(&mask), &allowed).unwrap(), ["description"]);
+        let bad = prost_types::FieldMask {
+            paths: vec!["create_time".into()],
+        };
+        let Err(Error::InvalidArgument(msg)) = mask_paths(Some(&bad), &allowed) else {
+            panic!("an unknown path is refused");
+        };
+        assert!(msg.contains("allowed: display_name, description"), "{msg}");
+    }
+
+    #[test]
+    fn children_outside_the_caller_organization_are_not_found() {
+        let caller = Principal {
+            organization: "organizations/acme".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            own_child(&caller, "organizations/acme/projects/p1", "projects").unwrap(),
+            "p1"
+        );
+        assert!(matches!(
+            own_child(&caller, "organizations/other/projects/p1", "projects"),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(parent_org(&caller, "").unwrap(), "acme");
+        assert!(matches!(
+            parent_org(&caller, "organizations/other"),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            caller_org(&Principal::default()),
+            Err(Error::PermissionDenied(_))
+        ));
+    }
+}
