@@ -81,13 +81,11 @@ pub async fn role_by_id<'e>(
     org: &str,
     id: &str,
 ) -> sqlx::Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT role FROM agents WHERE org_id = $1 AND id = $2")
-            .bind(org)
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(role,)| role))
+    sqlx::query_scalar("SELECT role FROM agents WHERE org_id = $1 AND id = $2")
+        .bind(org)
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn update<'e>(

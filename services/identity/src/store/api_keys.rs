@@ -172,15 +172,14 @@ pub async fn revoke_created_by<'e>(
     created_by: &str,
     now: i64,
 ) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
+    sqlx::query_scalar(
         "UPDATE api_keys SET revoke_time = $1 WHERE org_id = $2 AND created_by = $3 AND revoke_time IS NULL RETURNING id",
     )
     .bind(now)
     .bind(org)
     .bind(created_by)
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    .await
 }
 
 /// Revokes the unrevoked session tokens of `sandbox`; returns their ids.
@@ -190,15 +189,14 @@ pub async fn revoke_sandbox<'e>(
     sandbox: &str,
     now: i64,
 ) -> sqlx::Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
+    sqlx::query_scalar(
         "UPDATE api_keys SET revoke_time = $1 WHERE org_id = $2 AND sandbox = $3 AND revoke_time IS NULL RETURNING id",
     )
     .bind(now)
     .bind(org)
     .bind(sandbox)
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    .await
 }
 
 pub async fn delete_owned_by<'e>(

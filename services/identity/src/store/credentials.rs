@@ -147,10 +147,8 @@ pub async fn sealed_with_other_keys<'e>(
     db: impl Executor<'e, Database = Any>,
     fingerprint: &str,
 ) -> sqlx::Result<i64> {
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM credentials WHERE key_fingerprint <> $1")
-            .bind(fingerprint)
-            .fetch_one(db)
-            .await?;
-    Ok(n)
+    sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE key_fingerprint <> $1")
+        .bind(fingerprint)
+        .fetch_one(db)
+        .await
 }

@@ -96,13 +96,11 @@ pub async fn role<'e>(
     org: &str,
     id: &str,
 ) -> sqlx::Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT role FROM members WHERE id = $1 AND org_id = $2")
-            .bind(id)
-            .bind(org)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(role,)| role))
+    sqlx::query_scalar("SELECT role FROM members WHERE id = $1 AND org_id = $2")
+        .bind(id)
+        .bind(org)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn email_taken<'e>(
@@ -110,8 +108,8 @@ pub async fn email_taken<'e>(
     org: &str,
     email: &str,
 ) -> sqlx::Result<bool> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM members WHERE org_id = $1 AND email = $2")
+    let row: Option<String> =
+        sqlx::query_scalar("SELECT id FROM members WHERE org_id = $1 AND email = $2")
             .bind(org)
             .bind(email)
             .fetch_optional(db)
@@ -125,14 +123,13 @@ pub async fn other_owners<'e>(
     org: &str,
     id: &str,
 ) -> sqlx::Result<i64> {
-    let (n,): (i64,) = sqlx::query_as(
+    sqlx::query_scalar(
         "SELECT COUNT(*) FROM members WHERE org_id = $1 AND role = 'owner' AND id <> $2",
     )
     .bind(org)
     .bind(id)
     .fetch_one(db)
-    .await?;
-    Ok(n)
+    .await
 }
 
 pub async fn set_role<'e>(

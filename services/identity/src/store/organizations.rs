@@ -35,8 +35,8 @@ pub async fn is_tombstoned<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
 ) -> sqlx::Result<bool> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT delete_time FROM deleted_organizations WHERE id = $1")
+    let row: Option<i64> =
+        sqlx::query_scalar("SELECT delete_time FROM deleted_organizations WHERE id = $1")
             .bind(id)
             .fetch_optional(db)
             .await?;
@@ -104,12 +104,10 @@ pub async fn max_key_lifetime_secs<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
 ) -> sqlx::Result<Option<i64>> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT max_key_lifetime_secs FROM organizations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(secs,)| secs))
+    sqlx::query_scalar("SELECT max_key_lifetime_secs FROM organizations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn set_display_name<'e>(

@@ -7,12 +7,10 @@ pub async fn secret_hash<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
 ) -> sqlx::Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(hash,)| hash))
+    sqlx::query_scalar("SELECT secret_hash FROM platform_tokens WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }
 
 /// Makes `id` the only bootstrap token, in the caller's transaction.
