@@ -1,6 +1,6 @@
 //! Resolving tokens to principals inside identity: API keys, the service
 //! token and the platform bootstrap token. Also the coarse `last_used_at`
-//! batching and the bootstrap token file.
+//! batching and the bootstrap token file. The SQL is in `crate::store`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,8 +15,9 @@ use paddock_shared::names;
 use paddock_shared::secret::Secret;
 use paddock_shared::time::{now_micros, opt_timestamp};
 use paddock_shared::token::{self, TokenKind};
-use sqlx::Executor;
 use tonic::Status;
+
+use crate::store::{api_keys, platform_tokens};
 
 /// Key ids seen since the last flush, with the time they were used.
 #[derive(Default)]
@@ -37,13 +38,7 @@ impl LastUsed {
             return Ok(());
         }
         let mut tx = db.begin_write().await?;
-        for (id, at) in &batch {
-            sqlx::query("UPDATE api_keys SET last_used_time = $1 WHERE id = $2")
-                .bind(*at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        api_keys::set_last_used(&mut tx, &batch).await?;
         tx.commit().await
     }
 
@@ -77,34 +72,25 @@ fn unauthenticated(msg: &str) -> Status {
     Status::unauthenticated(msg.to_owned())
 }
 
-type KeyRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
-
 impl LocalAuthenticator {
     async fn api_key(&self, parsed: &token::ParsedToken<'_>) -> Result<Principal, Status> {
-        let row: Option<KeyRow> = sqlx::query_as(
-            "SELECT k.secret_hash, k.org_id, k.owner_id, k.role, k.scope, k.expire_time, k.revoke_time, \
-             COALESCE(m.email, a.agent_id), COALESCE(m.role, a.role) \
-             FROM api_keys k LEFT JOIN members m ON m.id = k.owner_id LEFT JOIN agents a ON a.id = k.owner_id \
-             WHERE k.id = $1",
-        )
-        .bind(parsed.id)
-        .fetch_optional(&self.db.pool)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "key lookup failed");
-            Status::unavailable("identity storage unavailable")
-        })?;
-        let Some((hash, org, owner_id, key_role, scope, expire, revoked, display, role)) = row
+        let row = api_keys::for_authentication(&self.db.pool, parsed.id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "key lookup failed");
+                Status::unavailable("identity storage unavailable")
+            })?;
+        let Some(api_keys::KeyOwnerRow {
+            secret_hash: hash,
+            org_id: org,
+            owner_id,
+            role: key_role,
+            scope,
+            expire_time: expire,
+            revoke_time: revoked,
+            owner_display_name: display,
+            owner_role: role,
+        }) = row
         else {
             return Err(unauthenticated("invalid API key"));
         };
@@ -149,14 +135,11 @@ impl LocalAuthenticator {
     }
 
     async fn bootstrap(&self, parsed: &token::ParsedToken<'_>) -> Result<Principal, Status> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
-                .bind(parsed.id)
-                .fetch_optional(&self.db.pool)
-                .await
-                .map_err(|_| Status::unavailable("identity storage unavailable"))?;
-        match row {
-            Some((hash,)) if parsed.matches(&hash) => Ok(Principal {
+        let hash = platform_tokens::secret_hash(&self.db.pool, parsed.id)
+            .await
+            .map_err(|_| Status::unavailable("identity storage unavailable"))?;
+        match hash {
+            Some(hash) if parsed.matches(&hash) => Ok(Principal {
                 id: "platform".to_owned(),
                 kind: PrincipalKind::Platform as i32,
                 key_id: parsed.id.to_owned(),
@@ -210,25 +193,15 @@ pub async fn ensure_bootstrap_token(
         && let Ok(parsed) = token::parse(text.trim())
         && parsed.kind == TokenKind::Bootstrap
     {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT secret_hash FROM platform_tokens WHERE id = $1")
-                .bind(parsed.id)
-                .fetch_optional(&db.pool)
-                .await?;
-        if row.is_some_and(|(h,)| parsed.matches(&h)) {
+        let hash = platform_tokens::secret_hash(&db.pool, parsed.id).await?;
+        if hash.is_some_and(|h| parsed.matches(&h)) {
             return Ok(());
         }
     }
     let (id, secret) = token::mint(TokenKind::Bootstrap);
     let secret = Secret::new(secret);
     let mut tx = db.begin_write().await?;
-    tx.execute("DELETE FROM platform_tokens").await?;
-    sqlx::query("INSERT INTO platform_tokens (id, secret_hash, create_time) VALUES ($1, $2, $3)")
-        .bind(&id)
-        .bind(token::hash(secret.expose()))
-        .bind(now_micros())
-        .execute(&mut *tx)
-        .await?;
+    platform_tokens::replace(&mut tx, &id, &token::hash(secret.expose()), now_micros()).await?;
     tx.commit().await?;
     paddock_shared::server::write_secret_file(&path, secret.expose())?;
     tracing::info!(path = %path.display(), "wrote a new platform bootstrap token");

@@ -9,6 +9,7 @@
 mod authn;
 pub mod credential_key;
 mod service;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -204,11 +205,7 @@ async fn load_credential_key(
             }
         }
     }
-    let (others,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM credentials WHERE key_fingerprint <> $1")
-            .bind(key.fingerprint())
-            .fetch_one(&db.pool)
-            .await?;
+    let others = store::credentials::sealed_with_other_keys(&db.pool, key.fingerprint()).await?;
     if others > 0 {
         tracing::warn!(
             count = others,

@@ -1,18 +1,106 @@
-//! `UpdateAgent`: an agent's description and role. Its role moves only
-//! within what the caller may grant, and a change reaches every cached
-//! principal of the agent at once.
+//! Agents: AI-agent identities of an organization. Creating one with a
+//! role (never above the caller's own), listing and reading them, changing
+//! an agent's description and role (a change reaches every cached
+//! principal of the agent at once), and deleting one with its keys and the
+//! invites it made.
 
 use paddock_proto::identity::v1::*;
 use paddock_shared::auth::Invalidation;
 use paddock_shared::error::{Error, Result};
-use paddock_shared::names::{self, validate_text};
+use paddock_shared::names::{self, child_name, validate_id, validate_text};
 use paddock_shared::rbac::Role;
+use paddock_shared::time::{now_micros, timestamp};
 use serde_json::json;
 
-use super::{
-    AgentRow, Identity, agent, audited, caller_org, check_grantable, mask_paths, own_child,
-    parse_role,
-};
+use super::request::{caller_org, mask_paths, next_page, own_child, page, parent_org};
+use super::roles::{check_grantable, parse_role};
+use super::{Identity, audited, invites, new_principal_id};
+use crate::store::agents::{self as store, AgentRow};
+use crate::store::api_keys;
+
+fn agent(row: AgentRow) -> Agent {
+    Agent {
+        name: child_name(&row.org_id, "agents", &row.agent_id),
+        description: row.description,
+        role: row.role,
+        created_by: row.created_by,
+        create_time: Some(timestamp(row.create_time)),
+    }
+}
+
+pub(super) async fn create(
+    identity: &Identity,
+    caller: &Principal,
+    req: CreateAgentRequest,
+) -> Result<CreateAgentResponse> {
+    let org = parent_org(caller, &req.parent)?.to_owned();
+    validate_id("agent", &req.agent_id)?;
+    let spec = req.agent.unwrap_or_default();
+    validate_text("description", &spec.description, 2000)?;
+    let role = if spec.role.is_empty() {
+        Role::Agent
+    } else {
+        parse_role(&spec.role, &Role::ALL)?
+    };
+    check_grantable(caller, role, &Role::ALL)?;
+    let row = AgentRow {
+        id: new_principal_id('a'),
+        org_id: org,
+        agent_id: req.agent_id,
+        description: spec.description,
+        role: role.as_str().to_owned(),
+        created_by: caller.name.clone(),
+        create_time: now_micros(),
+    };
+    let mut tx = identity.db.begin_write().await?;
+    let name = child_name(&row.org_id, "agents", &row.agent_id);
+    store::insert(&mut *tx, &row)
+        .await
+        .map_err(|e| Error::exists_or(e, &name))?;
+    identity
+        .commit_audited(
+            tx,
+            audited(
+                Some(caller),
+                "agent.create",
+                &name,
+                json!({"role": row.role}),
+            ),
+        )
+        .await?;
+    Ok(CreateAgentResponse {
+        agent: Some(agent(row)),
+    })
+}
+
+pub(super) async fn list(
+    identity: &Identity,
+    caller: &Principal,
+    req: ListAgentsRequest,
+) -> Result<ListAgentsResponse> {
+    let org = parent_org(caller, &req.parent)?;
+    let page = page(req.page_size, &req.page_token)?;
+    let mut rows = store::list(&identity.db.pool, org, &page.after, page.limit()).await?;
+    let next_page_token = next_page(&mut rows, &page, |r| r.agent_id.clone());
+    Ok(ListAgentsResponse {
+        agents: rows.into_iter().map(agent).collect(),
+        next_page_token,
+    })
+}
+
+pub(super) async fn get(
+    identity: &Identity,
+    caller: &Principal,
+    req: GetAgentRequest,
+) -> Result<GetAgentResponse> {
+    let id = own_child(caller, &req.name, "agents")?;
+    let row = store::get(&identity.db.pool, caller_org(caller)?, id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    Ok(GetAgentResponse {
+        agent: Some(agent(row)),
+    })
+}
 
 pub(super) async fn update(
     identity: &Identity,
@@ -25,24 +113,19 @@ pub(super) async fn update(
     let paths = mask_paths(req.update_mask.as_ref(), &["description", "role"])?;
     let org = caller_org(caller)?.to_owned();
     let agent_id = own_child(caller, &update.name, "agents")?.to_owned();
-    let row: Option<AgentRow> = sqlx::query_as(
-        "SELECT id, org_id, agent_id, description, role, created_by, create_time FROM agents WHERE org_id = $1 AND agent_id = $2",
-    )
-    .bind(&org)
-    .bind(&agent_id)
-    .fetch_optional(&identity.db.pool)
-    .await?;
-    let mut row = row.ok_or_else(|| Error::not_found(names::truncate(&update.name)))?;
-    let previous_role = row.4.clone();
+    let mut row = store::get(&identity.db.pool, &org, &agent_id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&update.name)))?;
+    let previous_role = row.role.clone();
     let mut role_changed = false;
     for path in &paths {
         if path == "description" {
             validate_text("description", &update.description, 2000)?;
-            row.3 = update.description.clone();
+            row.description = update.description.clone();
         } else {
             let role = parse_role(&update.role, &Role::ALL)?;
             check_grantable(caller, role, &Role::ALL)?;
-            if let Some(old) = Role::parse(&row.4) {
+            if let Some(old) = Role::parse(&row.role) {
                 check_grantable(caller, old, &[]).map_err(|_| {
                     Error::PermissionDenied(format!(
                         "cannot change the role of an agent whose role ({}) is above your own",
@@ -50,20 +133,15 @@ pub(super) async fn update(
                     ))
                 })?;
             }
-            role_changed = row.4 != role.as_str();
-            row.4 = role.as_str().to_owned();
+            role_changed = row.role != role.as_str();
+            row.role = role.as_str().to_owned();
         }
     }
     let mut tx = identity.db.begin_write().await?;
-    sqlx::query("UPDATE agents SET description = $1, role = $2 WHERE id = $3")
-        .bind(&row.3)
-        .bind(&row.4)
-        .bind(&row.0)
-        .execute(&mut *tx)
-        .await?;
+    store::update(&mut *tx, &row.id, &row.description, &row.role).await?;
     let mut details = json!({"update_mask": paths});
     if role_changed {
-        details["role"] = json!(row.4);
+        details["role"] = json!(row.role);
         details["previous_role"] = json!(previous_role);
     }
     identity
@@ -73,9 +151,36 @@ pub(super) async fn update(
         )
         .await?;
     if role_changed {
-        identity.publish(Invalidation::Principal(row.0.clone()));
+        identity.publish(Invalidation::Principal(row.id.clone()));
     }
     Ok(UpdateAgentResponse {
         agent: Some(agent(row)),
     })
+}
+
+pub(super) async fn delete(
+    identity: &Identity,
+    caller: &Principal,
+    req: DeleteAgentRequest,
+) -> Result<DeleteAgentResponse> {
+    let name = req.name;
+    let agent_id = own_child(caller, &name, "agents")?;
+    let org = caller_org(caller)?;
+    let id = store::get(&identity.db.pool, org, agent_id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&name)))?
+        .id;
+    let mut tx = identity.db.begin_write().await?;
+    api_keys::delete_owned_by(&mut *tx, &id).await?;
+    store::delete(&mut *tx, &id).await?;
+    // An agent with members.manage may have invited people.
+    let revoked_invites =
+        invites::revoke_by_inviter(&mut tx, org, &child_name(org, "agents", agent_id), None)
+            .await?;
+    let details = json!({"revoked_invites": revoked_invites});
+    identity
+        .commit_audited(tx, audited(Some(caller), "agent.delete", &name, details))
+        .await?;
+    identity.publish(Invalidation::Principal(id));
+    Ok(DeleteAgentResponse {})
 }

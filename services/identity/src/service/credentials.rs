@@ -11,8 +11,10 @@ use paddock_shared::outbox;
 use paddock_shared::time::{now_micros, opt_timestamp, timestamp};
 use serde_json::json;
 
-use super::{Identity, audited, caller_org, next_page, own_child, page, parent_org};
+use super::request::{caller_org, next_page, own_child, page, parent_org};
+use super::{Identity, audited};
 use crate::credential_key::{OpenError, Sealed};
+use crate::store::credentials::{self as store, CredentialRow, SealedValue};
 use paddock_proto::authz::v1::GetEffectivePolicyRequest;
 use paddock_proto::identity::v1::PrincipalKind;
 
@@ -21,32 +23,16 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 const COLLECTION: &str = "credentials";
 const MAX_DESCRIPTION: usize = 2000;
 
-/// org_id, credential_id, kind, description, size_bytes, created_by,
-/// create_time, rotate_time: everything but the sealed value.
-type CredentialRow = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    Option<i64>,
-);
-const COLUMNS: &str =
-    "org_id, credential_id, kind, description, size_bytes, created_by, create_time, rotate_time";
-
-fn credential(
-    (org, id, kind, description, size, created_by, create, rotate): CredentialRow,
-) -> Credential {
+fn credential(row: CredentialRow) -> Credential {
     Credential {
-        name: child_name(&org, COLLECTION, &id),
-        kind: CredentialKind::from_str_name(&kind).unwrap_or(CredentialKind::Unspecified) as i32,
-        description,
-        size_bytes: size,
-        created_by,
-        create_time: Some(timestamp(create)),
-        rotate_time: opt_timestamp(rotate),
+        name: child_name(&row.org_id, COLLECTION, &row.credential_id),
+        kind: CredentialKind::from_str_name(&row.kind).unwrap_or(CredentialKind::Unspecified)
+            as i32,
+        description: row.description,
+        size_bytes: row.size_bytes,
+        created_by: row.created_by,
+        create_time: Some(timestamp(row.create_time)),
+        rotate_time: opt_timestamp(row.rotate_time),
     }
 }
 
@@ -99,31 +85,26 @@ pub(super) async fn create(
         .credential_key
         .seal(&org, &req.credential_id, &req.value);
     let size = req.value.len() as i64;
-    let row: CredentialRow = (
-        org,
-        req.credential_id,
-        kind.as_str_name().to_owned(),
-        spec.description,
-        size,
-        caller.name.clone(),
-        now_micros(),
-        None,
-    );
+    let row = CredentialRow {
+        org_id: org,
+        credential_id: req.credential_id,
+        kind: kind.as_str_name().to_owned(),
+        description: spec.description,
+        size_bytes: size,
+        created_by: caller.name.clone(),
+        create_time: now_micros(),
+        rotate_time: None,
+    };
+    let hex = paddock_shared::hex::encode(&sealed.bytes);
     let mut tx = identity.db.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO credentials (org_id, credential_id, kind, description, size_bytes, key_fingerprint, sealed_value, created_by, create_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    store::insert(
+        &mut *tx,
+        &row,
+        SealedValue {
+            key_fingerprint: &sealed.key_fingerprint,
+            hex: &hex,
+        },
     )
-    .bind(&row.0)
-    .bind(&row.1)
-    .bind(&row.2)
-    .bind(&row.3)
-    .bind(row.4)
-    .bind(&sealed.key_fingerprint)
-    .bind(paddock_shared::hex::encode(&sealed.bytes))
-    .bind(&row.5)
-    .bind(row.6)
-    .execute(&mut *tx)
     .await
     .map_err(|e| Error::exists_or(e, &name))?;
     let details = json!({"kind": kind_name(kind), "size_bytes": size});
@@ -170,19 +151,16 @@ pub(super) async fn list(
     let usable = usable_by(identity, caller).await?;
     let org = parent_org(caller, &req.parent)?;
     let page = page(req.page_size, &req.page_token)?;
-    let mut rows: Vec<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND credential_id > $2 ORDER BY credential_id LIMIT $3"
-    )))
-    .bind(org)
-    .bind(&page.after)
-    .bind(page.size + 1)
-    .fetch_all(&identity.db.pool)
-    .await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.1.clone());
+    let mut rows = store::list(&identity.db.pool, org, &page.after, page.limit()).await?;
+    let next_page_token = next_page(&mut rows, &page, |r| r.credential_id.clone());
     Ok(ListCredentialsResponse {
         credentials: rows
             .into_iter()
-            .filter(|r| usable.as_ref().is_none_or(|ids| ids.contains(&r.1)))
+            .filter(|r| {
+                usable
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&r.credential_id))
+            })
             .map(credential)
             .collect(),
         next_page_token,
@@ -195,16 +173,11 @@ pub(super) async fn get(
     req: GetCredentialRequest,
 ) -> Result<GetCredentialResponse> {
     let id = own_child(caller, &req.name, COLLECTION)?;
-    let row: Option<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND credential_id = $2"
-    )))
-    .bind(caller_org(caller)?)
-    .bind(id)
-    .fetch_optional(&identity.db.pool)
-    .await?;
-    let row = row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    let row = store::get(&identity.db.pool, caller_org(caller)?, id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
     if let Some(ids) = usable_by(identity, caller).await?
-        && !ids.contains(&row.1)
+        && !ids.contains(&row.credential_id)
     {
         return Err(Error::PermissionDenied(format!(
             "credential {} is not in the agent policy's credentials (credentials.use covers only those)",
@@ -223,12 +196,7 @@ pub(super) async fn delete(
 ) -> Result<DeleteCredentialResponse> {
     let id = own_child(caller, &req.name, COLLECTION)?;
     let mut tx = identity.db.begin_write().await?;
-    let done = sqlx::query("DELETE FROM credentials WHERE org_id = $1 AND credential_id = $2")
-        .bind(caller_org(caller)?)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
+    if !store::delete(&mut *tx, caller_org(caller)?, id).await? {
         return Err(Error::not_found(names::truncate(&req.name)));
     }
     identity
@@ -253,20 +221,15 @@ pub(super) async fn rotate(
     let sealed = identity.credential_key.seal(&org, &id, &req.value);
     let size = req.value.len() as i64;
     let now = now_micros();
+    let hex = paddock_shared::hex::encode(&sealed.bytes);
     let mut tx = identity.db.begin_write().await?;
-    let row: Option<CredentialRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE credentials SET size_bytes = $1, key_fingerprint = $2, sealed_value = $3, rotate_time = $4 \
-         WHERE org_id = $5 AND credential_id = $6 RETURNING {COLUMNS}"
-    )))
-    .bind(size)
-    .bind(&sealed.key_fingerprint)
-    .bind(paddock_shared::hex::encode(&sealed.bytes))
-    .bind(now)
-    .bind(&org)
-    .bind(&id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let row = row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    let stored = SealedValue {
+        key_fingerprint: &sealed.key_fingerprint,
+        hex: &hex,
+    };
+    let row = store::rotate(&mut *tx, &org, &id, size, stored, now)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
     let details = json!({"size_bytes": size});
     identity
         .commit_audited(
@@ -301,18 +264,6 @@ pub(super) async fn reveal(
             "the sandbox and the credential are in different organizations",
         ));
     }
-    type RevealRow = (
-        String,
-        String,
-        String,
-        String,
-        i64,
-        String,
-        i64,
-        Option<i64>,
-        String,
-        String,
-    );
     let event = audited(
         Some(caller),
         "credential.reveal",
@@ -324,18 +275,12 @@ pub(super) async fn reveal(
     // front instead of failing a read-to-write upgrade when reveals race.
     // Any failure below rolls it back with the read.
     outbox::record(&mut tx, &event).await?;
-    let row: Option<RevealRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, key_fingerprint, sealed_value FROM credentials WHERE org_id = $1 AND credential_id = $2"
-    )))
-    .bind(org)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (o, i, kind, description, size, created_by, create, rotate, fingerprint, sealed_hex) =
-        row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    let row = store::get_sealed(&mut *tx, org, id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
     let sealed = Sealed {
-        key_fingerprint: fingerprint,
-        bytes: paddock_shared::hex::decode(&sealed_hex).unwrap_or_default(),
+        key_fingerprint: row.key_fingerprint,
+        bytes: paddock_shared::hex::decode(&row.sealed_value).unwrap_or_default(),
     };
     let value = identity
         .credential_key
@@ -362,16 +307,7 @@ pub(super) async fn reveal(
     tx.commit().await?;
     identity.wake_audit();
     Ok(RevealCredentialResponse {
-        credential: Some(credential((
-            o,
-            i,
-            kind,
-            description,
-            size,
-            created_by,
-            create,
-            rotate,
-        ))),
+        credential: Some(credential(row.credential)),
         value,
     })
 }

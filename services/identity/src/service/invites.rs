@@ -4,6 +4,8 @@
 //! make it: removing the inviter, or demoting them below the invited role,
 //! revokes it, and `AcceptInvite` checks the inviter again.
 
+use std::time::Duration;
+
 use paddock_proto::audit::v1::Actor;
 use paddock_proto::identity::v1::*;
 use paddock_shared::error::{Error, Result};
@@ -13,51 +15,39 @@ use paddock_shared::time::{self, now_micros, opt_timestamp, timestamp};
 use paddock_shared::token::{self, TokenKind};
 use serde_json::json;
 
-use super::{
-    DEFAULT_INVITE_TTL, Identity, MAX_INVITE_TTL, MEMBER_ROLES, NewKey, api_key, audited,
-    caller_org, check_grantable, member, new_principal_id, next_page, own_child, page, parent_org,
-    parse_role,
-};
+use super::keys::{self, NewKey};
+use super::members::member;
+use super::request::{caller_org, next_page, own_child, page, parent_org};
+use super::roles::{MEMBER_ROLES, check_grantable, parse_role};
+use super::{Identity, audited, new_principal_id};
+use crate::store::invites::{self as store, InviteRow};
+use crate::store::members::MemberRow;
+use crate::store::{agents, members, organizations};
 
 const COLLECTION: &str = "invites";
-
-/// id, org_id, email, role, created_by, create_time, expire_time,
-/// accept_time, revoke_time: everything but the code's hash.
-type InviteRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-);
-const COLUMNS: &str =
-    "id, org_id, email, role, created_by, create_time, expire_time, accept_time, revoke_time";
+const DEFAULT_TTL: Duration = Duration::from_secs(7 * 86_400);
+const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 fn invite(row: InviteRow, now: i64) -> Invite {
-    let (id, org, email, role, inviter, create, expire, accepted, revoked) = row;
-    let state = if revoked.is_some() {
+    let state = if row.revoke_time.is_some() {
         InviteState::Revoked
-    } else if accepted.is_some() {
+    } else if row.accept_time.is_some() {
         InviteState::Accepted
-    } else if expire <= now {
+    } else if row.expire_time <= now {
         InviteState::Expired
     } else {
         InviteState::Pending
     };
     Invite {
-        name: child_name(&org, COLLECTION, &id),
-        email,
-        role,
-        inviter,
+        name: child_name(&row.org_id, COLLECTION, &row.id),
+        email: row.email,
+        role: row.role,
+        inviter: row.created_by,
         state: state as i32,
-        create_time: Some(timestamp(create)),
-        expire_time: Some(timestamp(expire)),
-        accept_time: opt_timestamp(accepted),
-        revoke_time: opt_timestamp(revoked),
+        create_time: Some(timestamp(row.create_time)),
+        expire_time: Some(timestamp(row.expire_time)),
+        accept_time: opt_timestamp(row.accept_time),
+        revoke_time: opt_timestamp(row.revoke_time),
     }
 }
 
@@ -77,24 +67,14 @@ async fn inviter_role(
     org: &str,
     inviter: &str,
 ) -> Result<Option<String>> {
-    let row: Option<(String,)> = if let Ok((o, id)) = parse_child(inviter, "members") {
-        sqlx::query_as("SELECT role FROM members WHERE org_id = $1 AND id = $2")
-            .bind(o)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
+    let role = if let Ok((o, id)) = parse_child(inviter, "members") {
+        members::role(&mut *conn, o, id).await?
     } else if let Ok((o, id)) = parse_child(inviter, "agents") {
-        sqlx::query_as("SELECT role FROM agents WHERE org_id = $1 AND agent_id = $2")
-            .bind(o)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
+        agents::get(&mut *conn, o, id).await?.map(|a| a.role)
     } else {
         None
     };
-    Ok(row
-        .filter(|_| names::organization_of(inviter) == Some(org))
-        .map(|(r,)| r))
+    Ok(role.filter(|_| names::organization_of(inviter) == Some(org)))
 }
 
 /// Revokes the pending invites made by `inviter` (a member's or agent's
@@ -109,26 +89,14 @@ pub(super) async fn revoke_by_inviter(
     new_role: Option<&str>,
 ) -> Result<Vec<String>> {
     let now = now_micros();
-    let pending: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, role FROM invites WHERE org_id = $1 AND created_by = $2 \
-         AND accept_time IS NULL AND revoke_time IS NULL AND expire_time > $3",
-    )
-    .bind(org)
-    .bind(inviter)
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
+    let pending = store::pending_by(&mut *tx, org, inviter, now).await?;
     let mut revoked = Vec::new();
-    for (id, role) in pending {
-        if new_role.is_some_and(|r| still_grants(r, &role)) {
+    for invite in pending {
+        if new_role.is_some_and(|r| still_grants(r, &invite.role)) {
             continue;
         }
-        sqlx::query("UPDATE invites SET revoke_time = $1 WHERE id = $2 AND revoke_time IS NULL")
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-        revoked.push(child_name(org, COLLECTION, &id));
+        store::revoke_unrevoked(&mut *tx, &invite.id, now).await?;
+        revoked.push(child_name(org, COLLECTION, &invite.id));
     }
     Ok(revoked)
 }
@@ -143,50 +111,48 @@ pub(super) async fn create(
     let role = parse_role(&req.role, &MEMBER_ROLES)?;
     check_grantable(caller, role, &MEMBER_ROLES)?;
     let ttl = match &req.ttl {
-        None => DEFAULT_INVITE_TTL,
+        None => DEFAULT_TTL,
         Some(d) => time::duration(d)
-            .filter(|d| !d.is_zero() && *d <= MAX_INVITE_TTL)
+            .filter(|d| !d.is_zero() && *d <= MAX_TTL)
             .ok_or_else(|| Error::invalid("ttl must be between 1s and 30 days"))?,
     };
-    let exists: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM members WHERE org_id = $1 AND email = $2")
-            .bind(&org)
-            .bind(&email)
-            .fetch_optional(&identity.db.pool)
-            .await?;
-    if exists.is_some() {
+    if members::email_taken(&identity.db.pool, &org, &email).await? {
         return Err(Error::AlreadyExists(format!("{email} is already a member")));
     }
     let (id, code) = token::mint(TokenKind::Invite);
     let now = now_micros();
-    let expire = now.saturating_add(ttl.as_micros() as i64);
+    let row = InviteRow {
+        id,
+        org_id: org,
+        email,
+        role: role.as_str().to_owned(),
+        created_by: caller.name.clone(),
+        create_time: now,
+        expire_time: now.saturating_add(ttl.as_micros() as i64),
+        accept_time: None,
+        revoke_time: None,
+    };
     let mut tx = identity.db.begin_write().await?;
-    sqlx::query("INSERT INTO invites (id, org_id, code_hash, email, role, created_by, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-        .bind(&id)
-        .bind(&org)
-        .bind(token::hash(&code))
-        .bind(&email)
-        .bind(role.as_str())
-        .bind(&caller.name)
-        .bind(now)
-        .bind(expire)
-        .execute(&mut *tx)
-        .await?;
+    store::insert(&mut *tx, &row, &token::hash(&code)).await?;
     // The code is the credential: only its id is recorded.
-    let details =
-        json!({"email": email, "role": role.as_str(), "invite_id": id, "expire_time_us": expire});
+    let details = json!({"email": row.email, "role": row.role, "invite_id": row.id, "expire_time_us": row.expire_time});
     identity
         .commit_audited(
             tx,
-            audited(Some(caller), "member.invite", &org_name(&org), details),
+            audited(
+                Some(caller),
+                "member.invite",
+                &org_name(&row.org_id),
+                details,
+            ),
         )
         .await?;
     Ok(CreateInviteResponse {
         code,
-        expire_time: Some(timestamp(expire)),
-        email,
-        role: role.as_str().to_owned(),
-        name: child_name(&org, COLLECTION, &id),
+        expire_time: Some(timestamp(row.expire_time)),
+        name: child_name(&row.org_id, COLLECTION, &row.id),
+        email: row.email,
+        role: row.role,
     })
 }
 
@@ -211,86 +177,57 @@ pub(super) async fn accept(
         req.key_display_name
     };
     validate_text("key_display_name", &key_name, 200)?;
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT org_id, code_hash, email, role, created_by, expire_time, accept_time, revoke_time FROM invites WHERE id = $1",
-    )
-    .bind(parsed.id)
-    .fetch_optional(&identity.db.pool)
-    .await?;
-    let Some((org, _, email, role, inviter, expire, accepted, revoke_time)) =
-        row.filter(|r| parsed.matches(&r.1))
-    else {
+    let row = store::by_code_id(&identity.db.pool, parsed.id).await?;
+    let Some(invite) = row.filter(|r| parsed.matches(&r.code_hash)) else {
         return Err(Error::NotFound("invite code not found".into()));
     };
-    if revoke_time.is_some() {
+    if invite.revoke_time.is_some() {
         return Err(revoked());
     }
-    if accepted.is_some() {
+    if invite.accept_time.is_some() {
         return Err(Error::FailedPrecondition(
             "invite code has already been used".into(),
         ));
     }
-    if expire <= now_micros() {
+    if invite.expire_time <= now_micros() {
         return Err(Error::FailedPrecondition("invite code has expired".into()));
     }
+    let org = invite.org_id;
     // The transaction writes first (SQLite then waits for the write lock
     // instead of failing a read-to-write upgrade), and only one UPDATE
     // sees accept_time NULL: single use even under races. A revocation
     // committed first leaves nothing to claim.
     let now = now_micros();
     let mut tx = identity.db.begin_write().await?;
-    let claimed = sqlx::query(
-        "UPDATE invites SET accept_time = $1 WHERE id = $2 AND accept_time IS NULL AND revoke_time IS NULL AND expire_time > $1",
-    )
-    .bind(now)
-    .bind(parsed.id)
-    .execute(&mut *tx)
-    .await?;
-    if claimed.rows_affected() != 1 {
+    if !store::claim(&mut *tx, parsed.id, now).await? {
         return Err(Error::FailedPrecondition(
             "invite code has already been used".into(),
         ));
     }
     // Checked again here, so an invite made before revocation on removal
     // existed (or by an inviter demoted since) cannot outlive its inviter.
-    let current = inviter_role(&mut tx, &org, &inviter).await?;
-    if !current.is_some_and(|r| still_grants(&r, &role)) {
+    let current = inviter_role(&mut tx, &org, &invite.created_by).await?;
+    if !current.is_some_and(|r| still_grants(&r, &invite.role)) {
         return Err(revoked());
     }
-    let settings: Option<(i64,)> =
-        sqlx::query_as("SELECT max_key_lifetime_secs FROM organizations WHERE id = $1")
-            .bind(&org)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (max_secs,) = settings.ok_or_else(|| Error::not_found(org_name(&org)))?;
-    let member_id = new_principal_id('m');
-    sqlx::query(
-        "INSERT INTO members (id, org_id, email, role, create_time) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&member_id)
-    .bind(&org)
-    .bind(&email)
-    .bind(&role)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    let max_secs = organizations::max_key_lifetime_secs(&mut *tx, &org)
+        .await?
+        .ok_or_else(|| Error::not_found(org_name(&org)))?;
+    let new_member = MemberRow {
+        id: new_principal_id('m'),
+        org_id: org,
+        email: invite.email,
+        role: invite.role,
+        create_time: now,
+    };
+    members::insert(&mut *tx, &new_member).await?;
     let expire = Some(now.saturating_add(max_secs.max(0).saturating_mul(1_000_000)));
-    let name = child_name(&org, "members", &member_id);
-    let (key, secret) = Identity::insert_key(
+    let name = child_name(&new_member.org_id, "members", &new_member.id);
+    let (key, secret) = keys::insert(
         &mut tx,
         NewKey {
-            org: &org,
-            owner_id: &member_id,
+            org: &new_member.org_id,
+            owner_id: &new_member.id,
             display_name: &key_name,
             role: "",
             scope: &[],
@@ -304,18 +241,18 @@ pub(super) async fn accept(
         None,
         "member.join",
         &name,
-        json!({"role": role, "invite_id": parsed.id, "api_key": key.0}),
+        json!({"role": new_member.role, "invite_id": parsed.id, "api_key": key.id}),
     );
     event.actor = Some(Actor {
-        principal_id: member_id.clone(),
+        principal_id: new_member.id.clone(),
         kind: PrincipalKind::Member.as_str_name().to_owned(),
-        display_name: email.clone(),
+        display_name: new_member.email.clone(),
         key_id: String::new(),
     });
     identity.commit_audited(tx, event).await?;
     Ok(AcceptInviteResponse {
-        member: Some(member((member_id, org, email, role, now))),
-        api_key: Some(api_key(key, name)),
+        member: Some(member(new_member)),
+        api_key: Some(keys::api_key(key, name)),
         api_key_secret: secret,
     })
 }
@@ -328,19 +265,16 @@ pub(super) async fn list(
     let org = parent_org(caller, &req.parent)?;
     let page = page(req.page_size, &req.page_token)?;
     let now = now_micros();
-    let mut rows: Vec<InviteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM invites WHERE org_id = $1 AND id > $2 \
-         AND ($4 = 1 OR (accept_time IS NULL AND revoke_time IS NULL AND expire_time > $5)) \
-         ORDER BY id LIMIT $3"
-    )))
-    .bind(org)
-    .bind(&page.after)
-    .bind(page.size + 1)
-    .bind(i64::from(req.show_inactive))
-    .bind(now)
-    .fetch_all(&identity.db.pool)
+    let mut rows = store::list(
+        &identity.db.pool,
+        org,
+        &page.after,
+        page.limit(),
+        req.show_inactive,
+        now,
+    )
     .await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.0.clone());
+    let next_page_token = next_page(&mut rows, &page, |r| r.id.clone());
     Ok(ListInvitesResponse {
         invites: rows.into_iter().map(|r| invite(r, now)).collect(),
         next_page_token,
@@ -354,45 +288,33 @@ pub(super) async fn revoke(
 ) -> Result<RevokeInviteResponse> {
     let id = own_child(caller, &req.name, COLLECTION)?;
     let org = caller_org(caller)?;
-    let row: Option<InviteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM invites WHERE id = $1 AND org_id = $2"
-    )))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&identity.db.pool)
-    .await?;
-    let mut row = row.ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
-    if row.7.is_some() {
+    let mut row = store::get(&identity.db.pool, org, id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
+    if row.accept_time.is_some() {
         return Err(Error::FailedPrecondition(format!(
             "{} has already been accepted; remove the member instead",
             names::truncate(&req.name)
         )));
     }
     let now = now_micros();
-    if row.8.is_none() {
+    if row.revoke_time.is_none() {
         let mut tx = identity.db.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE invites SET revoke_time = $1 WHERE id = $2 AND accept_time IS NULL AND revoke_time IS NULL",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        if !store::revoke_pending(&mut *tx, id, now).await? {
             // Accepted or revoked in between.
             return Err(Error::FailedPrecondition(format!(
                 "{} is no longer pending",
                 names::truncate(&req.name)
             )));
         }
-        let details = json!({"email": row.2, "role": row.3, "inviter": row.4});
+        let details = json!({"email": row.email, "role": row.role, "inviter": row.created_by});
         identity
             .commit_audited(
                 tx,
                 audited(Some(caller), "member.invite_revoke", &req.name, details),
             )
             .await?;
-        row.8 = Some(now);
+        row.revoke_time = Some(now);
     }
     Ok(RevokeInviteResponse {
         invite: Some(invite(row, now)),

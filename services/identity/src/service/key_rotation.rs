@@ -11,16 +11,18 @@ use paddock_shared::auth::Invalidation;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, child_name};
 use paddock_shared::outbox;
-use paddock_shared::rbac::{self, Grant};
+use paddock_shared::rbac::Grant;
 use paddock_shared::time::{self, now_micros};
 use serde_json::json;
 
 use crate::authn::split_scope;
 
-use super::{
-    Identity, KEY_COLUMNS, KeyRow, NewKey, api_key, audited, caller_org, caller_permissions,
-    own_child,
-};
+use super::keys::{self, NewKey, api_key};
+use super::request::{caller_org, own_child};
+use super::roles::{caller_permissions, lacking};
+use super::{Identity, audited, organizations};
+use crate::store::agents;
+use crate::store::api_keys::{self as store, KeyRow};
 
 /// The longest an old key may keep working beside its successor.
 const MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
@@ -39,15 +41,10 @@ pub(super) async fn rotate(
             .filter(|d| *d <= MAX_GRACE)
             .ok_or_else(|| Error::invalid("grace_period must be between 0s and 7d"))?,
     };
-    let row: Option<KeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND org_id = $2"
-    )))
-    .bind(&id)
-    .bind(&org)
-    .fetch_optional(&identity.db.pool)
-    .await?;
-    let old = row.ok_or_else(|| Error::not_found(names::truncate(&name)))?;
-    let owner_id = old.2.clone();
+    let old = store::get(&identity.db.pool, &org, &id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&name)))?;
+    let owner_id = old.owner_id.clone();
     // Not even its existence leaks to someone who may not see it.
     if !identity
         .admission
@@ -62,16 +59,16 @@ pub(super) async fn rotate(
         .require(caller, "api_keys.manage_own", &name, &owner_id)
         .await
         .map_err(Error::from_status)?;
-    if old.11.is_some() {
+    if old.sandbox.is_some() {
         return Err(Error::FailedPrecondition(format!(
             "{name} is a sandbox session token; it ends with its sandbox and is not rotated"
         )));
     }
     let now = now_micros();
-    if old.10.is_some() || old.6.is_some_and(|e| e <= now) {
+    if old.revoke_time.is_some() || old.expire_time.is_some_and(|e| e <= now) {
         return Err(Error::FailedPrecondition(format!(
             "{name} is already {}; mint a new key instead",
-            if old.10.is_some() {
+            if old.revoke_time.is_some() {
                 "revoked"
             } else {
                 "expired"
@@ -81,50 +78,37 @@ pub(super) async fn rotate(
     let owner_role = owner_role(identity, caller, &org, &owner_id).await?;
     // The successor holds what the old key held; the caller must hold it too.
     let mine = caller_permissions(caller);
-    let scope = split_scope(&old.5);
-    let held = Grant::of(&owner_role, &old.4, &scope).effective();
+    let scope = split_scope(&old.scope);
+    let held = Grant::of(&owner_role, &old.role, &scope).effective();
     if !held.is_subset_of(mine) {
-        let extra: Vec<_> = held
-            .names()
-            .into_iter()
-            .filter(|p| !mine.contains(rbac::permission_index(p).unwrap_or(0)))
-            .collect();
         return Err(Error::PermissionDenied(format!(
             "cannot rotate {name}: its successor would hold {}, which you do not",
-            extra.join(", ")
+            lacking(held, mine).join(", ")
         )));
     }
     let expire = successor_expiry(identity, &org, &old, now).await?;
     let old_expire = if grace.is_zero() {
-        old.6
+        old.expire_time
     } else {
         let until = now.saturating_add(grace.as_micros() as i64);
-        Some(old.6.map_or(until, |e| e.min(until)))
+        Some(old.expire_time.map_or(until, |e| e.min(until)))
     };
     let revoke = grace.is_zero().then_some(now);
 
     let mut tx = identity.db.begin_write().await?;
-    let done = sqlx::query(
-        "UPDATE api_keys SET revoke_time = $1, expire_time = $2 WHERE id = $3 AND revoke_time IS NULL",
-    )
-    .bind(revoke)
-    .bind(old_expire)
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
+    if !store::retire(&mut *tx, &id, revoke, old_expire).await? {
         // Revoked between the read and this write.
         return Err(Error::FailedPrecondition(format!(
             "{name} is already revoked; mint a new key instead"
         )));
     }
-    let (new_row, secret) = Identity::insert_key(
+    let (new_row, secret) = keys::insert(
         &mut tx,
         NewKey {
             org: &org,
             owner_id: &owner_id,
-            display_name: &old.3,
-            role: &old.4,
+            display_name: &old.display_name,
+            role: &old.role,
             scope: &scope,
             expire,
             created_by: &caller.name,
@@ -132,13 +116,13 @@ pub(super) async fn rotate(
         },
     )
     .await?;
-    let owner = identity.owner_name(&org, &owner_id).await?;
-    let new_name = child_name(&org, "apiKeys", &new_row.0);
+    let owner = keys::owner_name(identity, &org, &owner_id).await?;
+    let new_name = child_name(&org, "apiKeys", &new_row.id);
     let created = audited(
         Some(caller),
         "apikey.create",
         &new_name,
-        json!({"owner": owner, "role": old.4, "scope": scope, "expire_time_us": expire, "rotated_from": name}),
+        json!({"owner": owner, "role": old.role, "scope": scope, "expire_time_us": expire, "rotated_from": name}),
     );
     outbox::record(&mut tx, &created).await?;
     let details = json!({
@@ -152,8 +136,8 @@ pub(super) async fn rotate(
         .await?;
     identity.publish(Invalidation::Key(id));
     let mut replaced = old;
-    replaced.10 = revoke;
-    replaced.6 = old_expire;
+    replaced.revoke_time = revoke;
+    replaced.expire_time = old_expire;
     Ok(RotateApiKeyResponse {
         api_key: Some(api_key(new_row, owner.clone())),
         secret,
@@ -172,14 +156,8 @@ async fn owner_role(
     if owner_id == caller.id {
         return Ok(caller.role.clone());
     }
-    let agent: Option<(String,)> =
-        sqlx::query_as("SELECT role FROM agents WHERE org_id = $1 AND id = $2")
-            .bind(org)
-            .bind(owner_id)
-            .fetch_optional(&identity.db.pool)
-            .await?;
-    match agent {
-        Some((role,)) => Ok(role),
+    match agents::role_by_id(&identity.db.pool, org, owner_id).await? {
+        Some(role) => Ok(role),
         None => Err(Error::PermissionDenied(format!(
             "cannot rotate a key owned by another member ({}): members rotate their own keys; revoke it instead",
             child_name(org, "members", owner_id)
@@ -195,13 +173,13 @@ async fn successor_expiry(
     old: &KeyRow,
     now: i64,
 ) -> Result<Option<i64>> {
-    let (max, allow_never) = identity.org_settings(org).await?;
+    let (max, allow_never) = organizations::key_settings(identity, org).await?;
     let max = max.as_micros().min(i64::MAX as u128) as i64;
-    Ok(match old.6 {
+    Ok(match old.expire_time {
         None if allow_never => None,
         None => Some(now.saturating_add(max)),
         Some(expire) => {
-            let lifetime = expire.saturating_sub(old.8).clamp(1, max);
+            let lifetime = expire.saturating_sub(old.create_time).clamp(1, max);
             Some(now.saturating_add(lifetime))
         }
     })

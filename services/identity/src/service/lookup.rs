@@ -7,6 +7,9 @@ use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, child_name, org_name, parse_child};
 
 use super::Identity;
+use crate::store::agents::AgentRow;
+use crate::store::members::MemberRow;
+use crate::store::{agents, members, projects};
 
 /// Most names (and most principal ids) in one request.
 pub const MAX_NAMES: usize = 500;
@@ -20,6 +23,7 @@ pub(super) async fn lookup(
             "at most {MAX_NAMES} names and {MAX_NAMES} principal ids per lookup"
         )));
     }
+    let pool = &identity.db.pool;
     let mut found = Vec::new();
     for name in &req.names {
         let kind = name.split('/').nth(2).unwrap_or_default();
@@ -30,21 +34,12 @@ pub(super) async fn lookup(
             )));
         };
         let hit = match kind {
-            "agents" => agent_by(identity, "org_id = $1 AND agent_id = $2", org, id).await?,
-            "members" => member_by(identity, "org_id = $1 AND id = $2", org, id).await?,
-            "projects" => {
-                let row: Option<(String,)> = sqlx::query_as(
-                    "SELECT project_id FROM projects WHERE org_id = $1 AND project_id = $2",
-                )
-                .bind(org)
-                .bind(id)
-                .fetch_optional(&identity.db.pool)
-                .await?;
-                row.map(|_| FoundResource {
-                    name: child_name(org, "projects", id),
-                    principal: None,
-                })
-            }
+            "agents" => agents::get(pool, org, id).await?.map(agent),
+            "members" => members::get(pool, org, id).await?.map(member),
+            "projects" => projects::get(pool, org, id).await?.map(|_| FoundResource {
+                name: child_name(org, "projects", id),
+                principal: None,
+            }),
             _ => {
                 return Err(Error::invalid(format!(
                     "{} is not the full name of an agent, project or member",
@@ -56,74 +51,45 @@ pub(super) async fn lookup(
     }
     for id in &req.principal_ids {
         // Ids are unique across members and agents.
-        let hit = match member_by(identity, "id = $1", id, "").await? {
-            Some(m) => Some(m),
-            None => agent_by(identity, "id = $1", id, "").await?,
+        let hit = match members::by_id(pool, id).await? {
+            Some(m) => Some(member(m)),
+            None => agents::by_id(pool, id).await?.map(agent),
         };
         found.extend(hit);
     }
     Ok(LookupResourcesResponse { found })
 }
 
-/// One agent as a principal; `filter` binds `$1` and, when it names it, `$2`.
-async fn agent_by(
-    identity: &Identity,
-    filter: &str,
-    first: &str,
-    second: &str,
-) -> Result<Option<FoundResource>> {
-    // `filter` is one of this module's constant clauses.
-    let sql = format!("SELECT id, org_id, agent_id, role FROM agents WHERE {filter}");
-    let mut query =
-        sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(first);
-    if filter.contains("$2") {
-        query = query.bind(second);
+/// One agent as a principal.
+fn agent(row: AgentRow) -> FoundResource {
+    let name = child_name(&row.org_id, "agents", &row.agent_id);
+    FoundResource {
+        name: name.clone(),
+        principal: Some(Principal {
+            id: row.id,
+            kind: PrincipalKind::Agent as i32,
+            name,
+            organization: org_name(&row.org_id),
+            role: row.role,
+            display_name: row.agent_id,
+            ..Default::default()
+        }),
     }
-    let row = query.fetch_optional(&identity.db.pool).await?;
-    Ok(row.map(|(id, org, agent_id, role)| {
-        let name = child_name(&org, "agents", &agent_id);
-        FoundResource {
-            name: name.clone(),
-            principal: Some(Principal {
-                id,
-                kind: PrincipalKind::Agent as i32,
-                name,
-                organization: org_name(&org),
-                role,
-                display_name: agent_id,
-                ..Default::default()
-            }),
-        }
-    }))
 }
 
-/// One member as a principal; `filter` binds `$1` and, when it names it, `$2`.
-async fn member_by(
-    identity: &Identity,
-    filter: &str,
-    first: &str,
-    second: &str,
-) -> Result<Option<FoundResource>> {
-    let sql = format!("SELECT id, org_id, email, role FROM members WHERE {filter}");
-    let mut query =
-        sqlx::query_as::<_, (String, String, String, String)>(sqlx::AssertSqlSafe(sql)).bind(first);
-    if filter.contains("$2") {
-        query = query.bind(second);
+/// One member as a principal.
+fn member(row: MemberRow) -> FoundResource {
+    let name = child_name(&row.org_id, "members", &row.id);
+    FoundResource {
+        name: name.clone(),
+        principal: Some(Principal {
+            id: row.id,
+            kind: PrincipalKind::Member as i32,
+            name,
+            organization: org_name(&row.org_id),
+            role: row.role,
+            display_name: row.email,
+            ..Default::default()
+        }),
     }
-    let row = query.fetch_optional(&identity.db.pool).await?;
-    Ok(row.map(|(id, org, email, role)| {
-        let name = child_name(&org, "members", &id);
-        FoundResource {
-            name: name.clone(),
-            principal: Some(Principal {
-                id,
-                kind: PrincipalKind::Member as i32,
-                name,
-                organization: org_name(&org),
-                role,
-                display_name: email,
-                ..Default::default()
-            }),
-        }
-    }))
 }

@@ -7,6 +7,7 @@ use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, org_name, parse_child};
 
 use super::Identity;
+use crate::store::{agents, members};
 
 pub(super) async fn get(
     identity: &Identity,
@@ -14,20 +15,16 @@ pub(super) async fn get(
 ) -> Result<GetPrincipalResponse> {
     let not_found = || Error::not_found(names::truncate(&req.name));
     let principal = if let Ok((org, member_id)) = parse_child(&req.name, "members") {
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT email, role FROM members WHERE org_id = $1 AND id = $2")
-                .bind(org)
-                .bind(member_id)
-                .fetch_optional(&identity.db.pool)
-                .await?;
-        let (email, role) = row.ok_or_else(not_found)?;
+        let row = members::get(&identity.db.pool, org, member_id)
+            .await?
+            .ok_or_else(not_found)?;
         Principal {
             id: member_id.to_owned(),
             kind: PrincipalKind::Member as i32,
             name: req.name.clone(),
             organization: org_name(org),
-            role,
-            display_name: email,
+            role: row.role,
+            display_name: row.email,
             ..Default::default()
         }
     } else {
@@ -36,19 +33,15 @@ pub(super) async fn get(
                 "name must be organizations/{organization}/members/{member} or .../agents/{agent}",
             )
         })?;
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT id, role FROM agents WHERE org_id = $1 AND agent_id = $2")
-                .bind(org)
-                .bind(agent_id)
-                .fetch_optional(&identity.db.pool)
-                .await?;
-        let (id, role) = row.ok_or_else(not_found)?;
+        let row = agents::get(&identity.db.pool, org, agent_id)
+            .await?
+            .ok_or_else(not_found)?;
         Principal {
-            id,
+            id: row.id,
             kind: PrincipalKind::Agent as i32,
             name: req.name.clone(),
             organization: org_name(org),
-            role,
+            role: row.role,
             display_name: agent_id.to_owned(),
             ..Default::default()
         }

@@ -13,7 +13,9 @@ use paddock_shared::names::{self, child_name, parse_child};
 use paddock_shared::time::{self, now_micros};
 use serde_json::json;
 
-use super::{Identity, NewKey, api_key, audited};
+use super::keys::{self, NewKey, api_key};
+use super::{Identity, audited};
+use crate::store::{agents, api_keys};
 
 /// A token's lifetime when the request names none.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -40,18 +42,15 @@ pub(super) async fn create(
             .filter(|d| !d.is_zero() && *d <= MAX_TTL)
             .ok_or_else(|| Error::invalid("ttl must be between 1s and 24h"))?,
     };
-    let agent: Option<(String, String)> =
-        sqlx::query_as("SELECT id, role FROM agents WHERE org_id = $1 AND agent_id = $2")
-            .bind(org)
-            .bind(agent_id)
-            .fetch_optional(&identity.db.pool)
-            .await?;
-    let (owner_id, role) = agent.ok_or_else(|| Error::not_found(names::truncate(&req.agent)))?;
+    let agent = agents::get(&identity.db.pool, org, agent_id)
+        .await?
+        .ok_or_else(|| Error::not_found(names::truncate(&req.agent)))?;
+    let (owner_id, role) = (agent.id, agent.role);
     let expire = now_micros().saturating_add(ttl.as_micros() as i64);
     let display_name = format!("session sandbox/{sandbox_id}");
     let scope = [SCOPE.to_owned()];
     let mut tx = identity.db.begin_write().await?;
-    let (row, secret) = Identity::insert_key(
+    let (row, secret) = keys::insert(
         &mut tx,
         NewKey {
             org,
@@ -67,7 +66,7 @@ pub(super) async fn create(
         },
     )
     .await?;
-    let key_name = child_name(org, "apiKeys", &row.0);
+    let key_name = child_name(org, "apiKeys", &row.id);
     let details = json!({
         "agent": req.agent,
         "sandbox": req.sandbox,
@@ -96,19 +95,11 @@ pub(super) async fn revoke(
     let now = now_micros();
     let mut tx = identity.db.begin_write().await?;
     // The UPDATE names the rows it changed, so exactly those are pushed out.
-    let revoked: Vec<(String,)> = sqlx::query_as(
-        "UPDATE api_keys SET revoke_time = $1 WHERE org_id = $2 AND sandbox = $3 AND revoke_time IS NULL RETURNING id",
-    )
-    .bind(now)
-    .bind(org)
-    .bind(&req.sandbox)
-    .fetch_all(&mut *tx)
-    .await?;
-    if revoked.is_empty() {
+    let keys = api_keys::revoke_sandbox(&mut *tx, org, &req.sandbox, now).await?;
+    if keys.is_empty() {
         // Nothing changed (already stopped, or never had a token).
         return Ok(RevokeSessionTokenResponse { revoked: 0 });
     }
-    let keys: Vec<String> = revoked.into_iter().map(|(id,)| id).collect();
     let details = json!({"revoked": keys.len(), "api_keys": keys});
     identity
         .commit_audited(
