@@ -159,12 +159,9 @@ impl Authenticator for LocalAuthenticator {
             match parsed.kind {
                 TokenKind::ApiKey => self.api_key(&parsed).await,
                 TokenKind::Bootstrap => self.bootstrap(&parsed).await,
-                TokenKind::Service if parsed.matches(&self.service_hash) => Ok(Principal {
-                    id: "service".to_owned(),
-                    kind: PrincipalKind::Service as i32,
-                    display_name: "paddock service".to_owned(),
-                    ..Default::default()
-                }),
+                TokenKind::Service if parsed.matches(&self.service_hash) => {
+                    Ok(paddock_shared::auth::service_principal())
+                }
                 TokenKind::Service => Err(unauthenticated("invalid service token")),
                 TokenKind::Invite => Err(unauthenticated(
                     "an invite code is not an API key; redeem it with AcceptInvite",
