@@ -53,33 +53,14 @@ pub fn print_list(items: impl IntoIterator<Item = Value>) {
     print_json(&list_json(items));
 }
 
-/// A timestamp as RFC 3339 UTC with second precision, e.g. `2025-03-01T12:00:00Z`.
+/// A timestamp as RFC 3339 UTC with second precision, e.g. `2025-03-01T12:00:00Z`
+/// (prost-types' format, without the fraction).
 pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
-    let secs = ts.seconds;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    prost_types::Timestamp {
+        seconds: ts.seconds,
+        nanos: 0,
+    }
+    .to_string()
 }
 
 fn ts_json(ts: Option<&prost_types::Timestamp>) -> Value {

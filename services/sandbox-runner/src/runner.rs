@@ -903,27 +903,40 @@ impl Runner {
     }
 
     /// Stops the container of a sandbox whose TTL ran out, retrying with
-    /// backoff until the Docker Engine has done it: an expired sandbox must
-    /// not keep running because one call failed. The first failure is in
-    /// the audit trail; each is logged.
+    /// backoff (1 s doubling to 30 s, without end) until the Docker Engine
+    /// has done it: an expired sandbox must not keep running because one
+    /// call failed. The first failure is in the audit trail; each is logged.
     async fn stop_expired(&self, name: &str, container: &str) {
-        let mut backoff = Duration::from_secs(1);
-        let mut reported = false;
-        loop {
+        use backon::Retryable as _;
+        const BACKOFF: backon::ExponentialBuilder = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .without_max_times();
+        let reported = std::sync::atomic::AtomicBool::new(false);
+        let stop = || async {
             let result = match self.engine() {
                 Ok(engine) => engine.stop(container, self.tuning.stop_grace).await,
                 Err(e) => Err(e),
             };
-            let Err(e) = result else { return };
-            tracing::warn!(sandbox = name, error = %e, retry_in = ?backoff, "the TTL stop failed");
-            if !reported {
-                reported = true;
+            if let Err(e) = &result
+                && !reported.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
                 let details = serde_json::json!({"reason": "ttl_expired", "error": e.to_string()});
                 self.record_event(event(None, "sandbox.stop", name, Outcome::Failure, details))
                     .await;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            result
+        };
+        let stopped = stop
+            .retry(BACKOFF)
+            .sleep(tokio::time::sleep)
+            .notify(|e, retry_in| {
+                tracing::warn!(sandbox = name, error = %e, ?retry_in, "the TTL stop failed");
+            })
+            .await;
+        if let Err(e) = stopped {
+            // Not reached: the backoff has no last attempt.
+            tracing::error!(sandbox = name, error = %e, "the TTL stop gave up");
         }
     }
 

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use prost::Message;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::Notify;
@@ -201,7 +202,7 @@ impl Forwarder {
     }
 
     /// Delivers one batch; returns how many events were delivered.
-    pub async fn deliver_once(&mut self) -> Result<usize, String> {
+    pub async fn deliver_once(&self) -> Result<usize, String> {
         let rows: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
             "SELECT id, created, event, traceparent FROM audit_outbox ORDER BY created, id LIMIT $1",
         )
@@ -232,7 +233,7 @@ impl Forwarder {
     }
 
     async fn deliver_rows(
-        &mut self,
+        &self,
         rows: &[(String, i64, String, Option<String>)],
     ) -> Result<usize, String> {
         let mut events = Vec::with_capacity(rows.len());
@@ -245,6 +246,7 @@ impl Forwarder {
         }
         if !events.is_empty() {
             self.client
+                .clone()
                 .append_events(AppendEventsRequest { events })
                 .await
                 .map_err(|s| format!("audit service: {:?}: {}", s.code(), s.message()))?;
@@ -288,31 +290,42 @@ impl Forwarder {
 
     /// Delivers until aborted: right after a wake-up, at least every second,
     /// backing off (up to 5 s) while the audit service is unreachable.
-    pub fn spawn(mut self) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
             loop {
-                let delivered = self.deliver_once().await;
-                if !matches!(delivered, Ok(n) if n as i64 == BATCH) {
-                    self.measure().await;
-                }
-                match delivered {
-                    Ok(n) if n as i64 == BATCH => continue,
-                    Ok(_) => {
-                        backoff = Duration::from_millis(100);
-                        let wake = self.wake.clone();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                // Retries until delivered: events wait in the outbox
+                // however long the audit service is away. Each attempt
+                // that leaves the outbox not full counts what waits.
+                let attempt = || async {
+                    let delivered = self.deliver_once().await;
+                    if !matches!(delivered, Ok(n) if n as i64 == BATCH) {
+                        self.measure().await;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "audit delivery failed; events stay in the outbox");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
+                    delivered
+                };
+                let delivered = attempt
+                    .retry(DELIVERY_BACKOFF)
+                    .sleep(tokio::time::sleep)
+                    .notify(|e, retry_in| {
+                        tracing::warn!(error = %e, ?retry_in, "audit delivery failed; events stay in the outbox");
+                    })
+                    .await;
+                if matches!(delivered, Ok(n) if n as i64 == BATCH) {
+                    continue;
                 }
+                let wake = self.wake.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
             }
         })
     }
 }
+
+/// The forwarder's retry while the audit service is unreachable: 100 ms,
+/// doubling up to 5 s, without end.
+const DELIVERY_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .without_max_times();
 
 #[cfg(test)]
 mod tests {
@@ -366,7 +379,7 @@ mod tests {
             .expect("bind")
             .local_addr()
             .expect("addr");
-        let mut forwarder = Forwarder::new(
+        let forwarder = Forwarder::new(
             "svc",
             db.pool.clone(),
             &format!("http://{unused}"),
@@ -419,7 +432,7 @@ mod tests {
             .expect("bind")
             .local_addr()
             .expect("addr");
-        let mut forwarder = Forwarder::new(
+        let forwarder = Forwarder::new(
             "svc",
             db.pool.clone(),
             &format!("http://{unused}"),

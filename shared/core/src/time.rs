@@ -42,39 +42,20 @@ pub fn proto_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-/// Parses `90d`, `12h`, `30m`, `45s`, `500ms` and sums like `1h30m`.
+/// Parses `90d`, `12h`, `30m`, `45s`, `500ms` and sums like `1h30m`, with
+/// `humantime`. It also takes spaces, fractions, weeks, years and long unit
+/// names (`1.5 hours`); the flags keep to the short units their help lists,
+/// so those are refused here first.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {text:?}: use e.g. 30d, 12h, 30m, 45s, 500ms");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
+    let text = text.trim();
+    let short_units = text
+        .split(|c: char| c.is_ascii_digit())
+        .all(|unit| matches!(unit, "" | "ms" | "s" | "m" | "h" | "d"));
+    if !short_units {
         return Err(bad());
     }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(1),
-            "s" => Duration::from_secs(1),
-            "m" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            "d" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        total = unit
-            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
-            .and_then(|d| total.checked_add(d))
-            .ok_or_else(bad)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    humantime::parse_duration(text).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -90,6 +71,14 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
+        for bad in ["1h 30m", "1.5h", "2 hours", "3w", "-1s", "+1s", "1hh", "s1"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("5y"),
+            Err(r#"invalid duration "5y": use e.g. 30d, 12h, 30m, 45s, 500ms"#.to_owned())
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use paddock_proto::authz::v1::{Effect, NetworkRule, ToolRule};
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names;
@@ -63,25 +64,14 @@ fn cidr(field: &str, text: &str) -> Result<String> {
     let prefix: u8 = prefix
         .parse()
         .map_err(|_| bad("the prefix is not a number"))?;
-    let (bits, value) = match ip {
-        IpAddr::V4(v4) => (32u8, u128::from(u32::from(v4)) << 96),
-        IpAddr::V6(v6) => (128u8, u128::from(v6)),
-    };
-    if prefix > bits {
-        return Err(bad(&format!("the prefix is above {bits}")));
-    }
-    // Host bits: below the prefix, within the address (an IPv4 address
-    // sits in the top 32 bits).
-    let host_mask = u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
-    let host_mask = if bits == 32 {
-        host_mask & !(u128::MAX >> 32)
-    } else {
-        host_mask
-    };
-    if value & host_mask != 0 {
+    let net = IpNet::new(ip, prefix).map_err(|_| {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        bad(&format!("the prefix is above {bits}"))
+    })?;
+    if net.trunc() != net {
         return Err(bad("host bits are set; give the network address"));
     }
-    Ok(format!("{ip}/{prefix}"))
+    Ok(net.to_string())
 }
 
 pub(crate) fn network_rule(i: usize, r: &NetworkRule) -> Result<NetworkRule> {
