@@ -165,9 +165,47 @@ where
         }
         figment = figment.merge(Toml::string(&text));
     }
-    figment = figment.merge(Serialized::defaults(environment(defaults, env, lookup)?));
+    let from_env = environment(defaults, env, &lookup)?;
+    figment = figment.merge(Serialized::defaults(from_env.clone()));
     figment = figment.merge(Serialized::defaults(flags));
-    figment.extract().map_err(|e| ConfigError(e.to_string()))
+    figment
+        .extract()
+        .map_err(|e| ConfigError(culprit(defaults, &figment, &known, env, &from_env, &lookup, e)))
+}
+
+/// Names the key behind a failed extraction: `serde(flatten)` loses the
+/// path, so each key's merged value is tried alone over the defaults, and
+/// the first that fails is named, with the variable that set it if one did.
+fn culprit<T>(
+    defaults: &T,
+    merged: &Figment,
+    known: &[String],
+    env: &[&[(&str, &str)]],
+    from_env: &Dict,
+    lookup: &impl Fn(&str) -> Option<String>,
+    error: figment::Error,
+) -> String
+where
+    T: Serialize + DeserializeOwned,
+{
+    for key in known {
+        let Ok(value) = merged.find_value(key) else {
+            continue;
+        };
+        let mut one = Dict::new();
+        one.insert(key.clone(), value);
+        let alone = Figment::from(Serialized::defaults(defaults)).merge(Serialized::defaults(one));
+        if let Err(e) = alone.extract::<T>() {
+            let source = env
+                .iter()
+                .flat_map(|table| table.iter())
+                .find(|(var, k)| *k == key.as_str() && from_env.contains_key(*k) && lookup(var).is_some())
+                .map(|(var, _)| format!(" (from {var})"))
+                .unwrap_or_default();
+            return format!("{key}{source}: {}", e.kind);
+        }
+    }
+    error.to_string()
 }
 
 /// The top-level keys `value` serializes to.
@@ -185,7 +223,7 @@ fn keys_of(value: &impl Serialize) -> Result<Vec<String>, ConfigError> {
 fn environment(
     defaults: &impl Serialize,
     env: &[&[(&str, &str)]],
-    lookup: impl Fn(&str) -> Option<String>,
+    lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<Dict, ConfigError> {
     let typed = serde_json::to_value(defaults).map_err(|e| ConfigError(e.to_string()))?;
     let mut dict = Dict::new();

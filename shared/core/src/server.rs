@@ -245,9 +245,20 @@ macro_rules! service_main {
         }
 
         #[tokio::main]
-        async fn main() -> Result<(), $lib::StartError> {
-            let telemetry = $crate::telemetry::init(&[$bin]);
+        async fn main() -> std::process::ExitCode {
             let cli = <Cli as clap::Parser>::parse();
+            match run(cli).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    // Said plainly, not as a Debug dump.
+                    eprintln!("{}: {e}", $bin);
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+
+        async fn run(cli: Cli) -> Result<(), $lib::StartError> {
+            let telemetry = $crate::telemetry::init(&[$bin]);
             let config = $lib::Config::load(cli.config_file.as_deref(), &cli.flags)?;
             let token = $crate::server::load_or_create_token(
                 &config.common.service_token_path(),

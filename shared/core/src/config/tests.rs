@@ -142,3 +142,22 @@ fn variables_take_the_type_of_their_key() {
     .expect_err("not a number");
     assert!(err.to_string().contains("PADDOCK_PROBE_MAX_TAILS"), "{err}");
 }
+
+/// A value of the right shape but the wrong meaning (an address that is
+/// not one) is named by its key and the variable that set it, even
+/// through the flattened common section.
+#[test]
+fn a_bad_value_is_named_by_key_and_variable() {
+    let err = load_probe(
+        None,
+        &[("PADDOCK_PROBE_LISTEN", "not-an-address")],
+        &Flags::default(),
+    )
+    .expect_err("not an address");
+    let text = err.to_string();
+    assert!(text.contains("listen (from PADDOCK_PROBE_LISTEN)"), "{text}");
+
+    let err = load_probe(Some("flush = \"forever\"\n"), &[], &Flags::default())
+        .expect_err("not a duration");
+    assert!(err.to_string().contains("flush"), "{err}");
+}
