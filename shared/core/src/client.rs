@@ -283,10 +283,10 @@ impl<S> tower::Layer<S> for RetryLayer {
     }
 }
 
-/// Sends a read again ([`READ_RETRY`]) while its server is UNAVAILABLE:
-/// unreachable, or answering UNAVAILABLE before any message. The request
-/// is buffered for that (a unary request is one message); anything that
-/// is not a read passes straight through.
+/// Sends a read again (three attempts in all, with backoff) while its
+/// server is UNAVAILABLE: unreachable, or answering UNAVAILABLE before any
+/// message. The request is buffered for that (a unary request is one
+/// message); anything that is not a read passes straight through.
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
