@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod client;
+pub mod config;
 pub mod db;
 pub mod error;
 pub mod hex;
