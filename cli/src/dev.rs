@@ -212,13 +212,15 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
 
     let identity = if run_identity {
         let config = paddock_identity::Config {
-            listen: opts.identity_listen,
-            data_dir: opts.data_dir.clone(),
-            database_url: opts.database_url.clone(),
-            authz_endpoint: authz_endpoint.clone(),
+            common: paddock_shared::config::CommonConfig {
+                data_dir: opts.data_dir.clone(),
+                database_url: opts.database_url.clone(),
+                authz_endpoint: authz_endpoint.clone(),
+                // Events wait in identity's outbox while no audit is known.
+                audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+                ..paddock_shared::config::CommonConfig::listening_on(opts.identity_listen)
+            },
             last_used_flush: Duration::from_secs(10),
-            // Events wait in identity's outbox while no audit is known.
-            audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
             // As for paddock-identity; unset, the key lives in the data dir.
             credential_key: std::env::var("PADDOCK_CREDENTIAL_KEY")
                 .ok()
@@ -241,12 +243,14 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
     let authz = match authz_listener {
         Some((listener, listen)) => {
             let config = paddock_authz::Config {
-                listen,
-                identity_endpoint: identity_endpoint.clone(),
-                data_dir: opts.data_dir.clone(),
-                database_url: opts.database_url.clone(),
-                // Events wait in authz's outbox while no audit is known.
-                audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+                common: paddock_shared::config::CommonConfig {
+                    identity_endpoint: identity_endpoint.clone(),
+                    data_dir: opts.data_dir.clone(),
+                    database_url: opts.database_url.clone(),
+                    // Events wait in authz's outbox while no audit is known.
+                    audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+                    ..paddock_shared::config::CommonConfig::listening_on(listen)
+                },
             };
             match paddock_authz::start_on(listener, &config, &token).await {
                 Ok(h) => Some(h),
@@ -262,11 +266,13 @@ pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
     };
     let audit = if let Some((listener, listen)) = audit_listener {
         let config = paddock_audit::Config {
-            listen,
-            data_dir: opts.data_dir.clone(),
-            database_url: opts.database_url.clone(),
-            identity_endpoint: identity_endpoint.clone(),
-            authz_endpoint: authz_endpoint.clone(),
+            common: paddock_shared::config::CommonConfig {
+                data_dir: opts.data_dir.clone(),
+                database_url: opts.database_url.clone(),
+                identity_endpoint: identity_endpoint.clone(),
+                authz_endpoint: authz_endpoint.clone(),
+                ..paddock_shared::config::CommonConfig::listening_on(listen)
+            },
             retention_interval: Duration::from_secs(3600),
             max_tails_per_caller: paddock_shared::streams::Limits::default().per_principal,
             max_tails_per_org: paddock_shared::streams::Limits::default().per_organization,
@@ -359,12 +365,14 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     let mut runner = None;
     if !skip.contains(&Service::SandboxRunner) {
         let config = paddock_sandbox_runner::Config {
-            listen: args.sandbox_listen,
-            data_dir: args.data_dir.clone(),
-            database_url: database_url_from_env(),
-            identity_endpoint: stack.identity_endpoint.clone(),
-            authz_endpoint: stack.authz_endpoint.clone(),
-            audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+            common: paddock_shared::config::CommonConfig {
+                data_dir: args.data_dir.clone(),
+                database_url: database_url_from_env(),
+                identity_endpoint: stack.identity_endpoint.clone(),
+                authz_endpoint: stack.authz_endpoint.clone(),
+                audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
+                ..paddock_shared::config::CommonConfig::listening_on(args.sandbox_listen)
+            },
             docker_host: args.docker_host.clone(),
             worker_id: args.worker_id.clone(),
             stop_grace: Duration::from_secs(3),

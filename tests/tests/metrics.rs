@@ -240,8 +240,8 @@ fn missing(samples: &[Sample]) -> Option<String> {
             total(samples, "paddock_audit_events_appended_total", &[]) >= 1.0,
         ),
         (
-            "an exited sandbox",
-            total(samples, "paddock_sandboxes", &[("state", "stopped")]) >= 1.0,
+            "a running sandbox",
+            total(samples, "paddock_sandboxes", &[("state", "running")]) >= 1.0,
         ),
         (
             "Docker container.create latency",
@@ -285,6 +285,25 @@ fn metrics_are_served_as_prometheus_text(backend: Backend) {
         ],
     );
     assert_eq!(run.code, 0, "{run:#?}");
+    // One that keeps running, for the sandboxes gauge (removed with the
+    // runner's worker when the test ends).
+    let detached = dev.paddock(
+        Some(&owner),
+        &[
+            "run",
+            "--detach",
+            "--agent",
+            "bot",
+            "--project",
+            "web",
+            "--image",
+            IMAGE,
+            "--",
+            "sleep",
+            "300",
+        ],
+    );
+    assert_eq!(detached.code, 0, "{detached:#?}");
 
     // Gauges are refreshed in the background: wait for every promise.
     let deadline = Instant::now() + Duration::from_secs(60);

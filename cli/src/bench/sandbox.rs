@@ -118,12 +118,14 @@ async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliEr
     .map_err(|e| internal("service token", e))?;
     let worker = format!("bench{}", now_micros() % 1_000_000_000);
     let runner_config = paddock_sandbox_runner::Config {
-        listen: loopback0,
-        data_dir: data_dir.join("runner"),
-        database_url: None,
-        identity_endpoint: stack.identity_endpoint.clone(),
-        authz_endpoint: stack.authz_endpoint.clone(),
-        audit_endpoint: Some(stack.audit_endpoint.clone()),
+        common: paddock_shared::config::CommonConfig {
+            data_dir: data_dir.join("runner"),
+            database_url: None,
+            identity_endpoint: stack.identity_endpoint.clone(),
+            authz_endpoint: stack.authz_endpoint.clone(),
+            audit_endpoint: Some(stack.audit_endpoint.clone()),
+            ..paddock_shared::config::CommonConfig::listening_on(loopback0)
+        },
         docker_host: args.docker_host.clone(),
         worker_id: Some(worker.clone()),
         stop_grace: Duration::from_secs(3),

@@ -14,7 +14,7 @@ mod store;
 mod tail;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +23,12 @@ use paddock_shared::auth::{
     self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
     ServiceTokenFirst,
 };
+use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::streams::{Limits, Streams};
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 
 use crate::service::Audit;
@@ -41,62 +43,67 @@ pub use store::INSERT_CHUNK as INSERT_ROWS;
 pub use store::{SQLITE_APPEND_PRAGMAS, push_placeholders};
 
 /// Configuration of the audit service.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(
-        long = "listen",
-        env = "PADDOCK_AUDIT_LISTEN",
-        default_value = "127.0.0.1:7104"
-    )]
-    pub listen: SocketAddr,
-    /// Data directory: the SQLite database.
-    #[arg(
-        long = "data-dir",
-        env = "PADDOCK_DATA_DIR",
-        default_value = "paddock-data"
-    )]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL; SQLite under the data dir when unset.
-    #[arg(long = "database-url", env = "PADDOCK_AUDIT_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// The identity service.
-    #[arg(
-        long = "identity-endpoint",
-        env = "PADDOCK_IDENTITY_ENDPOINT",
-        default_value = "http://127.0.0.1:7101"
-    )]
-    pub identity_endpoint: String,
-    /// The authz service.
-    #[arg(
-        long = "authz-endpoint",
-        env = "PADDOCK_AUTHZ_ENDPOINT",
-        default_value = "http://127.0.0.1:7102"
-    )]
-    pub authz_endpoint: String,
+    #[serde(flatten)]
+    pub common: CommonConfig,
     /// How often the retention job deletes events older than each
     /// organization's retention period (it also runs at start).
-    #[arg(
-        long = "retention-interval",
-        env = "PADDOCK_AUDIT_RETENTION_INTERVAL",
-        default_value = "1h",
-        value_parser = paddock_shared::time::parse_duration
-    )]
+    #[serde(with = "config::duration")]
     pub retention_interval: Duration,
     /// Audit tails (TailEvents streams) one caller may have open at once.
-    #[arg(
-        long = "max-tails-per-caller",
-        env = "PADDOCK_AUDIT_MAX_TAILS_PER_CALLER",
-        default_value_t = Limits::default().per_principal
-    )]
     pub max_tails_per_caller: usize,
     /// Audit tails one organization may have open at once.
-    #[arg(
-        long = "max-tails-per-org",
-        env = "PADDOCK_AUDIT_MAX_TAILS_PER_ORG",
-        default_value_t = Limits::default().per_organization
-    )]
     pub max_tails_per_org: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::listening_on(SocketAddr::from(([127, 0, 0, 1], 7104))),
+            retention_interval: Duration::from_secs(3600),
+            max_tails_per_caller: Limits::default().per_principal,
+            max_tails_per_org: Limits::default().per_organization,
+        }
+    }
+}
+
+/// The flags of `paddock-audit`.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct Flags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonFlags,
+    /// How often the retention job runs [default: 1h].
+    #[arg(long, value_parser = config::duration_flag)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_interval: Option<String>,
+    /// Audit tails one caller may have open at once [default: 16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tails_per_caller: Option<usize>,
+    /// Audit tails one organization may have open at once [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tails_per_org: Option<usize>,
+}
+
+/// The variables audit reads besides [`config::COMMON_ENV`]; its own win
+/// over `DATABASE_URL`.
+pub const ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database_url"),
+    ("PADDOCK_AUDIT_LISTEN", "listen"),
+    ("PADDOCK_AUDIT_DATABASE_URL", "database_url"),
+    ("PADDOCK_AUDIT_RETENTION_INTERVAL", "retention_interval"),
+    ("PADDOCK_AUDIT_MAX_TAILS_PER_CALLER", "max_tails_per_caller"),
+    ("PADDOCK_AUDIT_MAX_TAILS_PER_ORG", "max_tails_per_org"),
+];
+
+impl Config {
+    /// Defaults, then `file`, then the environment, then `flags`.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
+        config::load(&Self::default(), file, &[config::COMMON_ENV, ENV], flags)
+    }
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,11 +114,11 @@ pub async fn start(
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
-    let (listener, _) = server::bind(config.listen).await?;
+    let (listener, _) = server::bind(config.common.listen).await?;
     start_on(listener, config, service_token).await
 }
 
-/// Starts on a listener bound beforehand; `config.listen` is unused.
+/// Starts on a listener bound beforehand; `config.common.listen` is unused.
 pub async fn start_on(
     listener: tokio::net::TcpListener,
     config: &Config,
@@ -120,13 +127,13 @@ pub async fn start_on(
     let addr = listener.local_addr()?;
     let db = Database::connect(
         "audit",
-        &config.data_dir,
-        config.database_url.as_deref(),
+        &config.common.data_dir,
+        config.common.database_url.as_deref(),
         MIGRATIONS,
     )
     .await?;
     let identity = RemoteIdentity::new(auth::identity_client(
-        &config.identity_endpoint,
+        &config.common.identity_endpoint,
         BearerAuth::new(service_token)?,
     )?);
     let authn = Arc::new(CachedAuthenticator::new(ServiceTokenFirst::new(
@@ -135,7 +142,7 @@ pub async fn start_on(
     )));
     let watch = authn.inner().inner().watch(authn.cache());
     let authz = RemoteAuthz::new(auth::authz_client(
-        &config.authz_endpoint,
+        &config.common.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
     let (closing, closing_rx) = tokio::sync::watch::channel(false);

@@ -787,7 +787,7 @@ async fn replicas_never_fork_a_chain(backend: Backend) {
     let stack = Stack::start_quiet_audit(backend).await;
     let owner = org(&stack, "acme").await;
     let mut config = stack.audit_config.clone();
-    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.common.listen = "127.0.0.1:0".parse().expect("addr");
     let replica = paddock_audit::start(&config, &stack.service_token)
         .await
         .expect("second audit server");

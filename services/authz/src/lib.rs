@@ -18,7 +18,7 @@ mod store;
 mod subject;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -31,12 +31,14 @@ use paddock_proto::authz::v1::{
 use paddock_shared::auth::{
     self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity, ServiceTokenFirst,
 };
+use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
 use paddock_shared::org_reaper;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
 
@@ -45,37 +47,41 @@ use crate::service::Policies;
 pub use decide::evaluate;
 
 /// Configuration of the authz service.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(
-        long = "listen",
-        env = "PADDOCK_AUTHZ_LISTEN",
-        default_value = "127.0.0.1:7102"
-    )]
-    pub listen: SocketAddr,
-    /// The identity service.
-    #[arg(
-        long = "identity-endpoint",
-        env = "PADDOCK_IDENTITY_ENDPOINT",
-        default_value = "http://127.0.0.1:7101"
-    )]
-    pub identity_endpoint: String,
-    /// Data directory: the SQLite database.
-    #[arg(
-        long = "data-dir",
-        env = "PADDOCK_DATA_DIR",
-        default_value = "paddock-data"
-    )]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL (schema `paddock_authz`); SQLite under the data dir
-    /// when unset. `paddock-authz` falls back to `DATABASE_URL`.
-    #[arg(long = "database-url", env = "PADDOCK_AUTHZ_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// The audit service the outbox delivers to. Unset: events wait in the
-    /// outbox until it is configured.
-    #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
-    pub audit_endpoint: Option<String>,
+    #[serde(flatten)]
+    pub common: CommonConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::listening_on(SocketAddr::from(([127, 0, 0, 1], 7102))),
+        }
+    }
+}
+
+/// The flags of `paddock-authz`.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct Flags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonFlags,
+}
+
+/// The variables authz reads besides [`config::COMMON_ENV`]; its own
+/// win over `DATABASE_URL`.
+pub const ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database_url"),
+    ("PADDOCK_AUTHZ_LISTEN", "listen"),
+    ("PADDOCK_AUTHZ_DATABASE_URL", "database_url"),
+];
+
+impl Config {
+    /// Defaults, then `file`, then the environment, then `flags`.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
+        config::load(&Self::default(), file, &[config::COMMON_ENV, ENV], flags)
+    }
 }
 
 /// Authz's schema migrations: every file in `migrations/`, embedded at
@@ -89,12 +95,12 @@ pub async fn start(
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
-    let (listener, _) = server::bind(config.listen).await?;
+    let (listener, _) = server::bind(config.common.listen).await?;
     start_on(listener, config, service_token).await
 }
 
 /// Starts on a listener bound beforehand (so two services that need each
-/// other's address can both bind port 0 first); `config.listen` is unused.
+/// other's address can both bind port 0 first); `config.common.listen` is unused.
 pub async fn start_on(
     listener: tokio::net::TcpListener,
     config: &Config,
@@ -103,20 +109,22 @@ pub async fn start_on(
     let addr = listener.local_addr()?;
     let db = Database::connect(
         "authz",
-        &config.data_dir,
-        config.database_url.as_deref(),
+        &config.common.data_dir,
+        config.common.database_url.as_deref(),
         MIGRATIONS,
     )
     .await?;
-    let identity_client =
-        auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?;
+    let identity_client = auth::identity_client(
+        &config.common.identity_endpoint,
+        BearerAuth::new(service_token)?,
+    )?;
     let identity = RemoteIdentity::new(identity_client.clone());
     let authz = Authz {
         identity: identity_client.clone(),
     };
     let authn = CachedAuthenticator::new(ServiceTokenFirst::new(service_token, identity));
     let watch = authn.inner().inner().watch(authn.cache());
-    let forwarder = match &config.audit_endpoint {
+    let forwarder = match &config.common.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
             "authz",
             db.pool.clone(),

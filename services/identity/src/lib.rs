@@ -12,17 +12,19 @@ mod service;
 mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
+use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 
 use crate::authn::{LastUsed, LocalAuthenticator};
@@ -34,48 +36,62 @@ use crate::service::Identity;
 pub static MIGRATIONS: &Migrator = &sqlx::migrate!("./migrations");
 
 /// Configuration of the identity service.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(
-        long = "listen",
-        env = "PADDOCK_IDENTITY_LISTEN",
-        default_value = "127.0.0.1:7101"
-    )]
-    pub listen: SocketAddr,
-    /// Data directory: SQLite database and the bootstrap token file.
-    #[arg(
-        long = "data-dir",
-        env = "PADDOCK_DATA_DIR",
-        default_value = "paddock-data"
-    )]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL; SQLite under the data dir when unset.
-    #[arg(long = "database-url", env = "PADDOCK_IDENTITY_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// The authz service.
-    #[arg(
-        long = "authz-endpoint",
-        env = "PADDOCK_AUTHZ_ENDPOINT",
-        default_value = "http://127.0.0.1:7102"
-    )]
-    pub authz_endpoint: String,
+    #[serde(flatten)]
+    pub common: CommonConfig,
     /// How often `last_used_at` of keys is written, in one batch.
-    #[arg(long = "last-used-flush", default_value = "10s", value_parser = paddock_shared::time::parse_duration)]
+    #[serde(with = "config::duration")]
     pub last_used_flush: Duration,
-    /// The audit service the outbox delivers to. Unset: events wait in the
-    /// outbox until it is configured.
-    #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
-    pub audit_endpoint: Option<String>,
     /// The key sealing stored credentials: 32 bytes as base64 or hex. Unset:
     /// `{data_dir}/credential-key`, generated on first start (mode 0600).
     /// Replicas sharing a database must share this key.
-    #[arg(
-        long = "credential-key",
-        env = "PADDOCK_CREDENTIAL_KEY",
-        hide_env_values = true
-    )]
+    #[serde(with = "config::secret", default)]
     pub credential_key: Option<Secret<String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::listening_on(SocketAddr::from(([127, 0, 0, 1], 7101))),
+            last_used_flush: Duration::from_secs(10),
+            credential_key: None,
+        }
+    }
+}
+
+/// The flags of `paddock-identity`.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct Flags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonFlags,
+    /// How often `last_used_at` of keys is written, in one batch [default:
+    /// 10s].
+    #[arg(long, value_parser = config::duration_flag)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_flush: Option<String>,
+    /// The key sealing stored credentials (32 bytes, base64 or hex); prefer
+    /// PADDOCK_CREDENTIAL_KEY or the file. Unset: {data-dir}/credential-key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_key: Option<String>,
+}
+
+/// The variables identity reads besides [`config::COMMON_ENV`]; its own
+/// win over `DATABASE_URL`.
+pub const ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database_url"),
+    ("PADDOCK_IDENTITY_LISTEN", "listen"),
+    ("PADDOCK_IDENTITY_DATABASE_URL", "database_url"),
+    ("PADDOCK_CREDENTIAL_KEY", "credential_key"),
+];
+
+impl Config {
+    /// Defaults, then `file`, then the environment, then `flags`.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
+        config::load(&Self::default(), file, &[config::COMMON_ENV, ENV], flags)
+    }
 }
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -87,12 +103,12 @@ pub async fn start(
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
-    let (listener, _) = server::bind(config.listen).await?;
+    let (listener, _) = server::bind(config.common.listen).await?;
     start_on(listener, config, service_token).await
 }
 
 /// Starts on a listener bound beforehand (so two services that need each
-/// other's address can both bind port 0 first); `config.listen` is unused.
+/// other's address can both bind port 0 first); `config.common.listen` is unused.
 pub async fn start_on(
     listener: tokio::net::TcpListener,
     config: &Config,
@@ -101,12 +117,12 @@ pub async fn start_on(
     let addr = listener.local_addr()?;
     let db = Database::connect(
         "identity",
-        &config.data_dir,
-        config.database_url.as_deref(),
+        &config.common.data_dir,
+        config.common.database_url.as_deref(),
         MIGRATIONS,
     )
     .await?;
-    authn::ensure_bootstrap_token(&db, &config.data_dir).await?;
+    authn::ensure_bootstrap_token(&db, &config.common.data_dir).await?;
     let credential_key = load_credential_key(config, &db).await?;
 
     let last_used = Arc::new(LastUsed::default());
@@ -117,10 +133,10 @@ pub async fn start_on(
     };
     let authn = Arc::new(CachedAuthenticator::new(local));
     let authz = RemoteAuthz::new(auth::authz_client(
-        &config.authz_endpoint,
+        &config.common.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let forwarder = match &config.audit_endpoint {
+    let forwarder = match &config.common.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
             "identity",
             db.pool.clone(),
@@ -144,7 +160,10 @@ pub async fn start_on(
         audit_wake,
         closing: closing_rx,
         credential_key,
-        policy: auth::policy_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?,
+        policy: auth::policy_client(
+            &config.common.authz_endpoint,
+            BearerAuth::new(service_token)?,
+        )?,
     };
 
     let name = <IdentityServiceServer<Identity> as tonic::server::NamedService>::NAME;
@@ -167,7 +186,8 @@ async fn load_credential_key(
     config: &Config,
     db: &Database,
 ) -> Result<Arc<CredentialKey>, StartError> {
-    let (key, source) = CredentialKey::load(config.credential_key.as_ref(), &config.data_dir)?;
+    let (key, source) =
+        CredentialKey::load(config.credential_key.as_ref(), &config.common.data_dir)?;
     match &source {
         KeySource::Configured => {
             tracing::info!(

@@ -528,7 +528,7 @@ async fn identity_with_key(
     key: Option<&str>,
 ) -> paddock_shared::server::ServerHandle {
     let mut config = stack.identity_config.clone();
-    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.common.listen = "127.0.0.1:0".parse().expect("addr");
     config.credential_key = key.map(|k| Secret::new(k.to_owned()));
     paddock_identity::start(&config, &stack.service_token)
         .await
@@ -651,7 +651,7 @@ async fn values_are_sealed_at_rest(backend: Backend) {
     assert!(!err.message().contains(other_key));
     // A malformed key refuses to start rather than sealing with nonsense.
     let mut bad = stack.identity_config.clone();
-    bad.listen = "127.0.0.1:0".parse().expect("addr");
+    bad.common.listen = "127.0.0.1:0".parse().expect("addr");
     bad.credential_key = Some(Secret::new("not-a-key".into()));
     let refused = paddock_identity::start(&bad, &stack.service_token)
         .await

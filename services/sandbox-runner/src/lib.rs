@@ -23,7 +23,7 @@ mod users;
 mod workspace;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +32,13 @@ use paddock_shared::auth::{
     self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
     ServiceTokenFirst,
 };
+use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::streams::{Limits, Streams};
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use tonic_health::ServingStatus;
 
@@ -50,90 +52,147 @@ pub use crate::runner::container_name;
 pub static MIGRATIONS: &Migrator = &sqlx::migrate!("./migrations");
 
 /// Configuration of the sandbox runner.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(
-        long = "listen",
-        env = "PADDOCK_SANDBOX_RUNNER_LISTEN",
-        default_value = "127.0.0.1:7103"
-    )]
-    pub listen: SocketAddr,
-    /// Data directory: SQLite database, workspaces, credential files.
-    #[arg(
-        long = "data-dir",
-        env = "PADDOCK_DATA_DIR",
-        default_value = "paddock-data"
-    )]
-    pub data_dir: PathBuf,
-    /// PostgreSQL URL; SQLite under the data dir when unset.
-    #[arg(long = "database-url", env = "PADDOCK_SANDBOX_RUNNER_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// The identity service.
-    #[arg(
-        long = "identity-endpoint",
-        env = "PADDOCK_IDENTITY_ENDPOINT",
-        default_value = "http://127.0.0.1:7101"
-    )]
-    pub identity_endpoint: String,
-    /// The authz service.
-    #[arg(
-        long = "authz-endpoint",
-        env = "PADDOCK_AUTHZ_ENDPOINT",
-        default_value = "http://127.0.0.1:7102"
-    )]
-    pub authz_endpoint: String,
-    /// The audit service the outbox delivers to. Unset: events wait in the
-    /// outbox.
-    #[arg(long = "audit-endpoint", env = "PADDOCK_AUDIT_ENDPOINT")]
-    pub audit_endpoint: Option<String>,
+    #[serde(flatten)]
+    pub common: CommonConfig,
     /// The Docker Engine socket.
-    #[arg(
-        long = "docker-host",
-        env = "DOCKER_HOST",
-        default_value = "unix:///var/run/docker.sock"
-    )]
     pub docker_host: String,
     /// This worker's id; default: kept in {data-dir}/worker-id, made once.
-    #[arg(long = "worker-id", env = "PADDOCK_WORKER_ID")]
     pub worker_id: Option<String>,
     /// SIGTERM-to-SIGKILL grace period of a stop.
-    #[arg(long = "stop-grace", default_value = "3s", value_parser = paddock_shared::time::parse_duration)]
+    #[serde(with = "config::duration")]
     pub stop_grace: Duration,
     /// How often usage is sampled.
-    #[arg(long = "usage-interval", default_value = "5s", value_parser = paddock_shared::time::parse_duration)]
+    #[serde(with = "config::duration")]
     pub usage_interval: Duration,
     /// How often workspaces are scanned for changes (file.modify events).
-    #[arg(long = "scan-interval", default_value = "2s", value_parser = paddock_shared::time::parse_duration)]
+    #[serde(with = "config::duration")]
     pub scan_interval: Duration,
-    /// An endpoint sandboxes may use, as NAME=URL (repeatable): each is set
-    /// in the sandbox as PADDOCK_{NAME}_ENDPOINT. A sandbox reaches it only
-    /// where its network allows.
-    #[arg(long = "sandbox-endpoint", value_parser = parse_endpoint)]
+    /// Endpoints sandboxes may use, as NAME=URL: each is set in the sandbox
+    /// as PADDOCK_{NAME}_ENDPOINT. A sandbox reaches it only where its
+    /// network allows.
+    #[serde(with = "endpoints")]
     pub sandbox_endpoints: Vec<(String, String)>,
     /// WatchSandbox streams one caller may have open at once.
-    #[arg(
-        long = "max-watches-per-caller",
-        env = "PADDOCK_SANDBOX_MAX_WATCHES_PER_CALLER",
-        default_value_t = Limits::default().per_principal
-    )]
     pub max_watches_per_caller: usize,
     /// WatchSandbox streams one organization may have open at once.
-    #[arg(
-        long = "max-watches-per-org",
-        env = "PADDOCK_SANDBOX_MAX_WATCHES_PER_ORG",
-        default_value_t = Limits::default().per_organization
-    )]
     pub max_watches_per_org: usize,
     /// The key sealing sandbox env values at rest: 32 bytes as base64 or
     /// hex. Unset: `{data_dir}/sandbox-key`, generated on first start (mode
     /// 0600). Runners sharing a database must share this key.
-    #[arg(
-        long = "sandbox-key",
-        env = "PADDOCK_SANDBOX_KEY",
-        hide_env_values = true
-    )]
+    #[serde(with = "config::secret", default)]
     pub sandbox_key: Option<paddock_shared::secret::Secret<String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            common: CommonConfig::listening_on(SocketAddr::from(([127, 0, 0, 1], 7103))),
+            docker_host: "unix:///var/run/docker.sock".to_owned(),
+            worker_id: None,
+            stop_grace: Duration::from_secs(3),
+            usage_interval: Duration::from_secs(5),
+            scan_interval: Duration::from_secs(2),
+            sandbox_endpoints: Vec::new(),
+            max_watches_per_caller: Limits::default().per_principal,
+            max_watches_per_org: Limits::default().per_organization,
+            sandbox_key: None,
+        }
+    }
+}
+
+/// The flags of `paddock-sandbox-runner`.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+pub struct Flags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonFlags,
+    /// The Docker Engine socket [default: unix:///var/run/docker.sock].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_host: Option<String>,
+    /// This worker's id [default: kept in {data-dir}/worker-id, made once].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// SIGTERM-to-SIGKILL grace period of a stop [default: 3s].
+    #[arg(long, value_parser = config::duration_flag)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace: Option<String>,
+    /// How often usage is sampled [default: 5s].
+    #[arg(long, value_parser = config::duration_flag)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_interval: Option<String>,
+    /// How often workspaces are scanned for changes [default: 2s].
+    #[arg(long, value_parser = config::duration_flag)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan_interval: Option<String>,
+    /// An endpoint sandboxes may use, as NAME=URL (repeatable): each is set
+    /// in the sandbox as PADDOCK_{NAME}_ENDPOINT. A sandbox reaches it only
+    /// where its network allows.
+    #[arg(long = "sandbox-endpoint", value_parser = endpoint_flag)]
+    #[serde(rename = "sandbox_endpoints", skip_serializing_if = "Vec::is_empty")]
+    pub sandbox_endpoints: Vec<String>,
+    /// WatchSandbox streams one caller may have open at once [default: 16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watches_per_caller: Option<usize>,
+    /// WatchSandbox streams one organization may have open at once
+    /// [default: 64].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watches_per_org: Option<usize>,
+    /// The key sealing sandbox env values at rest (32 bytes, base64 or
+    /// hex); prefer PADDOCK_SANDBOX_KEY or the file. Unset:
+    /// {data-dir}/sandbox-key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_key: Option<String>,
+}
+
+/// The variables the runner reads besides [`config::COMMON_ENV`]; its own
+/// win over `DATABASE_URL`.
+pub const ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database_url"),
+    ("DOCKER_HOST", "docker_host"),
+    ("PADDOCK_SANDBOX_RUNNER_LISTEN", "listen"),
+    ("PADDOCK_SANDBOX_RUNNER_DATABASE_URL", "database_url"),
+    ("PADDOCK_WORKER_ID", "worker_id"),
+    (
+        "PADDOCK_SANDBOX_MAX_WATCHES_PER_CALLER",
+        "max_watches_per_caller",
+    ),
+    ("PADDOCK_SANDBOX_MAX_WATCHES_PER_ORG", "max_watches_per_org"),
+    ("PADDOCK_SANDBOX_KEY", "sandbox_key"),
+];
+
+impl Config {
+    /// Defaults, then `file`, then the environment, then `flags`.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
+        config::load(&Self::default(), file, &[config::COMMON_ENV, ENV], flags)
+    }
+}
+
+/// `--sandbox-endpoint`, checked and kept as written.
+fn endpoint_flag(text: &str) -> Result<String, String> {
+    parse_endpoint(text).map(|_| text.trim().to_owned())
+}
+
+/// `serde` for the sandbox endpoints, written as `NAME=URL`.
+mod endpoints {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|(name, url)| format!("{name}={url}")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| super::parse_endpoint(text).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 /// Parses `--sandbox-endpoint NAME=URL`.
@@ -166,7 +225,7 @@ pub async fn start(
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
-    let (listener, _) = server::bind(config.listen).await?;
+    let (listener, _) = server::bind(config.common.listen).await?;
     start_on(listener, config, service_token).await
 }
 
@@ -176,48 +235,53 @@ fn worker_id(config: &Config) -> Result<String, StartError> {
         paddock_shared::names::validate_id("worker", id)?;
         return Ok(id.clone());
     }
-    let path = config.data_dir.join("worker-id");
+    let path = config.common.data_dir.join("worker-id");
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
         _ => {
             let id = format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            paddock_shared::db::private_dir(&config.data_dir)?;
+            paddock_shared::db::private_dir(&config.common.data_dir)?;
             std::fs::write(&path, &id)?;
             Ok(id)
         }
     }
 }
 
-/// Starts on a listener bound beforehand; `config.listen` is unused.
+/// Starts on a listener bound beforehand; `config.common.listen` is unused.
 pub async fn start_on(
     listener: tokio::net::TcpListener,
     config: &Config,
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
     let addr = listener.local_addr()?;
-    paddock_shared::db::private_dir(&config.data_dir)?;
+    paddock_shared::db::private_dir(&config.common.data_dir)?;
     let worker = worker_id(config)?;
     let db = Database::connect(
         "sandbox_runner",
-        &config.data_dir,
-        config.database_url.as_deref(),
+        &config.common.data_dir,
+        config.common.database_url.as_deref(),
         MIGRATIONS,
     )
     .await?;
 
-    let identity_client =
-        auth::identity_client(&config.identity_endpoint, BearerAuth::new(service_token)?)?;
+    let identity_client = auth::identity_client(
+        &config.common.identity_endpoint,
+        BearerAuth::new(service_token)?,
+    )?;
     let remote = RemoteIdentity::new(identity_client.clone());
     let authn = Arc::new(CachedAuthenticator::new(ServiceTokenFirst::new(
         service_token,
         remote,
     )));
     let authz = RemoteAuthz::new(auth::authz_client(
-        &config.authz_endpoint,
+        &config.common.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let policy = auth::policy_client(&config.authz_endpoint, BearerAuth::new(service_token)?)?;
-    let forwarder = match &config.audit_endpoint {
+    let policy = auth::policy_client(
+        &config.common.authz_endpoint,
+        BearerAuth::new(service_token)?,
+    )?;
+    let forwarder = match &config.common.audit_endpoint {
         Some(endpoint) => Some(Forwarder::new(
             "sandbox-runner",
             db.pool.clone(),
@@ -235,7 +299,7 @@ pub async fn start_on(
     let (env_key, source) = paddock_shared::seal::SealingKey::load(
         &crate::envseal::PURPOSE,
         config.sandbox_key.as_ref(),
-        &config.data_dir,
+        &config.common.data_dir,
     )?;
     if db.backend == paddock_shared::db::Backend::Postgres
         && !matches!(source, paddock_shared::seal::KeySource::Configured)
@@ -254,7 +318,7 @@ pub async fn start_on(
         policy,
         // Docker bind-mounts workspaces from here and refuses a relative
         // source, such as `paddock dev`'s default `paddock-data`.
-        std::path::absolute(&config.data_dir)?,
+        std::path::absolute(&config.common.data_dir)?,
         Tuning {
             stop_grace: config.stop_grace,
             usage_interval: config.usage_interval,

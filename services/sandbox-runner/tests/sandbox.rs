@@ -114,7 +114,7 @@ async fn hardening_from_inside(backend: Backend) {
     .await
     .expect("mountinfo")
     .out();
-    let data_dir = env.config.data_dir.display().to_string();
+    let data_dir = env.config.common.data_dir.display().to_string();
     assert!(!mounts.contains(&data_dir), "{mounts}");
     assert!(
         !mounts.contains("credentials") && !mounts.contains("workspaces"),

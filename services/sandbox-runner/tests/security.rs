@@ -561,7 +561,7 @@ async fn disk_bounds_are_enforced(backend: Backend) {
     assert!(text.contains("cache=1"), "a cache took 300 MB: {text}");
     assert!(text.contains("ok"), "the workspace is usable again: {text}");
     // No host path in the sandbox's view of its mounts.
-    let data_dir = env.config.data_dir.display().to_string();
+    let data_dir = env.config.common.data_dir.display().to_string();
     assert!(
         !text.contains(&data_dir),
         "mountinfo shows {data_dir}: {text}"
@@ -668,8 +668,8 @@ async fn env_values_are_not_shown_to_others(backend: Backend) {
 async fn runner_db(env: &Env) -> paddock_shared::db::Database {
     paddock_shared::db::Database::connect(
         "sandbox_runner",
-        &env.config.data_dir,
-        env.config.database_url.as_deref(),
+        &env.config.common.data_dir,
+        env.config.common.database_url.as_deref(),
         paddock_sandbox_runner::MIGRATIONS,
     )
     .await
@@ -868,8 +868,8 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
         }
     };
     assert_eq!(labelled(org.id.clone()).await.0, 1);
-    let workspaces = env.config.data_dir.join("workspaces").join(&org.id);
-    let caches = env.config.data_dir.join("caches").join(&org.id);
+    let workspaces = env.config.common.data_dir.join("workspaces").join(&org.id);
+    let caches = env.config.common.data_dir.join("caches").join(&org.id);
     assert!(workspaces.exists() && caches.join("pip").exists());
 
     env.stack
@@ -910,6 +910,7 @@ async fn a_deleted_organization_leaves_nothing(backend: Backend) {
     assert_eq!(labelled(other.id.clone()).await.0, 1);
     assert!(
         env.config
+            .common
             .data_dir
             .join("caches")
             .join(&other.id)

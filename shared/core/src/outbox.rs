@@ -17,7 +17,7 @@ use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::auth::BearerAuth;
+use crate::client::BearerAuth;
 use crate::proto::audit::v1::audit_service_client::AuditServiceClient;
 use crate::proto::audit::v1::{Actor, AppendEventsRequest, AuditEvent, Outcome};
 use crate::proto::identity::v1::{Principal, PrincipalKind};
@@ -103,6 +103,13 @@ pub async fn record_now(pool: &AnyPool, event: &AuditEvent) -> Result<(), sqlx::
     record(&mut conn, event).await
 }
 
+/// Where the admission layer records what it refused (failed
+/// authentication, denials) as audit events. They change no state, so they
+/// go to the outbox on their own, before the refusal is answered.
+pub trait RefusalSink: Send + Sync + 'static {
+    fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
 /// Records the admission layer's refusals (failed authentication, denials)
 /// in a service's outbox, each on its own. A refusal that names no
 /// organization (a token naming no stored key) goes to the platform chain,
@@ -124,7 +131,7 @@ impl RefusalOutbox {
     }
 }
 
-impl crate::auth::RefusalSink for RefusalOutbox {
+impl RefusalSink for RefusalOutbox {
     fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut event = event;
@@ -165,7 +172,7 @@ impl Forwarder {
         audit_endpoint: &str,
         auth: BearerAuth,
     ) -> Result<Self, tonic::Status> {
-        let channel = crate::auth::lazy_channel(audit_endpoint)?;
+        let channel = crate::client::lazy_channel(audit_endpoint)?;
         Ok(Self {
             pool,
             client: AuditServiceClient::with_interceptor(channel, auth),

@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::{Admission, AdmissionLayer};
+use crate::auth::Admission;
 
 /// Largest request message a Paddock server decodes.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -72,7 +72,7 @@ pub async fn serve(
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(AdmissionLayer::new(admission))
+        .layer(crate::stack::server(admission))
         .add_routes(routes)
         // A custom incoming stream does not inherit the builder's nodelay.
         .serve_with_incoming_shutdown(
@@ -225,52 +225,43 @@ pub async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-/// The whole `main` of a service binary: flags from the library's `Config`
-/// (plus `--service-token-file` and `--admin-listen`), `DATABASE_URL` as the fallback storage,
-/// the shared service token, then serve until SIGINT/SIGTERM and drain.
-/// The calling crate depends on `clap` and `tokio`.
+/// The whole `main` of a service binary: the library's `Config`, loaded
+/// from its defaults, `--config FILE` (TOML), `PADDOCK_*` variables and
+/// its `Flags`; the shared service token; the admin listener; then serve
+/// until SIGINT/SIGTERM and drain. The calling crate depends on `clap` and
+/// `tokio`.
 #[macro_export]
 macro_rules! service_main {
     ($lib:ident, $bin:literal, $about:literal) => {
         #[derive(clap::Parser)]
         #[command(name = $bin, about = $about)]
         struct Cli {
+            /// A TOML file of settings (keys as the flags, with `_`):
+            /// below the environment and the flags.
+            #[arg(long = "config", value_name = "FILE")]
+            config_file: Option<std::path::PathBuf>,
             #[command(flatten)]
-            config: $lib::Config,
-            /// File holding the service token shared by the services (mode
-            /// 0600); default {data-dir}/service-token.
-            #[arg(long, env = "PADDOCK_SERVICE_TOKEN_FILE")]
-            service_token_file: Option<std::path::PathBuf>,
-            /// The admin HTTP listener (`/metrics`, `/healthz`); loopback
-            /// unless told otherwise, port 0 picks a free one.
-            #[arg(long, env = "PADDOCK_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
-            admin_listen: std::net::SocketAddr,
+            flags: $lib::Flags,
         }
 
         #[tokio::main]
         async fn main() -> Result<(), $lib::StartError> {
             let telemetry = $crate::telemetry::init(&[$bin]);
-            let mut cli = <Cli as clap::Parser>::parse();
-            if cli.config.database_url.is_none() {
-                cli.config.database_url =
-                    std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-            }
-            let token_file = cli
-                .service_token_file
-                .unwrap_or_else(|| cli.config.data_dir.join("service-token"));
+            let cli = <Cli as clap::Parser>::parse();
+            let config = $lib::Config::load(cli.config_file.as_deref(), &cli.flags)?;
             let token = $crate::server::load_or_create_token(
-                &token_file,
+                &config.common.service_token_path(),
                 $crate::token::TokenKind::Service,
             )?;
-            let admin = $crate::admin::AdminServer::start(cli.admin_listen)
+            let admin = $crate::admin::AdminServer::start(config.common.admin_listen)
                 .await
                 .map_err(|e| {
                     format!(
                         "cannot bind the admin listener {}: {e} (set --admin-listen)",
-                        cli.admin_listen
+                        config.common.admin_listen
                     )
                 })?;
-            let server = $lib::start(&cli.config, &token).await?;
+            let server = $lib::start(&config, &token).await?;
             $crate::server::shutdown_signal().await;
             server.shutdown().await;
             admin.shutdown().await;

@@ -205,22 +205,26 @@ impl Stack {
             .await
             .expect("bind audit");
         let authz_config = paddock_authz::Config {
-            listen: loopback,
-            identity_endpoint: format!("http://{identity_addr}"),
-            data_dir: dir.path().to_owned(),
-            database_url: database_url.clone(),
-            audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
+            common: paddock_shared::config::CommonConfig {
+                identity_endpoint: format!("http://{identity_addr}"),
+                data_dir: dir.path().to_owned(),
+                database_url: database_url.clone(),
+                audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
+                ..paddock_shared::config::CommonConfig::listening_on(loopback)
+            },
         };
         let authz = paddock_authz::start(&authz_config, &service_token)
             .await
             .expect("start authz");
         let identity_config = paddock_identity::Config {
-            listen: identity_addr,
-            data_dir: dir.path().to_owned(),
-            database_url: database_url.clone(),
-            authz_endpoint: authz.endpoint(),
+            common: paddock_shared::config::CommonConfig {
+                data_dir: dir.path().to_owned(),
+                database_url: database_url.clone(),
+                authz_endpoint: authz.endpoint(),
+                audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
+                ..paddock_shared::config::CommonConfig::listening_on(identity_addr)
+            },
             last_used_flush,
-            audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
             // Generated under the test's own data dir.
             credential_key: None,
         };
@@ -229,11 +233,13 @@ impl Stack {
                 .await
                 .expect("start identity");
         let audit_config = paddock_audit::Config {
-            listen: audit_addr,
-            data_dir: dir.path().to_owned(),
-            database_url: database_url.clone(),
-            identity_endpoint: identity.endpoint(),
-            authz_endpoint: authz.endpoint(),
+            common: paddock_shared::config::CommonConfig {
+                data_dir: dir.path().to_owned(),
+                database_url: database_url.clone(),
+                identity_endpoint: identity.endpoint(),
+                authz_endpoint: authz.endpoint(),
+                ..paddock_shared::config::CommonConfig::listening_on(audit_addr)
+            },
             retention_interval: Duration::from_secs(3600),
             max_tails_per_caller: paddock_shared::streams::Limits::default().per_principal,
             max_tails_per_org: paddock_shared::streams::Limits::default().per_organization,
@@ -305,7 +311,7 @@ impl Stack {
 
     pub async fn restart_audit(&mut self) {
         let mut config = self.audit_config.clone();
-        config.listen = self
+        config.common.listen = self
             .audit_endpoint
             .trim_start_matches("http://")
             .parse()
@@ -346,7 +352,7 @@ impl Stack {
 
     pub async fn restart_authz(&mut self) {
         let mut config = self.authz_config.clone();
-        config.listen = self
+        config.common.listen = self
             .authz_endpoint
             .trim_start_matches("http://")
             .parse()

@@ -76,12 +76,16 @@ pub fn runner_config(
     worker: &str,
 ) -> paddock_sandbox_runner::Config {
     paddock_sandbox_runner::Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir,
-        database_url: stack.database_url.clone(),
-        identity_endpoint: stack.identity_endpoint.clone(),
-        authz_endpoint: stack.authz_endpoint.clone(),
-        audit_endpoint: Some(stack.audit_endpoint.clone()),
+        common: paddock_shared::config::CommonConfig {
+            data_dir,
+            database_url: stack.database_url.clone(),
+            identity_endpoint: stack.identity_endpoint.clone(),
+            authz_endpoint: stack.authz_endpoint.clone(),
+            audit_endpoint: Some(stack.audit_endpoint.clone()),
+            ..paddock_shared::config::CommonConfig::listening_on(
+                "127.0.0.1:0".parse().expect("addr"),
+            )
+        },
         docker_host: DOCKER.into(),
         worker_id: Some(worker.into()),
         stop_grace: Duration::from_secs(3),
@@ -104,7 +108,7 @@ impl Env {
             .await
             .expect("start runner");
         Env {
-            _cleanup: Cleanup(worker.clone(), config.data_dir.clone()),
+            _cleanup: Cleanup(worker.clone(), config.common.data_dir.clone()),
             runner_endpoint: runner.endpoint(),
             runner: Some(runner),
             stack,

@@ -1,12 +1,15 @@
 //! The `SandboxService` RPCs: resource-level checks (ownership, another
 //! organization answered as NOT_FOUND), then the runner does the work.
+//! The trait impl is here with the short handlers; file transfers and the
+//! watch stream have files of their own.
+
+mod transfer;
+mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
-use bollard::query_parameters::UploadToContainerOptions;
 use futures_util::{Stream, StreamExt};
 use paddock_proto::audit::v1::Outcome;
 use paddock_proto::identity::v1::Principal;
@@ -22,7 +25,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::exec::{self, ExecStream};
 use crate::runner::{Runner, organization_id};
 use crate::store::{self, Record};
-use crate::{download, files};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
@@ -317,40 +319,7 @@ impl SandboxService for Sandboxes {
         &self,
         request: Request<WatchSandboxRequest>,
     ) -> Result<Response<Self::WatchSandboxStream>, Status> {
-        let caller = principal(&request)?;
-        let guard = self.watches.open(&request)?;
-        let record = self
-            .authorized(&caller, &request.get_ref().name, Intent::Read)
-            .await?;
-        let mut closing = self.closing.clone();
-        let rx = if record.is_live() {
-            self.runner.subscribe(&record.id)
-        } else {
-            None
-        };
-        // Subscribed after the read: the current state is the receiver's
-        // (it may have ended in between); a live record nobody supervises
-        // (its end is being recorded) is read again.
-        let first = match (&rx, record.is_live()) {
-            (Some(rx), _) => rx.borrow().clone(),
-            (None, true) => store::get(&self.runner.db.pool, &record.org, &record.id)
-                .await?
-                .map(|r| r.to_proto())
-                .unwrap_or_else(|| record.to_proto()),
-            (None, false) => record.to_proto(),
-        };
-        let reveal = self.reveals_env(&caller, &record).await?;
-        let key = self.runner.env_key.clone();
-        let stream = async_stream(first, rx, async move {
-            let _ = closing.wait_for(|c| *c).await;
-        })
-        .map(move |item| {
-            item.map(|mut r| {
-                r.sandbox = r.sandbox.map(|s| view_of(&key, s, reveal));
-                r
-            })
-        });
-        Ok(Response::new(guard.serve(stream)))
+        self.watch(request).await
     }
 
     type GetSandboxLogsStream = BoxStream<GetSandboxLogsResponse>;
@@ -424,139 +393,7 @@ impl SandboxService for Sandboxes {
         &self,
         request: Request<Streaming<UploadFilesRequest>>,
     ) -> Result<Response<UploadFilesResponse>, Status> {
-        let caller = principal(&request)?;
-        let mut input = request.into_inner();
-        let start = match input.next().await {
-            Some(Ok(UploadFilesRequest {
-                message: Some(upload_files_request::Message::Start(start)),
-            })) => start,
-            Some(Err(s)) => return Err(s),
-            _ => {
-                return Err(Error::invalid("the first UploadFiles message must be a start").into());
-            }
-        };
-        let dest = files::confine(&start.path)?;
-        let record = self.running(&caller, &start.sandbox).await?;
-        // A `docker cp`-style copy: where it lands depends on what the
-        // destination is now.
-        let (dest, rename) = if start.copy {
-            let root = std::path::PathBuf::from(&record.workspace);
-            let at = dest.clone();
-            let found = tokio::task::spawn_blocking(move || crate::copy::look(&root, &at))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-            let (dir, rename) = crate::copy::resolve(&dest, &start, found)?;
-            (dir, Some(rename))
-        } else {
-            (dest, None)
-        };
-        // One upload at a time per sandbox, a few per runner: each spools
-        // up to its bound on the host.
-        let _slot = self.runner.upload_slot(&record.id)?;
-        let limit = files::MAX_UPLOAD_BYTES.min(record.disk_bytes().unwrap_or(u64::MAX));
-        // The archive is checked and rewritten as it arrives, into one
-        // private spool; a refused archive leaves nothing behind.
-        let checked_spool =
-            tempfile::NamedTempFile::new().map_err(|e| Error::Internal(e.to_string()))?;
-        let output = checked_spool
-            .reopen()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let (chunks, reader) = files::ChunkReader::channel();
-        let dest_for_check = dest.clone();
-        let uid = record.uid;
-        let rewrite = tokio::task::spawn_blocking(move || {
-            files::rewrite_renamed(
-                reader,
-                &dest_for_check,
-                uid,
-                rename.as_ref(),
-                std::io::BufWriter::new(output),
-            )
-        });
-        let mut total: u64 = 0;
-        let received: Result<()> = async {
-            while let Some(msg) = input.next().await {
-                match msg.map_err(Error::from_status)?.message {
-                    Some(upload_files_request::Message::Chunk(bytes)) => {
-                        total += bytes.len() as u64;
-                        if total > limit {
-                            return Err(Error::ResourceExhausted(format!(
-                                "upload larger than {limit} bytes (the sandbox's disk bound or 1 GiB)"
-                            )));
-                        }
-                        if chunks.send(bytes).await.is_err() {
-                            // The checker stopped early: its error says why.
-                            break;
-                        }
-                    }
-                    _ => return Err(Error::invalid("only chunks may follow the start")),
-                }
-            }
-            Ok(())
-        }
-        .await;
-        drop(chunks);
-        let checked = rewrite.await.map_err(|e| Error::Internal(e.to_string()))?;
-        received?;
-        let checked = checked?;
-        // Nothing of the archive may land through a link the sandbox made.
-        let root = std::path::PathBuf::from(&record.workspace);
-        let spool_path = checked_spool.path().to_path_buf();
-        let dest_for_parents = dest.clone();
-        tokio::task::spawn_blocking(move || {
-            let archive =
-                std::fs::File::open(&spool_path).map_err(|e| Error::Internal(e.to_string()))?;
-            files::check_parents(&root, &dest_for_parents, std::io::BufReader::new(archive))
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-
-        let engine = self.runner.engine()?;
-        // The destination directory must exist; make it as the sandbox user.
-        if dest != files::WORKSPACE {
-            mkdir_in(&engine, &record, &dest).await?;
-        }
-        let file = tokio::fs::File::open(checked_spool.path())
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let body = futures_util::stream::unfold(file, |mut file| async move {
-            use tokio::io::AsyncReadExt as _;
-            let mut buf = vec![0u8; 256 * 1024];
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((bytes::Bytes::from(buf), file))
-                }
-            }
-        });
-        engine
-            .docker()
-            .upload_to_container(
-                &record.container_id,
-                Some(UploadToContainerOptions {
-                    path: dest.clone(),
-                    no_overwrite_dir_non_dir: Some("true".into()),
-                    ..Default::default()
-                }),
-                bollard::body_stream(body),
-            )
-            .await
-            .map_err(|e| Error::FailedPrecondition(format!("cannot write into {dest}: {e}")))?;
-        drop(checked_spool);
-        self.runner
-            .audit(
-                Some(&caller),
-                "sandbox.upload",
-                &record.name(),
-                Outcome::Success,
-                serde_json::json!({"path": dest, "files": checked.files, "bytes": checked.bytes}),
-            )
-            .await;
-        Ok(Response::new(UploadFilesResponse {
-            files: checked.files,
-            bytes: checked.bytes,
-        }))
+        self.upload(request).await
     }
 
     type DownloadFilesStream = BoxStream<DownloadFilesResponse>;
@@ -565,43 +402,7 @@ impl SandboxService for Sandboxes {
         &self,
         request: Request<DownloadFilesRequest>,
     ) -> Result<Response<Self::DownloadFilesStream>, Status> {
-        let caller = principal(&request)?;
-        let req = request.into_inner();
-        let path = files::confine(&req.path)?;
-        // The workspace of a running sandbox, or of an ended one that kept
-        // it, is read on the host without following any link.
-        let record = self
-            .authorized(&caller, &req.sandbox, Intent::Manage)
-            .await?;
-        if !record.is_live() {
-            self.runner
-                .layout
-                .ensure_mounted(&record.org, &record.id)
-                .await?;
-        }
-        let root = std::path::PathBuf::from(&record.workspace);
-        let uid = record.uid;
-        let target = tokio::task::spawn_blocking(move || {
-            let parts: Vec<&str> = path
-                .strip_prefix(files::WORKSPACE)
-                .unwrap_or("")
-                .split('/')
-                .filter(|p| !p.is_empty())
-                .collect();
-            download::open(&root, &parts, uid)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("the download task failed: {e}")))??;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let errors = tx.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = target.write(download::ChunkWriter::new(tx)) {
-                let _ = errors.blocking_send(Err(e.into()));
-            }
-        });
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .map(|chunk| chunk.map(|chunk| DownloadFilesResponse { chunk }));
-        Ok(Response::new(Box::pin(out)))
+        self.download(request).await
     }
 
     async fn get_usage(
@@ -639,36 +440,6 @@ impl SandboxService for Sandboxes {
     }
 }
 
-/// Creates a directory under /workspace as the sandbox user.
-async fn mkdir_in(engine: &crate::docker::Engine, record: &Record, dir: &str) -> Result<()> {
-    use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-    let docker = engine.docker();
-    let exec = docker
-        .create_exec(
-            &record.container_id,
-            CreateExecOptions {
-                cmd: Some(vec![
-                    "mkdir".to_owned(),
-                    "-p".to_owned(),
-                    "--".to_owned(),
-                    dir.to_owned(),
-                ]),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::FailedPrecondition(format!("cannot create {dir}: {e}")))?;
-    if let Ok(StartExecResults::Attached { mut output, .. }) = docker
-        .start_exec(&exec.id, Some(StartExecOptions::default()))
-        .await
-    {
-        while output.next().await.is_some() {}
-    }
-    Ok(())
-}
-
 fn encode_page(time: i64, id: &str) -> String {
     paddock_shared::hex::encode(format!("{time}:{id}").as_bytes())
 }
@@ -680,7 +451,6 @@ fn decode_page(token: &str) -> Option<(i64, String)> {
     Some((time.parse().ok()?, id.to_owned()))
 }
 
-/// The first state, then every change until a terminal state or shutdown.
 /// `sandbox` as a caller sees it: its env values (stored sealed) opened
 /// only when `reveal`, and then secret-looking ones still redacted (see
 /// `spec::redact_env`).
@@ -693,51 +463,4 @@ fn view_of(key: &paddock_shared::seal::SealingKey, mut sandbox: Sandbox, reveal:
         crate::spec::redact_env(spec, reveal);
     }
     sandbox
-}
-
-fn async_stream(
-    first: Sandbox,
-    rx: Option<tokio::sync::watch::Receiver<Sandbox>>,
-    closing: impl std::future::Future<Output = ()> + Send + 'static,
-) -> BoxStream<WatchSandboxResponse> {
-    let (tx, out) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        let terminal = |s: &Sandbox| {
-            s.state == SandboxState::Stopped as i32 || s.state == SandboxState::Failed as i32
-        };
-        let mut last = first.clone();
-        if tx
-            .send(Ok(WatchSandboxResponse {
-                sandbox: Some(first),
-            }))
-            .await
-            .is_err()
-            || terminal(&last)
-        {
-            return;
-        }
-        let Some(mut rx) = rx else { return };
-        tokio::pin!(closing);
-        loop {
-            tokio::select! {
-                changed = rx.changed() => {
-                    let current = rx.borrow_and_update().clone();
-                    if changed.is_err() && current == last {
-                        return;
-                    }
-                    if current != last {
-                        last = current.clone();
-                        if tx.send(Ok(WatchSandboxResponse { sandbox: Some(current) })).await.is_err() {
-                            return;
-                        }
-                    }
-                    if terminal(&last) || changed.is_err() {
-                        return;
-                    }
-                }
-                _ = &mut closing => return,
-            }
-        }
-    }.in_current_span());
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
 }
