@@ -180,7 +180,7 @@ async fn measure_all(
     let per_writer = args.measured_events.div_ceil(writers);
 
     // Baseline: the same rows straight into the same database.
-    let db = Database::connect("audit", data_dir, database_url, &[])
+    let db = Database::connect("audit", data_dir, database_url, paddock_audit::MIGRATIONS)
         .await
         .map_err(|e| internal("open the audit database", e))?;
     let raw = raw_inserts(&db, &orgs, per_writer, batch_size).await?;

@@ -24,22 +24,18 @@ use paddock_shared::auth::{
     ServiceTokenFirst,
 };
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
-use paddock_shared::db::{Database, Migration};
+use paddock_shared::db::Database;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::streams::{Limits, Streams};
 use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
 
 use crate::service::Audit;
 
-/// Audit's schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_settings.sql")),
-    (3, include_str!("../migrations/0003_fewer_indexes.sql")),
-    (4, include_str!("../migrations/0004_actor_names.sql")),
-    (5, include_str!("../migrations/0005_sealed_chains.sql")),
-];
+/// Audit's schema migrations: every file in `migrations/`, embedded at
+/// build time and applied in version order by sqlx's migrator.
+pub static MIGRATIONS: &Migrator = &sqlx::migrate!("./migrations");
 
 pub use retention::RetentionRun;
 /// Events per multi-row INSERT statement of an append.
@@ -186,4 +182,14 @@ pub async fn enforce_retention(
     batch: i64,
 ) -> Result<Vec<RetentionRun>, paddock_shared::error::Error> {
     retention::enforce(&store::Store { db: db.clone() }, now, batch).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every migration keeps the version databases already recorded it at.
+    #[test]
+    fn migrations_keep_their_versions() {
+        let versions: Vec<i64> = super::MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
+    }
 }

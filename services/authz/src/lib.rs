@@ -32,13 +32,14 @@ use paddock_shared::auth::{
     self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity, ServiceTokenFirst,
 };
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
-use paddock_shared::db::{Database, Migration};
+use paddock_shared::db::Database;
 use paddock_shared::org_reaper;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
 
 use crate::service::Policies;
@@ -83,13 +84,9 @@ impl Config {
     }
 }
 
-/// Authz's schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    (1, include_str!("../migrations/0001_policies.sql")),
-    (2, paddock_shared::outbox::MIGRATION),
-    (3, paddock_shared::outbox::QUARANTINE_MIGRATION),
-    (4, paddock_shared::outbox::TRACE_MIGRATION),
-];
+/// Authz's schema migrations: every file in `migrations/`, embedded at
+/// build time and applied in version order by sqlx's migrator.
+pub static MIGRATIONS: &Migrator = &sqlx::migrate!("./migrations");
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -301,5 +298,32 @@ impl AuthzService for Authz {
             groups,
             permissions,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_shared::outbox;
+
+    /// Every migration keeps the version databases already recorded it at.
+    #[test]
+    fn migrations_keep_their_versions() {
+        let versions: Vec<i64> = super::MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2, 3, 4]);
+    }
+
+    /// The outbox migrations are copies of the shared SQL (sqlx's
+    /// `migrate!` reads files only).
+    #[test]
+    fn the_outbox_migrations_are_the_shared_ones() {
+        let sql = |version| {
+            super::MIGRATIONS
+                .iter()
+                .find(|m| m.version == version)
+                .map(|m| m.sql.as_str())
+        };
+        assert_eq!(sql(2), Some(outbox::MIGRATION));
+        assert_eq!(sql(3), Some(outbox::QUARANTINE_MIGRATION));
+        assert_eq!(sql(4), Some(outbox::TRACE_MIGRATION));
     }
 }

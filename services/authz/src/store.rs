@@ -9,7 +9,7 @@ use paddock_shared::error::{Error, Result};
 use paddock_shared::hex;
 use paddock_shared::time::timestamp;
 use prost::Message;
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{AnyConnection, AnyPool};
 
 use paddock_policy::network;
 
@@ -74,7 +74,7 @@ pub async fn security_settings(
 /// Writes `policy` if the stored revision is still `read_at` (`None`: no
 /// row yet). Returns false when another update got there first.
 pub async fn put_agent_policy(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     org: &str,
     agent: &str,
     policy: &AgentPolicy,
@@ -102,7 +102,7 @@ pub async fn put_agent_policy(
         .bind(mode)
         .bind(stamp.at)
         .bind(stamp.by)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?,
         Some(revision) => sqlx::query(
             "UPDATE agent_policies SET policy = $1, network_mode = $2, revision = $3, update_time = $4, updated_by = $5 \
@@ -116,7 +116,7 @@ pub async fn put_agent_policy(
         .bind(org)
         .bind(agent)
         .bind(revision)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?,
     };
     Ok(done.rows_affected() == 1)
@@ -125,7 +125,7 @@ pub async fn put_agent_policy(
 /// Writes `settings` if the stored revision is still `read_at` (`None`: no
 /// row yet). Returns false when another update got there first.
 pub async fn put_security_settings(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     org: &str,
     settings: &SecuritySettings,
     read_at: Option<i64>,
@@ -149,7 +149,7 @@ pub async fn put_security_settings(
         .bind(blob)
         .bind(stamp.at)
         .bind(stamp.by)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?,
         Some(revision) => sqlx::query(
             "UPDATE security_settings SET settings = $1, revision = $2, update_time = $3, updated_by = $4 \
@@ -161,7 +161,7 @@ pub async fn put_security_settings(
         .bind(stamp.by)
         .bind(org)
         .bind(revision)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?,
     };
     Ok(done.rows_affected() == 1)

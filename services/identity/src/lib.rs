@@ -19,37 +19,21 @@ use std::time::Duration;
 use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
-use paddock_shared::db::{Database, Migration};
+use paddock_shared::db::Database;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
 use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
 
 use crate::authn::{LastUsed, LocalAuthenticator};
 use crate::credential_key::{CredentialKey, KeySource};
 use crate::service::Identity;
 
-/// Identity's schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, paddock_shared::outbox::MIGRATION),
-    (
-        3,
-        include_str!("../migrations/0003_credentials_and_session_tokens.sql"),
-    ),
-    (4, include_str!("../migrations/0004_invite_revocation.sql")),
-    (
-        5,
-        include_str!("../migrations/0005_organization_tombstones.sql"),
-    ),
-    (
-        6,
-        include_str!("../migrations/0006_credential_rotation.sql"),
-    ),
-    (7, paddock_shared::outbox::QUARANTINE_MIGRATION),
-    (8, paddock_shared::outbox::TRACE_MIGRATION),
-];
+/// Identity's schema migrations: every file in `migrations/`, embedded at
+/// build time and applied in version order by sqlx's migrator.
+pub static MIGRATIONS: &Migrator = &sqlx::migrate!("./migrations");
 
 /// Configuration of the identity service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,4 +218,31 @@ async fn load_credential_key(
         );
     }
     Ok(Arc::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_shared::outbox;
+
+    /// Every migration keeps the version databases already recorded it at.
+    #[test]
+    fn migrations_keep_their_versions() {
+        let versions: Vec<i64> = super::MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    /// The outbox migrations are copies of the shared SQL (sqlx's
+    /// `migrate!` reads files only).
+    #[test]
+    fn the_outbox_migrations_are_the_shared_ones() {
+        let sql = |version| {
+            super::MIGRATIONS
+                .iter()
+                .find(|m| m.version == version)
+                .map(|m| m.sql.as_str())
+        };
+        assert_eq!(sql(2), Some(outbox::MIGRATION));
+        assert_eq!(sql(7), Some(outbox::QUARANTINE_MIGRATION));
+        assert_eq!(sql(8), Some(outbox::TRACE_MIGRATION));
+    }
 }

@@ -82,7 +82,7 @@ impl Identity {
     /// commits both, and wakes the forwarder.
     async fn commit_audited(
         &self,
-        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        mut tx: paddock_shared::db::Transaction,
         event: AuditEvent,
     ) -> Result<()> {
         outbox::record(&mut tx, &event).await?;

@@ -33,12 +33,13 @@ use paddock_shared::auth::{
     ServiceTokenFirst,
 };
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
-use paddock_shared::db::{Database, Migration};
+use paddock_shared::db::Database;
 use paddock_shared::outbox::{Forwarder, RefusalOutbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::streams::{Limits, Streams};
 use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
 use tonic_health::ServingStatus;
 
 use crate::runner::{Runner, Tuning};
@@ -46,14 +47,9 @@ use crate::service::Sandboxes;
 
 pub use crate::runner::container_name;
 
-/// The runner's schema migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, paddock_shared::outbox::MIGRATION),
-    (3, include_str!("../migrations/0003_installation.sql")),
-    (4, paddock_shared::outbox::QUARANTINE_MIGRATION),
-    (5, paddock_shared::outbox::TRACE_MIGRATION),
-];
+/// The runner's schema migrations: every file in `migrations/`, embedded at
+/// build time and applied in version order by sqlx's migrator.
+pub static MIGRATIONS: &Migrator = &sqlx::migrate!("./migrations");
 
 /// Configuration of the sandbox runner.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -523,5 +519,32 @@ async fn count_sandboxes(runner: Arc<Runner>) {
             ),
             Err(e) => tracing::debug!(error = %e, "counting sandboxes by state"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_shared::outbox;
+
+    /// Every migration keeps the version databases already recorded it at.
+    #[test]
+    fn migrations_keep_their_versions() {
+        let versions: Vec<i64> = super::MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
+    }
+
+    /// The outbox migrations are copies of the shared SQL (sqlx's
+    /// `migrate!` reads files only).
+    #[test]
+    fn the_outbox_migrations_are_the_shared_ones() {
+        let sql = |version| {
+            super::MIGRATIONS
+                .iter()
+                .find(|m| m.version == version)
+                .map(|m| m.sql.as_str())
+        };
+        assert_eq!(sql(2), Some(outbox::MIGRATION));
+        assert_eq!(sql(4), Some(outbox::QUARANTINE_MIGRATION));
+        assert_eq!(sql(5), Some(outbox::TRACE_MIGRATION));
     }
 }

@@ -670,7 +670,7 @@ async fn runner_db(env: &Env) -> paddock_shared::db::Database {
         "sandbox_runner",
         &env.config.common.data_dir,
         env.config.common.database_url.as_deref(),
-        &[],
+        paddock_sandbox_runner::MIGRATIONS,
     )
     .await
     .expect("runner db")

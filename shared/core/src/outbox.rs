@@ -17,12 +17,14 @@ use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::auth::BearerAuth;
+use crate::client::BearerAuth;
 use crate::proto::audit::v1::audit_service_client::AuditServiceClient;
 use crate::proto::audit::v1::{Actor, AppendEventsRequest, AuditEvent, Outcome};
 use crate::proto::identity::v1::{Principal, PrincipalKind};
 
-/// The outbox table; add it to a service's migrations.
+/// The outbox table. Each service that records events keeps a copy of
+/// these migrations as files in its `migrations/` directory (sqlx's
+/// `migrate!` reads files only); a test in the service checks the copies.
 pub const MIGRATION: &str = "CREATE TABLE audit_outbox (\n    id TEXT PRIMARY KEY,\n    created BIGINT NOT NULL,\n    event TEXT NOT NULL\n);\nCREATE INDEX audit_outbox_created ON audit_outbox (created, id);\n";
 
 /// The quarantine: outbox rows that cannot be decoded are moved here, never
@@ -101,6 +103,13 @@ pub async fn record_now(pool: &AnyPool, event: &AuditEvent) -> Result<(), sqlx::
     record(&mut conn, event).await
 }
 
+/// Where the admission layer records what it refused (failed
+/// authentication, denials) as audit events. They change no state, so they
+/// go to the outbox on their own, before the refusal is answered.
+pub trait RefusalSink: Send + Sync + 'static {
+    fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
 /// Records the admission layer's refusals (failed authentication, denials)
 /// in a service's outbox, each on its own. A refusal that names no
 /// organization (a token naming no stored key) goes to the platform chain,
@@ -122,7 +131,7 @@ impl RefusalOutbox {
     }
 }
 
-impl crate::auth::RefusalSink for RefusalOutbox {
+impl RefusalSink for RefusalOutbox {
     fn record(&self, event: AuditEvent) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             let mut event = event;
@@ -163,7 +172,7 @@ impl Forwarder {
         audit_endpoint: &str,
         auth: BearerAuth,
     ) -> Result<Self, tonic::Status> {
-        let channel = crate::auth::lazy_channel(audit_endpoint)?;
+        let channel = crate::client::lazy_channel(audit_endpoint)?;
         Ok(Self {
             pool,
             client: AuditServiceClient::with_interceptor(channel, auth),
@@ -253,7 +262,9 @@ impl Forwarder {
         }
         // Only acknowledged rows are removed; undecodable ones move to the
         // quarantine in the same transaction.
-        let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
+        let mut tx = crate::db::Transaction::begin(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
         for (id, created, hex) in &undecodable {
             sqlx::query(
                 "INSERT INTO audit_outbox_quarantine (id, created, quarantined, event) VALUES ($1, $2, $3, $4)",
@@ -330,14 +341,19 @@ const DELIVERY_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Database;
+    use crate::db::{Database, test_migrator};
 
     #[tokio::test]
     async fn events_stay_in_the_outbox_while_audit_is_unreachable() {
         let dir = std::env::temp_dir().join(format!("paddock-outbox-{}", uuid::Uuid::new_v4()));
-        let db = Database::connect("svc", &dir, None, &[(1, MIGRATION), (2, TRACE_MIGRATION)])
-            .await
-            .expect("db");
+        let db = Database::connect(
+            "svc",
+            &dir,
+            None,
+            &test_migrator(&[(1, MIGRATION), (2, TRACE_MIGRATION)]),
+        )
+        .await
+        .expect("db");
         let p = Principal {
             id: "m1".into(),
             kind: PrincipalKind::Member as i32,
@@ -352,7 +368,7 @@ mod tests {
             "organizations/acme/projects/web",
             Outcome::Success,
         );
-        let mut tx = db.pool.begin().await.expect("tx");
+        let mut tx = db.begin_write().await.expect("tx");
         record(&mut tx, &first).await.expect("record");
         tx.commit().await.expect("commit");
         let denied = event(
@@ -411,11 +427,11 @@ mod tests {
             "svc",
             &dir,
             None,
-            &[
+            &test_migrator(&[
                 (1, MIGRATION),
                 (2, QUARANTINE_MIGRATION),
                 (3, TRACE_MIGRATION),
-            ],
+            ]),
         )
         .await
         .expect("db");

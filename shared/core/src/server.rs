@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::{Admission, AdmissionLayer};
+use crate::auth::Admission;
 
 /// Largest request message a Paddock server decodes.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -72,7 +72,7 @@ pub async fn serve(
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(AdmissionLayer::new(admission))
+        .layer(crate::stack::server(admission))
         .add_routes(routes)
         // A custom incoming stream does not inherit the builder's nodelay.
         .serve_with_incoming_shutdown(

@@ -192,10 +192,7 @@ impl Runner {
         {
             let _admit = self.admit.lock().await;
             // The count and the insert see the same state.
-            let mut tx = match self.db.backend {
-                Backend::Sqlite => self.db.pool.begin_with("BEGIN IMMEDIATE").await?,
-                Backend::Postgres => self.db.begin_write().await?,
-            };
+            let mut tx = self.db.begin_write().await?;
             if self.db.backend == Backend::Postgres {
                 // Serializes admissions of one organization across runners.
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
