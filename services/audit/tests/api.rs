@@ -604,6 +604,56 @@ async fn pagination_is_stable_under_concurrent_appends(backend: Backend) {
     let v = verify(&mut stack.audit(&owner), 0, 0).await;
     assert!(v.intact, "{v:?}");
     assert_eq!(v.verified, 60 + 150);
+
+    // A token continues only its own query: another filter, the other
+    // order or another organization is refused, not silently continued.
+    let mut client = stack.audit(&owner);
+    let first = client
+        .query_events(QueryEventsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let other_owner = org(&stack, "globex").await;
+    let attempts = [
+        (
+            stack.audit(&owner),
+            QueryEventsRequest {
+                page_token: first.next_page_token.clone(),
+                filter: Some(EventFilter {
+                    action_prefix: "test.".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            stack.audit(&owner),
+            QueryEventsRequest {
+                page_token: first.next_page_token.clone(),
+                oldest_first: true,
+                ..Default::default()
+            },
+        ),
+        (
+            stack.audit(&other_owner),
+            QueryEventsRequest {
+                page_token: first.next_page_token.clone(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (mut client, request) in attempts {
+        let err = client
+            .query_events(request.clone())
+            .await
+            .expect_err("a token of another query");
+        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err:?}");
+        assert!(err.message().contains("page_token"), "{err:?}");
+    }
     stack.shutdown().await;
 }
 

@@ -34,7 +34,7 @@ use paddock_shared::auth::{
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
 use paddock_shared::org_reaper;
-use paddock_shared::outbox::{Forwarder, RefusalOutbox};
+use paddock_shared::outbox::{Forwarder, Outbox};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
@@ -133,10 +133,9 @@ pub async fn start_on(
         )?),
         None => None,
     };
-    let audit_wake = forwarder.as_ref().map(Forwarder::waker);
-    let sink = RefusalOutbox::new(db.pool.clone(), audit_wake.clone());
+    let outbox = Outbox::delivered_by(db.pool.clone(), "authz", forwarder.as_ref());
     let admission = Admission::new(Arc::new(authn), Arc::new(LocalAuthorizer))
-        .with_audit("authz", Arc::new(sink));
+        .with_audit("authz", Arc::new(outbox.refusals()));
     let authz_name = <AuthzServiceServer<Authz> as tonic::server::NamedService>::NAME;
     let policy_name = <PolicyServiceServer<Policies> as tonic::server::NamedService>::NAME;
     let (_health, routes) = server::health_and_reflection(&[authz_name, policy_name]).await?;
@@ -147,7 +146,7 @@ pub async fn start_on(
         .add_service(
             PolicyServiceServer::new(Policies {
                 db: db.clone(),
-                audit_wake,
+                outbox,
                 identity: identity_client.clone(),
             })
             .max_decoding_message_size(server::MAX_MESSAGE_BYTES),

@@ -5,9 +5,7 @@
 //! NOT_FOUND), validate, and commit each change with its audit event.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use paddock_proto::audit::v1::{AuditEvent, Outcome};
 use paddock_proto::authz::v1::policy_service_server::PolicyService;
 use paddock_proto::authz::v1::{
     AgentPolicy, GetAgentPolicyRequest, GetAgentPolicyResponse, GetEffectivePolicyRequest,
@@ -20,7 +18,7 @@ use paddock_shared::auth;
 use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names;
-use paddock_shared::outbox;
+use paddock_shared::outbox::Outbox;
 use paddock_shared::time::now_micros;
 use serde_json::json;
 use tonic::{Request, Response, Status};
@@ -33,8 +31,8 @@ const ATTEMPTS: usize = 8;
 
 pub struct Policies {
     pub db: Database,
-    /// Wakes the audit forwarder after a commit.
-    pub audit_wake: Option<Arc<tokio::sync::Notify>>,
+    /// Where changes record their audit events.
+    pub outbox: Outbox,
     /// Says whether an agent exists before its policy is written.
     pub identity: paddock_shared::auth::IdentityClient,
 }
@@ -67,17 +65,6 @@ fn updated_by(caller: &Principal) -> &str {
     }
 }
 
-fn audited(
-    caller: &Principal,
-    action: &str,
-    resource: &str,
-    details: serde_json::Value,
-) -> AuditEvent {
-    let mut event = outbox::event("authz", Some(caller), action, resource, Outcome::Success);
-    event.details_json = details.to_string();
-    event
-}
-
 fn lost_race(name: &str) -> Status {
     Status::aborted(format!(
         "{name} was changed concurrently too many times; retry the update"
@@ -104,21 +91,6 @@ impl Policies {
         };
         s.name = policy::settings_name(org);
         Ok((s, revision))
-    }
-
-    /// Records the change's audit event in its transaction, commits both,
-    /// and wakes the forwarder.
-    async fn commit_audited(
-        &self,
-        mut tx: paddock_shared::db::Transaction,
-        event: AuditEvent,
-    ) -> Result<()> {
-        outbox::record(&mut tx, &event).await?;
-        tx.commit().await?;
-        if let Some(wake) = &self.audit_wake {
-            wake.notify_one();
-        }
-        Ok(())
     }
 
     async fn update_policy(
@@ -150,8 +122,10 @@ impl Policies {
             if !store::put_agent_policy(&mut tx, org, agent, &merged, revision, &stamp).await? {
                 continue;
             }
-            self.commit_audited(tx, audited(caller, "policy.update", &name, details))
-                .await?;
+            let event = self
+                .outbox
+                .success(Some(caller), "policy.update", &name, details);
+            self.outbox.commit(tx, event).await.map_err(Error::from)?;
             merged.name = name;
             merged.update_time = Some(paddock_shared::time::timestamp(stamp.at));
             merged.updated_by = stamp.by.to_owned();
@@ -214,11 +188,10 @@ impl Policies {
             if !store::put_security_settings(&mut tx, org, &merged, revision, &stamp).await? {
                 continue;
             }
-            self.commit_audited(
-                tx,
-                audited(caller, "security_settings.update", &name, details),
-            )
-            .await?;
+            let event =
+                self.outbox
+                    .success(Some(caller), "security_settings.update", &name, details);
+            self.outbox.commit(tx, event).await.map_err(Error::from)?;
             merged.name = name;
             merged.update_time = Some(paddock_shared::time::timestamp(stamp.at));
             merged.updated_by = stamp.by.to_owned();

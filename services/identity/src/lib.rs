@@ -20,7 +20,7 @@ use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
-use paddock_shared::outbox::{Forwarder, RefusalOutbox};
+use paddock_shared::outbox::{Forwarder, Outbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
@@ -145,10 +145,9 @@ pub async fn start_on(
         )?),
         None => None,
     };
-    let audit_wake = forwarder.as_ref().map(Forwarder::waker);
-    let sink = RefusalOutbox::new(db.pool.clone(), audit_wake.clone());
-    let admission =
-        Admission::new(authn.clone(), Arc::new(authz)).with_audit("identity", Arc::new(sink));
+    let outbox = Outbox::delivered_by(db.pool.clone(), "identity", forwarder.as_ref());
+    let admission = Admission::new(authn.clone(), Arc::new(authz))
+        .with_audit("identity", Arc::new(outbox.refusals()));
     let (invalidations, _) = tokio::sync::broadcast::channel(1024);
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let identity = Identity {
@@ -157,7 +156,7 @@ pub async fn start_on(
         cache: authn.cache(),
         authn,
         invalidations,
-        audit_wake,
+        outbox,
         closing: closing_rx,
         credential_key,
         policy: auth::policy_client(

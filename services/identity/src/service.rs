@@ -23,13 +23,11 @@ mod session_tokens;
 
 use std::sync::Arc;
 
-use paddock_proto::audit::v1::{AuditEvent, Outcome};
 use paddock_proto::identity::v1::identity_service_server::IdentityService;
 use paddock_proto::identity::v1::*;
 use paddock_shared::auth::{self, Admission, Authenticator, Invalidation, PrincipalCache};
 use paddock_shared::db::Database;
 use paddock_shared::error::Result;
-use paddock_shared::outbox;
 use rand::Rng;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
@@ -40,26 +38,14 @@ pub struct Identity {
     pub cache: Arc<PrincipalCache>,
     pub authn: Arc<dyn Authenticator>,
     pub invalidations: broadcast::Sender<Invalidation>,
-    /// Wakes the audit forwarder after a commit.
-    pub audit_wake: Option<Arc<tokio::sync::Notify>>,
+    /// Where handlers record their audit events.
+    pub outbox: paddock_shared::outbox::Outbox,
     /// Turns true when the server shuts down; ends the watch streams.
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// Seals and opens stored credentials.
     pub credential_key: Arc<crate::credential_key::CredentialKey>,
     /// Agent policies (which credentials an agent may use), as a service.
     pub policy: paddock_shared::auth::PolicyClient,
-}
-
-/// A success event of this service, with details (never secrets).
-fn audited(
-    caller: Option<&Principal>,
-    action: &str,
-    resource: &str,
-    details: serde_json::Value,
-) -> AuditEvent {
-    let mut event = outbox::event("identity", caller, action, resource, Outcome::Success);
-    event.details_json = details.to_string();
-    event
 }
 
 /// A new principal id: `m…` for members, `a…` for agents.
@@ -76,26 +62,6 @@ impl Identity {
     fn publish(&self, change: Invalidation) {
         self.cache.invalidate(&change);
         let _ = self.invalidations.send(change);
-    }
-
-    /// Records the audit event of a change in the change's own transaction,
-    /// commits both, and wakes the forwarder.
-    async fn commit_audited(
-        &self,
-        mut tx: paddock_shared::db::Transaction,
-        event: AuditEvent,
-    ) -> Result<()> {
-        outbox::record(&mut tx, &event).await?;
-        tx.commit().await?;
-        self.wake_audit();
-        Ok(())
-    }
-
-    /// Wakes the forwarder after a commit that recorded events.
-    fn wake_audit(&self) {
-        if let Some(wake) = &self.audit_wake {
-            wake.notify_one();
-        }
     }
 }
 

@@ -997,6 +997,47 @@ async fn pagination_is_complete(backend: Backend) {
         .map(|i| format!("organizations/pages/projects/p{i}"))
         .collect();
     assert_eq!(seen, expected);
+
+    // A token continues only the listing that issued it: not another
+    // organization's projects, and not another collection of the same one.
+    let first = stack
+        .identity(&owner)
+        .list_projects(ListProjectsRequest {
+            parent: String::new(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    let other = stack.create_org("pages2", "o@pages2.test").await;
+    for i in 0..3 {
+        assert_eq!(
+            create_project(&stack, &other.owner_key_secret, "pages2", &format!("q{i}")).await,
+            Code::Ok
+        );
+    }
+    let replayed = stack
+        .identity(&other.owner_key_secret)
+        .list_projects(ListProjectsRequest {
+            parent: String::new(),
+            page_size: 1,
+            page_token: first.next_page_token.clone(),
+        })
+        .await
+        .expect_err("another organization's token");
+    assert_eq!(replayed.code(), Code::InvalidArgument);
+    assert!(replayed.message().contains("page_token"), "{replayed:?}");
+    let crossed = stack
+        .identity(&owner)
+        .list_agents(ListAgentsRequest {
+            parent: String::new(),
+            page_size: 1,
+            page_token: first.next_page_token,
+        })
+        .await
+        .expect_err("another collection's token");
+    assert_eq!(crossed.code(), Code::InvalidArgument);
     stack.shutdown().await;
 }
 

@@ -34,7 +34,7 @@ use paddock_shared::auth::{
 };
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
-use paddock_shared::outbox::{Forwarder, RefusalOutbox};
+use paddock_shared::outbox::{Forwarder, Outbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::streams::{Limits, Streams};
@@ -290,10 +290,9 @@ pub async fn start_on(
         )?),
         None => None,
     };
-    let audit_wake = forwarder.as_ref().map(Forwarder::waker);
-    let refusals = RefusalOutbox::new(db.pool.clone(), audit_wake.clone());
+    let outbox = Outbox::delivered_by(db.pool.clone(), "sandbox-runner", forwarder.as_ref());
     let admission = Admission::new(authn.clone(), Arc::new(authz))
-        .with_audit("sandbox-runner", Arc::new(refusals));
+        .with_audit("sandbox-runner", Arc::new(outbox.refusals()));
 
     let installation = store::installation_id(&db.pool).await?;
     let (env_key, source) = paddock_shared::seal::SealingKey::load(
@@ -325,7 +324,7 @@ pub async fn start_on(
             scan_interval: config.scan_interval,
             endpoints: config.sandbox_endpoints.clone(),
         },
-        audit_wake,
+        outbox,
     ));
     let hostname = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())

@@ -168,9 +168,11 @@ where
     let from_env = environment(defaults, env, &lookup)?;
     figment = figment.merge(Serialized::defaults(from_env.clone()));
     figment = figment.merge(Serialized::defaults(flags));
-    figment
-        .extract()
-        .map_err(|e| ConfigError(culprit(defaults, &figment, &known, env, &from_env, &lookup, e)))
+    figment.extract().map_err(|e| {
+        ConfigError(culprit(
+            defaults, &figment, &known, env, &from_env, &lookup, e,
+        ))
+    })
 }
 
 /// Names the key behind a failed extraction: `serde(flatten)` loses the
@@ -199,7 +201,9 @@ where
             let source = env
                 .iter()
                 .flat_map(|table| table.iter())
-                .find(|(var, k)| *k == key.as_str() && from_env.contains_key(*k) && lookup(var).is_some())
+                .find(|(var, k)| {
+                    *k == key.as_str() && from_env.contains_key(*k) && lookup(var).is_some()
+                })
                 .map(|(var, _)| format!(" (from {var})"))
                 .unwrap_or_default();
             return format!("{key}{source}: {}", e.kind);

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod names;
 pub mod org_reaper;
 pub mod outbox;
+pub mod page;
 pub mod rbac;
 pub mod seal;
 pub mod secret;

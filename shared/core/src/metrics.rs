@@ -364,8 +364,11 @@ pub fn outboxes() -> Vec<Arc<OutboxGauge>> {
     all.iter().filter_map(Weak::upgrade).collect()
 }
 
+/// One runner's count: `(state, sandboxes)`.
+type ByState = Vec<(String, i64)>;
+
 /// Sandboxes by state, per runner worker, as each runner last counted them.
-static SANDBOXES: Mutex<Option<HashMap<String, Vec<(String, i64)>>>> = Mutex::new(None);
+static SANDBOXES: Mutex<Option<HashMap<String, ByState>>> = Mutex::new(None);
 
 /// What a runner counted: its sandboxes by state.
 pub fn set_sandboxes(worker: &str, by_state: Vec<(String, i64)>) {

@@ -103,6 +103,118 @@ pub async fn record_now(pool: &AnyPool, event: &AuditEvent) -> Result<(), sqlx::
     record(&mut conn, event).await
 }
 
+/// A service's handle on its outbox: the one way its handlers record audit
+/// events. [`Outbox::commit`] records the event in the change's own
+/// transaction, commits both and wakes the forwarder, so no handler can
+/// commit a change and forget its event, or record one and forget the
+/// wake-up.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: AnyPool,
+    source: &'static str,
+    wake: Option<Arc<Notify>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// The outbox in `pool` of service `source` (the events' source
+    /// service), waking `wake` (the forwarder's, when one runs).
+    pub fn new(pool: AnyPool, source: &'static str, wake: Option<Arc<Notify>>) -> Self {
+        Self { pool, source, wake }
+    }
+
+    /// A success event of this service, with `details` (never secrets).
+    pub fn success(
+        &self,
+        caller: Option<&Principal>,
+        action: &str,
+        resource: &str,
+        details: serde_json::Value,
+    ) -> AuditEvent {
+        self.event(caller, action, resource, Outcome::Success, details)
+    }
+
+    /// An event of this service with any outcome.
+    pub fn event(
+        &self,
+        caller: Option<&Principal>,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        details: serde_json::Value,
+    ) -> AuditEvent {
+        let mut e = event(self.source, caller, action, resource, outcome);
+        e.details_json = details.to_string();
+        e
+    }
+
+    /// Records `event` in `tx`, commits both, and wakes the forwarder.
+    /// Nothing is committed if recording fails.
+    pub async fn commit(
+        &self,
+        tx: crate::db::Transaction,
+        event: AuditEvent,
+    ) -> Result<(), sqlx::Error> {
+        self.commit_all(tx, [event]).await
+    }
+
+    /// [`Outbox::commit`] of several events (none is a plain commit).
+    pub async fn commit_all(
+        &self,
+        mut tx: crate::db::Transaction,
+        events: impl IntoIterator<Item = AuditEvent>,
+    ) -> Result<(), sqlx::Error> {
+        let mut any = false;
+        for event in events {
+            record(&mut tx, &event).await?;
+            any = true;
+        }
+        tx.commit().await?;
+        if any {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Records an event that changes no stored state (an exec, a refusal)
+    /// on its own, and wakes the forwarder.
+    pub async fn record_now(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
+        record_now(&self.pool, event).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the forwarder (after events were recorded some other way).
+    pub fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+    }
+
+    /// The outbox in `pool` of service `source`, delivered by `forwarder`
+    /// (none: events wait until an audit endpoint is configured).
+    pub fn delivered_by(
+        pool: AnyPool,
+        source: &'static str,
+        forwarder: Option<&Forwarder>,
+    ) -> Self {
+        Self::new(pool, source, forwarder.map(Forwarder::waker))
+    }
+
+    /// The sink the admission layer records its refusals in: this outbox,
+    /// each refusal on its own.
+    pub fn refusals(&self) -> RefusalOutbox {
+        RefusalOutbox::new(self.pool.clone(), self.wake.clone())
+    }
+}
+
 /// Where the admission layer records what it refused (failed
 /// authentication, denials) as audit events. They change no state, so they
 /// go to the outbox on their own, before the refusal is answered.

@@ -7,7 +7,7 @@ use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, validate_text};
 use paddock_shared::time::{now_micros, timestamp, timestamp_micros};
 
-use crate::store::{Filter, Order, PLATFORM_ORG};
+use crate::store::{Filter, PLATFORM_ORG};
 
 const MAX_DETAILS_BYTES: usize = 64 * 1024;
 const MAX_FIELD_CHARS: usize = 1024;
@@ -122,29 +122,13 @@ pub(super) fn filter(f: Option<EventFilter>) -> Result<Filter> {
     })
 }
 
-/// A page token: the direction and the last sequence returned.
-pub(super) fn encode_page(order: Order, sequence: i64) -> String {
-    let dir = if order == Order::Oldest { 'a' } else { 'd' };
-    paddock_shared::hex::encode(format!("{dir}{sequence}").as_bytes())
-}
-
-pub(super) fn decode_page(token: &str, order: Order) -> Result<Option<i64>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || Error::invalid("invalid page_token");
-    if token.len() > 64 {
-        return Err(bad());
-    }
-    let text = String::from_utf8(paddock_shared::hex::decode(token).ok_or_else(bad)?)
-        .map_err(|_| bad())?;
-    let want = if order == Order::Oldest { 'a' } else { 'd' };
-    let rest = text.strip_prefix(want).ok_or_else(bad)?;
-    let sequence: i64 = rest.parse().map_err(|_| bad())?;
-    if sequence < 0 {
-        return Err(bad());
-    }
-    Ok(Some(sequence))
+/// The sequence a page token's cursor holds.
+pub(super) fn decode_sequence(cursor: &str) -> Result<i64> {
+    cursor
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s >= 0)
+        .ok_or_else(|| Error::invalid("invalid page_token"))
 }
 
 pub(super) fn decode_cursor(cursor: &str) -> Result<i64> {
@@ -185,12 +169,10 @@ mod tests {
     }
 
     #[test]
-    fn page_tokens_round_trip_and_carry_the_direction() {
-        let t = encode_page(Order::Newest, 42);
-        assert_eq!(decode_page(&t, Order::Newest).ok(), Some(Some(42)));
-        assert!(decode_page(&t, Order::Oldest).is_err());
-        assert!(decode_page("zz", Order::Newest).is_err());
-        assert_eq!(decode_page("", Order::Newest).ok(), Some(None));
+    fn page_cursors_are_sequences() {
+        assert_eq!(decode_sequence("42").ok(), Some(42));
+        assert!(decode_sequence("-1").is_err());
+        assert!(decode_sequence("x").is_err());
     }
 
     #[test]

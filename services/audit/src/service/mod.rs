@@ -26,12 +26,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::committer::{AppendJob, MAX_GROUP_REQUESTS, group_commit};
-use self::input::{decode_cursor, decode_page, encode_page, filter, validate_event};
+use self::input::{decode_cursor, decode_sequence, filter, validate_event};
 use crate::store::{Order, PLATFORM_ORG, Pending, Settings, Store};
 use crate::tail::Tails;
+use paddock_shared::page::{Page, Query};
 
 const MAX_APPEND: usize = 1000;
-const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 1000;
 /// Rows per read of the chain walk, tail and export.
 const BATCH: i64 = 500;
@@ -157,9 +157,7 @@ impl AuditService for Audit {
     ) -> Result<Response<AppendEventsResponse>, Status> {
         let caller = caller(&request)?;
         if caller.kind != PrincipalKind::Service as i32 {
-            return Err(Status::permission_denied(
-                "AppendEvents is internal: only service principals may call it",
-            ));
+            return Err(paddock_shared::auth::refusal::internal_only("AppendEvents"));
         }
         let events = request.into_inner().events;
         if events.is_empty() || events.len() > MAX_APPEND {
@@ -469,28 +467,23 @@ impl Audit {
         } else {
             Order::Newest
         };
-        if req.page_size < 0 {
-            return Err(Error::invalid("page_size must not be negative").into());
-        }
-        let size = if req.page_size == 0 {
-            DEFAULT_PAGE
-        } else {
-            i64::from(req.page_size).min(MAX_PAGE)
-        };
-        let after = decode_page(&req.page_token, order)?;
+        // The token is bound to the organization, the filter and the order.
+        let query = Query::new("QueryEvents", org)
+            .with([u8::from(req.oldest_first)])
+            .with(&filter.actor)
+            .with(&filter.action_prefix)
+            .with(&filter.resource)
+            .with(filter.outcome.to_be_bytes())
+            .with(filter.start_time.map(|t| t.to_string()).unwrap_or_default())
+            .with(filter.end_time.map(|t| t.to_string()).unwrap_or_default())
+            .with(&filter.trace_id);
+        let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+        let after = page.after.as_deref().map(decode_sequence).transpose()?;
         let mut events = self
             .store
-            .read(org, &filter, after, None, order, size + 1)
+            .read(org, &filter, after, None, order, page.limit())
             .await?;
-        let next_page_token = if events.len() as i64 > size {
-            events.truncate(size as usize);
-            events
-                .last()
-                .map(|e| encode_page(order, e.sequence))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut events, &query, |e| e.sequence.to_string());
         Ok(QueryEventsResponse {
             events,
             next_page_token,

@@ -12,11 +12,12 @@ use paddock_shared::rbac::Role;
 use paddock_shared::time::{now_micros, timestamp};
 use serde_json::json;
 
-use super::request::{caller_org, mask_paths, next_page, own_child, page, parent_org};
+use super::request::{MAX_PAGE, caller_org, mask_paths, own_child, parent_org};
 use super::roles::{check_grantable, parse_role};
-use super::{Identity, audited, invites, new_principal_id};
+use super::{Identity, invites, new_principal_id};
 use crate::store::agents::{self as store, AgentRow};
 use crate::store::api_keys;
+use paddock_shared::page::{Page, Query};
 
 fn agent(row: AgentRow) -> Agent {
     Agent {
@@ -58,9 +59,10 @@ pub(super) async fn create(
         .await
         .map_err(|e| Error::exists_or(e, &name))?;
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(
+            identity.outbox.success(
                 Some(caller),
                 "agent.create",
                 &name,
@@ -79,9 +81,10 @@ pub(super) async fn list(
     req: ListAgentsRequest,
 ) -> Result<ListAgentsResponse> {
     let org = parent_org(caller, &req.parent)?;
-    let page = page(req.page_size, &req.page_token)?;
-    let mut rows = store::list(&identity.db.pool, org, &page.after, page.limit()).await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.agent_id.clone());
+    let query = Query::new("ListAgents", org);
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+    let mut rows = store::list(&identity.db.pool, org, page.start_after(), page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, &query, |r| r.agent_id.clone());
     Ok(ListAgentsResponse {
         agents: rows.into_iter().map(agent).collect(),
         next_page_token,
@@ -145,9 +148,12 @@ pub(super) async fn update(
         details["previous_role"] = json!(previous_role);
     }
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "agent.update", &update.name, details),
+            identity
+                .outbox
+                .success(Some(caller), "agent.update", &update.name, details),
         )
         .await?;
     if role_changed {
@@ -179,7 +185,13 @@ pub(super) async fn delete(
             .await?;
     let details = json!({"revoked_invites": revoked_invites});
     identity
-        .commit_audited(tx, audited(Some(caller), "agent.delete", &name, details))
+        .outbox
+        .commit(
+            tx,
+            identity
+                .outbox
+                .success(Some(caller), "agent.delete", &name, details),
+        )
         .await?;
     identity.publish(Invalidation::Principal(id));
     Ok(DeleteAgentResponse {})

@@ -11,12 +11,13 @@ use paddock_shared::outbox;
 use paddock_shared::time::{now_micros, opt_timestamp, timestamp};
 use serde_json::json;
 
-use super::request::{caller_org, next_page, own_child, page, parent_org};
-use super::{Identity, audited};
+use super::Identity;
+use super::request::{MAX_PAGE, caller_org, own_child, parent_org};
 use crate::credential_key::{OpenError, Sealed};
 use crate::store::credentials::{self as store, CredentialRow, SealedValue};
 use paddock_proto::authz::v1::GetEffectivePolicyRequest;
 use paddock_proto::identity::v1::PrincipalKind;
+use paddock_shared::page::{Page, Query};
 
 /// Largest value a credential may hold.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -109,9 +110,12 @@ pub(super) async fn create(
     .map_err(|e| Error::exists_or(e, &name))?;
     let details = json!({"kind": kind_name(kind), "size_bytes": size});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "credential.create", &name, details),
+            identity
+                .outbox
+                .success(Some(caller), "credential.create", &name, details),
         )
         .await?;
     Ok(CreateCredentialResponse {
@@ -150,9 +154,10 @@ pub(super) async fn list(
 ) -> Result<ListCredentialsResponse> {
     let usable = usable_by(identity, caller).await?;
     let org = parent_org(caller, &req.parent)?;
-    let page = page(req.page_size, &req.page_token)?;
-    let mut rows = store::list(&identity.db.pool, org, &page.after, page.limit()).await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.credential_id.clone());
+    let query = Query::new("ListCredentials", org);
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+    let mut rows = store::list(&identity.db.pool, org, page.start_after(), page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, &query, |r| r.credential_id.clone());
     Ok(ListCredentialsResponse {
         credentials: rows
             .into_iter()
@@ -200,9 +205,12 @@ pub(super) async fn delete(
         return Err(Error::not_found(names::truncate(&req.name)));
     }
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "credential.delete", &req.name, json!({})),
+            identity
+                .outbox
+                .success(Some(caller), "credential.delete", &req.name, json!({})),
         )
         .await?;
     Ok(DeleteCredentialResponse {})
@@ -232,9 +240,12 @@ pub(super) async fn rotate(
         .ok_or_else(|| Error::not_found(names::truncate(&req.name)))?;
     let details = json!({"size_bytes": size});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "credential.rotate", &req.name, details),
+            identity
+                .outbox
+                .success(Some(caller), "credential.rotate", &req.name, details),
         )
         .await?;
     Ok(RotateCredentialResponse {
@@ -264,7 +275,7 @@ pub(super) async fn reveal(
             "the sandbox and the credential are in different organizations",
         ));
     }
-    let event = audited(
+    let event = identity.outbox.success(
         Some(caller),
         "credential.reveal",
         &req.name,
@@ -305,7 +316,7 @@ pub(super) async fn reveal(
             )),
         })?;
     tx.commit().await?;
-    identity.wake_audit();
+    identity.outbox.wake();
     Ok(RevealCredentialResponse {
         credential: Some(credential(row.credential)),
         value,

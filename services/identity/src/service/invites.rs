@@ -17,12 +17,13 @@ use serde_json::json;
 
 use super::keys::{self, NewKey};
 use super::members::member;
-use super::request::{caller_org, next_page, own_child, page, parent_org};
+use super::request::{MAX_PAGE, caller_org, own_child, parent_org};
 use super::roles::{MEMBER_ROLES, check_grantable, parse_role};
-use super::{Identity, audited, new_principal_id};
+use super::{Identity, new_principal_id};
 use crate::store::invites::{self as store, InviteRow};
 use crate::store::members::MemberRow;
 use crate::store::{agents, members, organizations};
+use paddock_shared::page::{Page, Query};
 
 const COLLECTION: &str = "invites";
 const DEFAULT_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -137,9 +138,10 @@ pub(super) async fn create(
     // The code is the credential: only its id is recorded.
     let details = json!({"email": row.email, "role": row.role, "invite_id": row.id, "expire_time_us": row.expire_time});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(
+            identity.outbox.success(
                 Some(caller),
                 "member.invite",
                 &org_name(&row.org_id),
@@ -237,7 +239,7 @@ pub(super) async fn accept(
         },
     )
     .await?;
-    let mut event = audited(
+    let mut event = identity.outbox.success(
         None,
         "member.join",
         &name,
@@ -249,7 +251,7 @@ pub(super) async fn accept(
         display_name: new_member.email.clone(),
         key_id: String::new(),
     });
-    identity.commit_audited(tx, event).await?;
+    identity.outbox.commit(tx, event).await?;
     Ok(AcceptInviteResponse {
         member: Some(member(new_member)),
         api_key: Some(keys::api_key(key, name)),
@@ -263,18 +265,19 @@ pub(super) async fn list(
     req: ListInvitesRequest,
 ) -> Result<ListInvitesResponse> {
     let org = parent_org(caller, &req.parent)?;
-    let page = page(req.page_size, &req.page_token)?;
+    let query = Query::new("ListInvites", org).with([u8::from(req.show_inactive)]);
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
     let now = now_micros();
     let mut rows = store::list(
         &identity.db.pool,
         org,
-        &page.after,
+        page.start_after(),
         page.limit(),
         req.show_inactive,
         now,
     )
     .await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.id.clone());
+    let next_page_token = page.finish(&mut rows, &query, |r| r.id.clone());
     Ok(ListInvitesResponse {
         invites: rows.into_iter().map(|r| invite(r, now)).collect(),
         next_page_token,
@@ -309,9 +312,12 @@ pub(super) async fn revoke(
         }
         let details = json!({"email": row.email, "role": row.role, "inviter": row.created_by});
         identity
-            .commit_audited(
+            .outbox
+            .commit(
                 tx,
-                audited(Some(caller), "member.invite_revoke", &req.name, details),
+                identity
+                    .outbox
+                    .success(Some(caller), "member.invite_revoke", &req.name, details),
             )
             .await?;
         row.revoke_time = Some(now);

@@ -20,7 +20,7 @@ use crate::authn::split_scope;
 use super::keys::{self, NewKey, api_key};
 use super::request::{caller_org, own_child};
 use super::roles::{caller_permissions, lacking};
-use super::{Identity, audited, organizations};
+use super::{Identity, organizations};
 use crate::store::agents;
 use crate::store::api_keys::{self as store, KeyRow};
 
@@ -118,7 +118,7 @@ pub(super) async fn rotate(
     .await?;
     let owner = keys::owner_name(identity, &org, &owner_id).await?;
     let new_name = child_name(&org, "apiKeys", &new_row.id);
-    let created = audited(
+    let created = identity.outbox.success(
         Some(caller),
         "apikey.create",
         &new_name,
@@ -132,7 +132,13 @@ pub(super) async fn rotate(
         "expire_time_us": old_expire,
     });
     identity
-        .commit_audited(tx, audited(Some(caller), "apikey.rotate", &name, details))
+        .outbox
+        .commit(
+            tx,
+            identity
+                .outbox
+                .success(Some(caller), "apikey.rotate", &name, details),
+        )
         .await?;
     identity.publish(Invalidation::Key(id));
     let mut replaced = old;

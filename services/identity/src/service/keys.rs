@@ -15,12 +15,13 @@ use paddock_shared::time::{self, now_micros, opt_timestamp, timestamp};
 use paddock_shared::token::{self, TokenKind};
 use serde_json::json;
 
-use super::request::{caller_org, next_page, own_child, page, parent_org};
+use super::request::{MAX_PAGE, caller_org, own_child, parent_org};
 use super::roles::{caller_permissions, lacking, parse_role, validate_scope};
-use super::{Identity, audited, organizations};
+use super::{Identity, organizations};
 use crate::authn::split_scope;
 use crate::store::agents;
 use crate::store::api_keys::{self as store, KeyRow, ListFilter};
+use paddock_shared::page::{Page, Query};
 
 /// The lifetime of a new organization's keys, and its first maximum.
 pub(super) const DEFAULT_KEY_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
@@ -224,9 +225,12 @@ pub(super) async fn create(
     let key_name = child_name(&org, "apiKeys", &row.id);
     let details = json!({"owner": owner_name, "role": spec.role, "scope": spec.scope, "expire_time_us": expire});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "apikey.create", &key_name, details),
+            identity
+                .outbox
+                .success(Some(caller), "apikey.create", &key_name, details),
         )
         .await?;
     Ok(CreateApiKeyResponse {
@@ -241,20 +245,32 @@ pub(super) async fn list(
     req: ListApiKeysRequest,
 ) -> Result<ListApiKeysResponse> {
     let org = parent_org(caller, &req.parent)?.to_owned();
-    let page = page(req.page_size, &req.page_token)?;
     let all = identity
         .admission
         .allows(caller, "api_keys.read", &org_name(&org), "")
         .await
         .map_err(Error::from_status)?;
+    // The owner is part of the query: a token of another member's own-key
+    // listing does not continue this one.
+    let query = Query::new("ListApiKeys", &org)
+        .with([u8::from(req.show_inactive), u8::from(all)])
+        .with(if all { "" } else { caller.id.as_str() });
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
     let filter = ListFilter {
         show_inactive: req.show_inactive,
         all_owners: all,
         owner_id: &caller.id,
         now: now_micros(),
     };
-    let mut rows = store::list(&identity.db.pool, &org, &page.after, page.limit(), filter).await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.id.clone());
+    let mut rows = store::list(
+        &identity.db.pool,
+        &org,
+        page.start_after(),
+        page.limit(),
+        filter,
+    )
+    .await?;
+    let next_page_token = page.finish(&mut rows, &query, |r| r.id.clone());
     let mut keys = Vec::with_capacity(rows.len());
     for row in rows {
         let owner = owner_name(identity, &org, &row.owner_id).await?;
@@ -297,9 +313,10 @@ pub(super) async fn revoke(
         let mut tx = identity.db.begin_write().await?;
         store::revoke(&mut *tx, &id, now).await?;
         identity
-            .commit_audited(
+            .outbox
+            .commit(
                 tx,
-                audited(
+                identity.outbox.success(
                     Some(caller),
                     "apikey.revoke",
                     &name,

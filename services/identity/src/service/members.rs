@@ -12,11 +12,12 @@ use paddock_shared::rbac::Role;
 use paddock_shared::time::{now_micros, timestamp};
 use serde_json::json;
 
-use super::request::{caller_org, mask_paths, next_page, own_child, page, parent_org};
+use super::request::{MAX_PAGE, caller_org, mask_paths, own_child, parent_org};
 use super::roles::{MEMBER_ROLES, check_grantable, parse_role};
-use super::{Identity, audited, invites};
+use super::{Identity, invites};
 use crate::store::api_keys;
 use crate::store::members::{self as store, MemberRow};
+use paddock_shared::page::{Page, Query};
 
 pub(super) fn member(row: MemberRow) -> Member {
     Member {
@@ -43,7 +44,8 @@ pub(super) async fn list(
     req: ListMembersRequest,
 ) -> Result<ListMembersResponse> {
     let org = parent_org(caller, &req.parent)?;
-    let page = page(req.page_size, &req.page_token)?;
+    let query = Query::new("ListMembers", org).with(&req.email);
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
     let email = if req.email.is_empty() {
         None
     } else {
@@ -52,12 +54,12 @@ pub(super) async fn list(
     let mut rows = store::list(
         &identity.db.pool,
         org,
-        &page.after,
+        page.start_after(),
         email.as_deref(),
         page.limit(),
     )
     .await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.id.clone());
+    let next_page_token = page.finish(&mut rows, &query, |r| r.id.clone());
     Ok(ListMembersResponse {
         members: rows.into_iter().map(member).collect(),
         next_page_token,
@@ -112,9 +114,12 @@ pub(super) async fn update(
         invites::revoke_by_inviter(&mut tx, &org, &member_name, Some(role.as_str())).await?;
     let details = json!({"role": role.as_str(), "previous_role": current.role, "revoked_invites": revoked_invites});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "member.update", &update.name, details),
+            identity
+                .outbox
+                .success(Some(caller), "member.update", &update.name, details),
         )
         .await?;
     identity.publish(Invalidation::Principal(id));
@@ -153,7 +158,13 @@ pub(super) async fn delete(
     let details =
         json!({"role": role, "revoked_api_keys": key_names, "revoked_invites": revoked_invites});
     identity
-        .commit_audited(tx, audited(Some(caller), "member.remove", &name, details))
+        .outbox
+        .commit(
+            tx,
+            identity
+                .outbox
+                .success(Some(caller), "member.remove", &name, details),
+        )
         .await?;
     identity.publish(Invalidation::Principal(id));
     for key in revoked {

@@ -13,10 +13,11 @@ use serde_json::json;
 
 use super::keys::{self, DEFAULT_KEY_LIFETIME, NewKey};
 use super::members::member;
-use super::request::{mask_paths, next_page, page, parent_org};
-use super::{Identity, audited, new_principal_id};
+use super::request::{MAX_PAGE, mask_paths, parent_org};
+use super::{Identity, new_principal_id};
 use crate::store::members::MemberRow;
 use crate::store::organizations::{self as store, OrgRow};
+use paddock_shared::page::{Page, Query};
 
 fn organization(row: OrgRow) -> Organization {
     Organization {
@@ -81,9 +82,10 @@ pub(super) async fn create(
     let owner_name = child_name(&org, "members", &owner.id);
     let details = json!({"owner": owner_name, "owner_email": owner.email, "owner_key": key.id});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(
+            identity.outbox.success(
                 Some(caller),
                 "organization.create",
                 &org_name(&org),
@@ -167,9 +169,10 @@ pub(super) async fn update(
     }
     let details = json!({"update_mask": paths});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(
+            identity.outbox.success(
                 Some(caller),
                 "organization.update",
                 &org_name(&org),
@@ -204,9 +207,10 @@ pub(super) async fn delete(
     // from it, so no deletion is ever missed.
     store::insert_tombstone(&mut *tx, &org, now_micros()).await?;
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(
+            identity.outbox.success(
                 Some(caller),
                 "organization.delete",
                 &org_name(&org),
@@ -224,9 +228,10 @@ pub(super) async fn list(
     identity: &Identity,
     req: ListOrganizationsRequest,
 ) -> Result<ListOrganizationsResponse> {
-    let page = page(req.page_size, &req.page_token)?;
-    let mut rows = store::list(&identity.db.pool, &page.after, page.limit()).await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.id.clone());
+    let query = Query::new("ListOrganizations", "");
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+    let mut rows = store::list(&identity.db.pool, page.start_after(), page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, &query, |r| r.id.clone());
     Ok(ListOrganizationsResponse {
         organizations: rows.into_iter().map(organization).collect(),
         next_page_token,
@@ -238,9 +243,11 @@ pub(super) async fn list_deleted(
     identity: &Identity,
     req: ListDeletedOrganizationsRequest,
 ) -> Result<ListDeletedOrganizationsResponse> {
-    let page = page(req.page_size, &req.page_token)?;
-    let mut rows = store::list_tombstones(&identity.db.pool, &page.after, page.limit()).await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.id.clone());
+    let query = Query::new("ListDeletedOrganizations", "");
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+    let mut rows =
+        store::list_tombstones(&identity.db.pool, page.start_after(), page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, &query, |r| r.id.clone());
     Ok(ListDeletedOrganizationsResponse {
         organizations: rows
             .into_iter()

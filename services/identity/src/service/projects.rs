@@ -9,9 +9,10 @@ use paddock_shared::names::{self, child_name, validate_id, validate_text};
 use paddock_shared::time::{now_micros, timestamp};
 use serde_json::json;
 
-use super::request::{caller_org, mask_paths, next_page, own_child, page, parent_org};
-use super::{Identity, audited};
+use super::Identity;
+use super::request::{MAX_PAGE, caller_org, mask_paths, own_child, parent_org};
 use crate::store::projects::{self as store, ProjectRow};
+use paddock_shared::page::{Page, Query};
 
 fn project(row: ProjectRow) -> Project {
     Project {
@@ -50,9 +51,12 @@ pub(super) async fn create(
         .await
         .map_err(|e| Error::exists_or(e, &name))?;
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "project.create", &name, json!({})),
+            identity
+                .outbox
+                .success(Some(caller), "project.create", &name, json!({})),
         )
         .await?;
     Ok(CreateProjectResponse {
@@ -66,9 +70,10 @@ pub(super) async fn list(
     req: ListProjectsRequest,
 ) -> Result<ListProjectsResponse> {
     let org = parent_org(caller, &req.parent)?;
-    let page = page(req.page_size, &req.page_token)?;
-    let mut rows = store::list(&identity.db.pool, org, &page.after, page.limit()).await?;
-    let next_page_token = next_page(&mut rows, &page, |r| r.project_id.clone());
+    let query = Query::new("ListProjects", org);
+    let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+    let mut rows = store::list(&identity.db.pool, org, page.start_after(), page.limit()).await?;
+    let next_page_token = page.finish(&mut rows, &query, |r| r.project_id.clone());
     Ok(ListProjectsResponse {
         projects: rows.into_iter().map(project).collect(),
         next_page_token,
@@ -116,9 +121,12 @@ pub(super) async fn update(
     store::update(&mut *tx, &row).await?;
     let details = json!({"update_mask": paths});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "project.update", &update.name, details),
+            identity
+                .outbox
+                .success(Some(caller), "project.update", &update.name, details),
         )
         .await?;
     Ok(UpdateProjectResponse {
@@ -137,9 +145,12 @@ pub(super) async fn delete(
         return Err(Error::not_found(names::truncate(&req.name)));
     }
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "project.delete", &req.name, json!({})),
+            identity
+                .outbox
+                .success(Some(caller), "project.delete", &req.name, json!({})),
         )
         .await?;
     // The runner stops the project's sandboxes.

@@ -1,12 +1,12 @@
 //! Reading a request: the caller's organization, child resource names kept
-//! inside it, page size and token, and update masks.
+//! inside it, and update masks (page tokens: `paddock_shared::page`).
 
 use paddock_proto::identity::v1::Principal;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{self, parse_child};
 
-const MAX_PAGE: i64 = 1000;
-const DEFAULT_PAGE: i64 = 50;
+/// The longest page a list RPC returns.
+pub(super) const MAX_PAGE: i64 = 1000;
 
 /// The caller's organization id (`acme` of `organizations/acme`).
 pub(super) fn caller_org(p: &Principal) -> Result<&str> {
@@ -42,60 +42,6 @@ pub(super) fn own_child<'a>(
     Ok(id)
 }
 
-/// A page request: how many rows, after which key.
-pub(super) struct Page {
-    pub size: i64,
-    pub after: String,
-}
-
-impl Page {
-    /// The rows to fetch: one more than the page, to learn whether another
-    /// page exists.
-    pub fn limit(&self) -> i64 {
-        self.size + 1
-    }
-}
-
-pub(super) fn page(size: i32, token: &str) -> Result<Page> {
-    if size < 0 {
-        return Err(Error::invalid("page_size must not be negative"));
-    }
-    let size = if size == 0 {
-        DEFAULT_PAGE
-    } else {
-        i64::from(size).min(MAX_PAGE)
-    };
-    let after = if token.is_empty() {
-        String::new()
-    } else {
-        decode_token(token).ok_or_else(|| Error::invalid("invalid page_token"))?
-    };
-    Ok(Page { size, after })
-}
-
-fn encode_token(key: &str) -> String {
-    paddock_shared::hex::encode(key.as_bytes())
-}
-
-fn decode_token(token: &str) -> Option<String> {
-    if token.len() > 256 {
-        return None;
-    }
-    String::from_utf8(paddock_shared::hex::decode(token)?).ok()
-}
-
-/// Cuts the extra row fetched to learn whether another page exists.
-pub(super) fn next_page<T>(rows: &mut Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> String {
-    if rows.len() as i64 > page.size {
-        rows.truncate(page.size as usize);
-        rows.last()
-            .map(|r| encode_token(&key(r)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    }
-}
-
 /// The update mask's paths, each one of `allowed`; an empty mask is all.
 pub(super) fn mask_paths(
     mask: Option<&prost_types::FieldMask>,
@@ -121,28 +67,6 @@ pub(super) fn mask_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pages_are_bounded_and_tokens_round_trip() {
-        assert_eq!(page(0, "").unwrap().size, DEFAULT_PAGE);
-        assert_eq!(page(5000, "").unwrap().size, MAX_PAGE);
-        assert_eq!(page(7, "").unwrap().limit(), 8);
-        assert!(matches!(page(-1, ""), Err(Error::InvalidArgument(_))));
-        assert!(matches!(page(1, "zz"), Err(Error::InvalidArgument(_))));
-        assert!(matches!(
-            page(1, &"0".repeat(258)),
-            Err(Error::InvalidArgument(_))
-        ));
-
-        let first = page(2, "").unwrap();
-        let mut rows = vec!["a", "b", "c"];
-        let token = next_page(&mut rows, &first, |r| (*r).to_owned());
-        assert_eq!(rows, ["a", "b"]);
-        assert_eq!(page(2, &token).unwrap().after, "b");
-
-        let mut last = vec!["c"];
-        assert_eq!(next_page(&mut last, &first, |r| (*r).to_owned()), "");
-    }
 
     #[test]
     fn masks_name_allowed_paths_and_default_to_all() {

@@ -13,8 +13,8 @@ use paddock_shared::names::{self, child_name, parse_child};
 use paddock_shared::time::{self, now_micros};
 use serde_json::json;
 
+use super::Identity;
 use super::keys::{self, NewKey, api_key};
-use super::{Identity, audited};
 use crate::store::{agents, api_keys};
 
 /// A token's lifetime when the request names none.
@@ -75,9 +75,12 @@ pub(super) async fn create(
         "expire_time_us": expire,
     });
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "session_token.create", &key_name, details),
+            identity
+                .outbox
+                .success(Some(caller), "session_token.create", &key_name, details),
         )
         .await?;
     Ok(CreateSessionTokenResponse {
@@ -102,9 +105,12 @@ pub(super) async fn revoke(
     }
     let details = json!({"revoked": keys.len(), "api_keys": keys});
     identity
-        .commit_audited(
+        .outbox
+        .commit(
             tx,
-            audited(Some(caller), "session_token.revoke", &req.sandbox, details),
+            identity
+                .outbox
+                .success(Some(caller), "session_token.revoke", &req.sandbox, details),
         )
         .await?;
     let count = i32::try_from(keys.len()).unwrap_or(i32::MAX);

@@ -20,7 +20,6 @@ use paddock_shared::auth::{Admission, dependency_status};
 use paddock_shared::db::Backend;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{child_name, parse_child, parse_org, truncate};
-use paddock_shared::outbox;
 use paddock_shared::time::{now_micros, proto_duration};
 use tokio::sync::watch;
 
@@ -221,31 +220,26 @@ impl Runner {
                 return Err(err);
             }
             store::insert(&mut tx, &record).await?;
-            outbox::record(
-                &mut tx,
-                &event(
-                    Some(caller),
-                    "sandbox.create",
-                    &record.name(),
-                    Outcome::Success,
-                    serde_json::json!({
-                        "agent": resolved.spec.agent,
-                        "project": resolved.spec.project,
-                        "image": resolved.spec.image,
-                        "cpus": resolved.cpus,
-                        "memory_bytes": resolved.memory_bytes,
-                        "pids": resolved.pids,
-                        "ttl_seconds": resolved.ttl.as_secs(),
-                        "network": spec::mode_name(resolved.network),
-                        "credentials": resolved.spec.credentials.iter().map(|c| &c.credential).collect::<Vec<_>>(),
-                        "caches": resolved.spec.caches,
-                    }),
-                ),
-            )
-            .await?;
-            tx.commit().await?;
+            let created = event(
+                Some(caller),
+                "sandbox.create",
+                &record.name(),
+                Outcome::Success,
+                serde_json::json!({
+                    "agent": resolved.spec.agent,
+                    "project": resolved.spec.project,
+                    "image": resolved.spec.image,
+                    "cpus": resolved.cpus,
+                    "memory_bytes": resolved.memory_bytes,
+                    "pids": resolved.pids,
+                    "ttl_seconds": resolved.ttl.as_secs(),
+                    "network": spec::mode_name(resolved.network),
+                    "credentials": resolved.spec.credentials.iter().map(|c| &c.credential).collect::<Vec<_>>(),
+                    "caches": resolved.spec.caches,
+                }),
+            );
+            self.outbox.commit(tx, created).await?;
         }
-        self.wake_audit();
 
         let (tx, _) = watch::channel(record.to_proto());
         lock(&self.watchers).insert(id.clone(), tx);

@@ -25,8 +25,8 @@ use paddock_shared::auth::{IdentityClient, PolicyClient};
 use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{parse_org, truncate};
-use paddock_shared::outbox;
-use tokio::sync::{Notify, watch};
+use paddock_shared::outbox::{self, Outbox};
+use tokio::sync::watch;
 
 use crate::docker::Engine;
 use crate::store::{self, Record};
@@ -56,7 +56,8 @@ pub struct Runner {
     pub policy: PolicyClient,
     pub layout: Layout,
     pub tuning: Tuning,
-    pub audit_wake: Option<Arc<Notify>>,
+    /// Where the runner records its audit events.
+    pub outbox: Outbox,
     /// State of every supervised sandbox, for WatchSandbox.
     watchers: Mutex<HashMap<String, watch::Sender<Sandbox>>>,
     /// Supervisor tasks, aborted when the server stops.
@@ -128,7 +129,7 @@ impl Runner {
         policy: PolicyClient,
         data_dir: PathBuf,
         tuning: Tuning,
-        audit_wake: Option<Arc<Notify>>,
+        outbox: Outbox,
     ) -> Self {
         Self {
             db,
@@ -141,7 +142,7 @@ impl Runner {
             policy,
             layout: Layout::new(&data_dir),
             tuning,
-            audit_wake,
+            outbox,
             watchers: Mutex::default(),
             tasks: Mutex::default(),
             admit: tokio::sync::Mutex::new(()),
@@ -186,12 +187,6 @@ impl Runner {
         *lock(&self.engine) = engine;
     }
 
-    pub fn wake_audit(&self) {
-        if let Some(w) = &self.audit_wake {
-            w.notify_one();
-        }
-    }
-
     /// Records an event that changes no stored state (an exec, an upload,
     /// a refusal) through the outbox, on its own.
     pub(crate) async fn audit(
@@ -207,10 +202,9 @@ impl Runner {
     }
 
     async fn record_event(&self, e: AuditEvent) {
-        if let Err(err) = outbox::record_now(&self.db.pool, &e).await {
+        if let Err(err) = self.outbox.record_now(&e).await {
             tracing::error!(action = e.action, error = %err, "cannot record an audit event");
         }
-        self.wake_audit();
     }
 
     /// Publishes a record to its watchers.

@@ -10,7 +10,6 @@ use paddock_proto::authz::v1::NetworkMode;
 use paddock_proto::identity::v1::{Principal, RevokeSessionTokenRequest};
 use paddock_proto::sandbox::v1::{EndReason, Sandbox, SandboxState};
 use paddock_shared::error::Result;
-use paddock_shared::outbox;
 use paddock_shared::time::now_micros;
 
 use super::{Runner, event, lock, network_name};
@@ -145,23 +144,22 @@ impl Runner {
         } else {
             "sandbox.end"
         };
-        outbox::record(
-            &mut tx,
-            &event(
-                None,
-                action,
-                &record.name(),
-                if state == SandboxState::Failed { Outcome::Failure } else { Outcome::Success },
-                serde_json::json!({
-                    "reason": EndReason::try_from(reason as i32).map(|r| r.as_str_name()).unwrap_or(""),
-                    "exit_code": exit_code,
-                    "message": message,
-                }),
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        self.wake_audit();
+        let ended = event(
+            None,
+            action,
+            &record.name(),
+            if state == SandboxState::Failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            },
+            serde_json::json!({
+                "reason": EndReason::try_from(reason as i32).map(|r| r.as_str_name()).unwrap_or(""),
+                "exit_code": exit_code,
+                "message": message,
+            }),
+        );
+        self.outbox.commit(tx, ended).await?;
         self.logs.close(id);
         lock(&self.foregrounds).remove(id);
         lock(&self.foreground_exits).remove(id);

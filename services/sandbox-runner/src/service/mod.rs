@@ -19,6 +19,7 @@ use paddock_shared::auth::{Admission, caller};
 use paddock_shared::error::{Error, Result};
 use paddock_shared::names::{parse_child, parse_org, truncate};
 use paddock_shared::outbox;
+use paddock_shared::page::{Page, Query};
 use paddock_shared::time::duration;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -26,7 +27,6 @@ use crate::exec::{self, ExecStream};
 use crate::runner::{Runner, organization_id};
 use crate::store::{self, Record};
 
-const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 const MAX_GRACE: Duration = Duration::from_secs(30);
 
@@ -203,36 +203,30 @@ impl SandboxService for Sandboxes {
                 .require(&caller, "sessions.manage_own", &caller.organization, "")
                 .await?;
         }
-        let limit = match req.page_size {
-            n if n < 0 => return Err(Error::invalid("page_size must not be negative").into()),
-            0 => DEFAULT_PAGE,
-            n => i64::from(n).min(MAX_PAGE),
-        };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_page(&req.page_token).ok_or_else(|| Error::invalid("invalid page_token"))?)
-        };
+        let own = (!sees_all).then_some((caller.id.as_str(), own_agent.as_str()));
+        // The token is bound to the organization and every filter,
+        // including whose sandboxes the caller sees.
+        let query = Query::new("ListSandboxes", &org)
+            .with(agent.as_deref().unwrap_or(""))
+            .with(own.map(|(id, _)| id).unwrap_or(""))
+            .with(own.map(|(_, agent)| agent).unwrap_or(""))
+            .with([u8::from(req.show_ended)]);
+        let page = Page::read(req.page_size, &req.page_token, MAX_PAGE, &query)?;
+        let after = page.after.as_deref().map(decode_cursor).transpose()?;
         let mut rows = store::list(
             &self.runner.db.pool,
             &store::ListFilter {
                 org: &org,
                 agent: agent.as_deref(),
-                own: (!sees_all).then_some((caller.id.as_str(), own_agent.as_str())),
+                own,
                 show_ended: req.show_ended,
                 after,
-                limit: limit + 1,
+                limit: page.limit(),
             },
         )
         .await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| encode_page(r.create_time, &r.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page.finish(&mut rows, &query, |r| format!("{}:{}", r.create_time, r.id));
         let manages = self
             .admission
             .allows(&caller, "sessions.manage", &caller.organization, "")
@@ -305,9 +299,11 @@ impl SandboxService for Sandboxes {
             &name,
             Outcome::Success,
         );
-        outbox::record(&mut tx, &event).await.map_err(Error::from)?;
-        tx.commit().await.map_err(Error::from)?;
-        self.runner.wake_audit();
+        self.runner
+            .outbox
+            .commit(tx, event)
+            .await
+            .map_err(Error::from)?;
         self.runner.layout.remove_workspace(&org, &id).await;
         self.runner.logs.remove(&org, &id);
         Ok(Response::new(DeleteSandboxResponse {}))
@@ -440,15 +436,12 @@ impl SandboxService for Sandboxes {
     }
 }
 
-fn encode_page(time: i64, id: &str) -> String {
-    paddock_shared::hex::encode(format!("{time}:{id}").as_bytes())
-}
-
-fn decode_page(token: &str) -> Option<(i64, String)> {
-    let text = String::from_utf8(paddock_shared::hex::decode(token)?).ok()?;
-    let (time, id) = text.split_once(':')?;
-    paddock_shared::names::validate_id("sandbox", id).ok()?;
-    Some((time.parse().ok()?, id.to_owned()))
+/// A page cursor: the last sandbox's create time and id.
+fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
+    let bad = || Error::invalid("invalid page_token");
+    let (time, id) = cursor.split_once(':').ok_or_else(bad)?;
+    paddock_shared::names::validate_id("sandbox", id).map_err(|_| bad())?;
+    Ok((time.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
 /// `sandbox` as a caller sees it: its env values (stored sealed) opened

@@ -155,7 +155,10 @@ fn a_bad_value_is_named_by_key_and_variable() {
     )
     .expect_err("not an address");
     let text = err.to_string();
-    assert!(text.contains("listen (from PADDOCK_PROBE_LISTEN)"), "{text}");
+    assert!(
+        text.contains("listen (from PADDOCK_PROBE_LISTEN)"),
+        "{text}"
+    );
 
     let err = load_probe(Some("flush = \"forever\"\n"), &[], &Flags::default())
         .expect_err("not a duration");
