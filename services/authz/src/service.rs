@@ -17,8 +17,8 @@ use paddock_proto::identity::v1::Principal;
 use paddock_shared::auth;
 use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
-use paddock_shared::names;
 use paddock_shared::outbox::Outbox;
+use paddock_shared::request::{caller_org, own_org};
 use paddock_shared::time::now_micros;
 use serde_json::json;
 use tonic::{Request, Response, Status};
@@ -35,22 +35,6 @@ pub struct Policies {
     pub outbox: Outbox,
     /// Says whether an agent exists before its policy is written.
     pub identity: paddock_shared::auth::IdentityClient,
-}
-
-fn caller_org(p: &Principal) -> Result<&str> {
-    p.organization
-        .strip_prefix("organizations/")
-        .filter(|o| !o.is_empty())
-        .ok_or_else(|| Error::PermissionDenied("the caller belongs to no organization".into()))
-}
-
-/// `org` must be the caller's; another organization's resource does not
-/// exist for the caller.
-fn own_org<'a>(caller: &Principal, org: &'a str, name: &str) -> Result<&'a str> {
-    if caller_org(caller)? != org {
-        return Err(Error::not_found(names::truncate(name)));
-    }
-    Ok(org)
 }
 
 fn mask(mask: Option<&prost_types::FieldMask>) -> Vec<String> {

@@ -21,6 +21,7 @@ pub mod org_reaper;
 pub mod outbox;
 pub mod page;
 pub mod rbac;
+pub mod request;
 pub mod seal;
 pub mod secret;
 pub mod server;

@@ -30,6 +30,7 @@ use self::input::{decode_cursor, decode_sequence, filter, validate_event};
 use crate::store::{Order, PLATFORM_ORG, Pending, Settings, Store};
 use crate::tail::Tails;
 use paddock_shared::page::{Page, Query};
+use paddock_shared::request::parent_org;
 
 const MAX_APPEND: usize = 1000;
 const MAX_PAGE: i64 = 1000;
@@ -122,23 +123,6 @@ impl paddock_shared::auth::RefusalSink for OwnRefusals {
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-/// The caller's organization id (`acme` of `organizations/acme`).
-fn caller_org(p: &Principal) -> Result<&str> {
-    p.organization
-        .strip_prefix("organizations/")
-        .filter(|o| !o.is_empty())
-        .ok_or_else(|| Error::PermissionDenied("the caller belongs to no organization".into()))
-}
-
-/// `parent` must be the caller's organization; empty means it.
-fn parent_org<'a>(caller: &'a Principal, parent: &str) -> Result<&'a str> {
-    let org = caller_org(caller)?;
-    if !parent.is_empty() && names::parse_org(parent)? != org {
-        return Err(Error::not_found(names::truncate(parent)));
-    }
-    Ok(org)
-}
 
 fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
     auth::caller(request).cloned()

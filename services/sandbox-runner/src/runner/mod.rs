@@ -24,7 +24,7 @@ use paddock_proto::sandbox::v1::Sandbox;
 use paddock_shared::auth::{IdentityClient, PolicyClient};
 use paddock_shared::db::Database;
 use paddock_shared::error::{Error, Result};
-use paddock_shared::names::{parse_org, truncate};
+use paddock_shared::names::truncate;
 use paddock_shared::outbox::{self, Outbox};
 use tokio::sync::watch;
 
@@ -240,9 +240,7 @@ impl Runner {
 
 /// The organization id of an org principal.
 pub fn organization_id(caller: &Principal) -> Result<String> {
-    Ok(parse_org(&caller.organization)
-        .map_err(|_| Error::PermissionDenied("the caller belongs to no organization".into()))?
-        .to_owned())
+    paddock_shared::request::caller_org(caller).map(str::to_owned)
 }
 
 pub fn container_name(org: &str, id: &str) -> String {
