@@ -2,14 +2,12 @@
 //! data dir (or PostgreSQL with `DATABASE_URL`), the bootstrap token in a
 //! 0600 file. The bench starts the same stack on port 0.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 use paddock_shared::secret::Secret;
-use paddock_shared::server::{ServerHandle, load_or_create_token, write_secret_file};
-use paddock_shared::token::TokenKind;
+use paddock_shared::server::{ServerHandle, write_secret_file};
 use tonic::Code;
 
 use crate::Global;
@@ -116,201 +114,62 @@ pub struct StackOptions {
     pub authz_endpoint: String,
     /// Where a skipped audit runs.
     pub audit_endpoint: String,
+    /// Where a skipped sandbox runner runs.
+    pub sandbox_endpoint: String,
 }
 
-/// The running services and the endpoints clients use.
-pub struct Stack {
-    pub identity: Option<ServerHandle>,
-    pub authz: Option<ServerHandle>,
-    pub audit: Option<ServerHandle>,
-    pub identity_endpoint: String,
-    pub authz_endpoint: String,
-    /// Empty when audit is skipped.
-    pub audit_endpoint: String,
-}
-
-impl Stack {
-    pub async fn shutdown(self) {
-        if let Some(a) = self.audit {
-            a.shutdown().await;
-        }
-        if let Some(a) = self.authz {
-            a.shutdown().await;
-        }
-        if let Some(i) = self.identity {
-            i.shutdown().await;
-        }
-    }
-}
-
-/// The `http://` endpoint a client on this host uses for `addr`.
-pub fn client_endpoint(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
-
-fn start_error(service: &str, e: &(dyn std::error::Error + Send + Sync)) -> CliError {
-    CliError::new(Code::Unavailable, format!("{service} failed to start: {e}"))
-}
+/// The running services and their endpoints: the platform's composition
+/// root, shared with the test kit.
+pub use paddock_platform::{Platform as Stack, client_endpoint};
 
 /// Starts identity, authz and audit (each unless skipped), pointing each
 /// at the others.
 pub async fn start_stack(opts: StackOptions) -> Result<Stack, CliError> {
-    paddock_shared::db::private_dir(&opts.data_dir).map_err(|e| {
-        CliError::new(
-            Code::FailedPrecondition,
-            format!("cannot create data dir {}: {e}", opts.data_dir.display()),
-        )
-    })?;
-    let token = service_token(&opts.data_dir)?;
-    let run_identity = !opts.skip.contains(&Service::Identity);
-    let run_authz = !opts.skip.contains(&Service::Authz);
+    start_platform(opts, None).await
+}
 
-    // authz binds first (port 0 allowed): identity needs its endpoint.
-    let authz_listener = if run_authz {
-        Some(
-            paddock_shared::server::bind(opts.authz_listen)
-                .await
-                .map_err(|e| {
-                    CliError::new(
-                        Code::Unavailable,
-                        format!("cannot bind {}: {e}", opts.authz_listen),
-                    )
-                })?,
-        )
-    } else {
-        None
-    };
-    let authz_endpoint = authz_listener.as_ref().map_or_else(
-        || opts.authz_endpoint.clone(),
-        |(_, addr)| client_endpoint(*addr),
-    );
-
-    // audit binds before identity too: identity's outbox delivers to it.
-    let audit_listener = if opts.skip.contains(&Service::Audit) {
-        None
-    } else {
-        Some(
-            paddock_shared::server::bind(opts.audit_listen)
-                .await
-                .map_err(|e| {
-                    CliError::new(
-                        Code::Unavailable,
-                        format!("cannot bind {}: {e}", opts.audit_listen),
-                    )
-                })?,
-        )
-    };
-    let audit_endpoint = audit_listener.as_ref().map_or_else(
-        || opts.audit_endpoint.clone(),
-        |(_, addr)| client_endpoint(*addr),
-    );
-
-    let identity = if run_identity {
-        let config = paddock_identity::Config {
-            common: paddock_shared::config::CommonConfig {
-                data_dir: opts.data_dir.clone(),
-                database_url: opts.database_url.clone(),
-                authz_endpoint: authz_endpoint.clone(),
-                // Events wait in identity's outbox while no audit is known.
-                audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
-                ..paddock_shared::config::CommonConfig::listening_on(opts.identity_listen)
-            },
-            last_used_flush: Duration::from_secs(10),
+/// [`start_stack`] and, when given, the sandbox runner.
+pub async fn start_platform(
+    opts: StackOptions,
+    runner: Option<paddock_platform::RunnerConfig>,
+) -> Result<Stack, CliError> {
+    let runs = |service: Service| !opts.skip.contains(&service);
+    let listening = paddock_shared::config::CommonConfig::listening_on;
+    let options = paddock_platform::Options {
+        identity: runs(Service::Identity).then(|| paddock_platform::IdentityConfig {
+            common: listening(opts.identity_listen),
             // As for paddock-identity; unset, the key lives in the data dir.
             credential_key: std::env::var("PADDOCK_CREDENTIAL_KEY")
                 .ok()
                 .filter(|k| !k.trim().is_empty())
                 .map(Secret::new),
+            ..paddock_platform::IdentityConfig::default()
+        }),
+        authz: runs(Service::Authz).then(|| paddock_platform::AuthzConfig {
+            common: listening(opts.authz_listen),
+        }),
+        audit: runs(Service::Audit).then(|| paddock_platform::AuditConfig {
+            common: listening(opts.audit_listen),
+            ..paddock_platform::AuditConfig::default()
+        }),
+        runner,
+        elsewhere: paddock_platform::Endpoints {
+            identity: opts.identity_endpoint,
+            authz: opts.authz_endpoint,
+            audit: opts.audit_endpoint,
+            sandbox: opts.sandbox_endpoint,
+        },
+        deliver_audit: true,
+        data_dir: opts.data_dir,
+        database_url: opts.database_url,
+    };
+    paddock_platform::start(options).await.map_err(|e| {
+        let code = match e {
+            paddock_platform::StartError::DataDir { .. }
+            | paddock_platform::StartError::Token { .. } => Code::FailedPrecondition,
+            _ => Code::Unavailable,
         };
-        Some(
-            paddock_identity::start(&config, &token)
-                .await
-                .map_err(|e| start_error("identity", e.as_ref()))?,
-        )
-    } else {
-        None
-    };
-    let identity_endpoint = identity.as_ref().map_or_else(
-        || opts.identity_endpoint.clone(),
-        |h| client_endpoint(h.addr),
-    );
-
-    let authz = match authz_listener {
-        Some((listener, listen)) => {
-            let config = paddock_authz::Config {
-                common: paddock_shared::config::CommonConfig {
-                    identity_endpoint: identity_endpoint.clone(),
-                    data_dir: opts.data_dir.clone(),
-                    database_url: opts.database_url.clone(),
-                    // Events wait in authz's outbox while no audit is known.
-                    audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
-                    ..paddock_shared::config::CommonConfig::listening_on(listen)
-                },
-            };
-            match paddock_authz::start_on(listener, &config, &token).await {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    if let Some(i) = identity {
-                        i.shutdown().await;
-                    }
-                    return Err(start_error("authz", e.as_ref()));
-                }
-            }
-        }
-        None => None,
-    };
-    let audit = if let Some((listener, listen)) = audit_listener {
-        let config = paddock_audit::Config {
-            common: paddock_shared::config::CommonConfig {
-                data_dir: opts.data_dir.clone(),
-                database_url: opts.database_url.clone(),
-                identity_endpoint: identity_endpoint.clone(),
-                authz_endpoint: authz_endpoint.clone(),
-                ..paddock_shared::config::CommonConfig::listening_on(listen)
-            },
-            retention_interval: Duration::from_secs(3600),
-            max_tails_per_caller: paddock_shared::streams::Limits::default().per_principal,
-            max_tails_per_org: paddock_shared::streams::Limits::default().per_organization,
-        };
-        match paddock_audit::start_on(listener, &config, &token).await {
-            Ok(h) => Some(h),
-            Err(e) => {
-                if let Some(a) = authz {
-                    a.shutdown().await;
-                }
-                if let Some(i) = identity {
-                    i.shutdown().await;
-                }
-                return Err(start_error("audit", e.as_ref()));
-            }
-        }
-    } else {
-        None
-    };
-    Ok(Stack {
-        audit_endpoint: audit
-            .as_ref()
-            .map_or_else(String::new, |h| client_endpoint(h.addr)),
-        identity,
-        authz,
-        audit,
-        identity_endpoint,
-        authz_endpoint,
-    })
-}
-
-fn service_token(data_dir: &Path) -> Result<Secret<String>, CliError> {
-    let path = data_dir.join("service-token");
-    load_or_create_token(&path, TokenKind::Service).map_err(|e| {
-        CliError::new(
-            Code::FailedPrecondition,
-            format!("cannot read or create {}: {e}", path.display()),
-        )
+        CliError::new(code, e.to_string())
     })
 }
 
@@ -344,64 +203,37 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             )
         })?;
     let admin_endpoint = client_endpoint(admin.addr);
-    let mut stack = start_stack(StackOptions {
-        data_dir: args.data_dir.clone(),
-        identity_listen: args.identity_listen,
-        authz_listen: args.authz_listen,
-        audit_listen: args.audit_listen,
-        database_url: database_url_from_env(),
-        skip: skip.clone(),
-        identity_endpoint: global.identity_endpoint.clone(),
-        authz_endpoint: global.authz_endpoint.clone(),
-        audit_endpoint: global.audit_endpoint.clone(),
-    })
-    .await?;
-
-    let audit_endpoint = if stack.audit.is_some() {
-        stack.audit_endpoint.clone()
-    } else {
-        global.audit_endpoint.clone()
-    };
-    let mut runner = None;
-    if !skip.contains(&Service::SandboxRunner) {
-        let config = paddock_sandbox_runner::Config {
-            common: paddock_shared::config::CommonConfig {
-                data_dir: args.data_dir.clone(),
-                database_url: database_url_from_env(),
-                identity_endpoint: stack.identity_endpoint.clone(),
-                authz_endpoint: stack.authz_endpoint.clone(),
-                audit_endpoint: Some(audit_endpoint.clone()).filter(|e| !e.is_empty()),
-                ..paddock_shared::config::CommonConfig::listening_on(args.sandbox_listen)
-            },
+    let runner =
+        (!skip.contains(&Service::SandboxRunner)).then(|| paddock_platform::RunnerConfig {
+            common: paddock_shared::config::CommonConfig::listening_on(args.sandbox_listen),
             docker_host: args.docker_host.clone(),
             worker_id: args.worker_id.clone(),
-            stop_grace: Duration::from_secs(3),
-            usage_interval: Duration::from_secs(5),
-            scan_interval: Duration::from_secs(2),
-            sandbox_endpoints: Vec::new(),
-            max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
-            max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
-            sandbox_key: None,
-        };
-        let token = service_token(&args.data_dir)?;
-        match paddock_sandbox_runner::start(&config, &token).await {
-            Ok(h) => runner = Some(h),
-            Err(e) => {
-                stack.shutdown().await;
-                return Err(start_error("sandbox-runner", e.as_ref()));
-            }
-        }
-    }
-    let sandbox_endpoint = runner.as_ref().map_or_else(
-        || global.sandbox_endpoint.clone(),
-        |h| client_endpoint(h.addr),
-    );
+            ..paddock_platform::RunnerConfig::default()
+        });
+    let mut stack = start_platform(
+        StackOptions {
+            data_dir: args.data_dir.clone(),
+            identity_listen: args.identity_listen,
+            authz_listen: args.authz_listen,
+            audit_listen: args.audit_listen,
+            database_url: database_url_from_env(),
+            skip: skip.clone(),
+            identity_endpoint: global.identity_endpoint.clone(),
+            authz_endpoint: global.authz_endpoint.clone(),
+            audit_endpoint: global.audit_endpoint.clone(),
+            sandbox_endpoint: global.sandbox_endpoint.clone(),
+        },
+        runner,
+    )
+    .await?;
+    let audit_endpoint = stack.endpoints.audit.clone();
+    let sandbox_endpoint = stack.endpoints.sandbox.clone();
     // The context is written before endpoints.json, which says "serving".
     let dev_context = write_context(
         global,
         [
-            &stack.identity_endpoint,
-            &stack.authz_endpoint,
+            &stack.endpoints.identity,
+            &stack.endpoints.authz,
             &sandbox_endpoint,
             &audit_endpoint,
         ],
@@ -412,8 +244,8 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             .flatten(),
     );
     let endpoints = serde_json::json!({
-        "identity": stack.identity_endpoint,
-        "authz": stack.authz_endpoint,
+        "identity": stack.endpoints.identity,
+        "authz": stack.endpoints.authz,
         "audit": audit_endpoint,
         "sandbox": sandbox_endpoint,
         "admin": admin_endpoint,
@@ -429,15 +261,15 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
         ));
     }
     if stack.identity.is_some() {
-        outln!("identity listening on {}", stack.identity_endpoint);
+        outln!("identity listening on {}", stack.endpoints.identity);
     }
     if stack.authz.is_some() {
-        outln!("authz listening on {}", stack.authz_endpoint);
+        outln!("authz listening on {}", stack.endpoints.authz);
     }
     if stack.audit.is_some() {
-        outln!("audit listening on {}", stack.audit_endpoint);
+        outln!("audit listening on {}", stack.endpoints.audit);
     }
-    if runner.is_some() {
+    if stack.runner.is_some() {
         outln!(
             "sandbox-runner listening on {sandbox_endpoint} (Docker at {})",
             args.docker_host
@@ -452,8 +284,8 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
     }
     print_exports(
         [
-            &stack.identity_endpoint,
-            &stack.authz_endpoint,
+            &stack.endpoints.identity,
+            &stack.endpoints.authz,
             &sandbox_endpoint,
             &audit_endpoint,
         ],
@@ -474,14 +306,11 @@ pub async fn run(global: &Global, args: DevArgs) -> Result<(), CliError> {
             stack.audit = None;
             Err(CliError::new(Code::Internal, format!("audit stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
         }
-        res = wait_for(&mut runner) => {
-            runner = None;
+        res = wait_for(&mut stack.runner) => {
+            stack.runner = None;
             Err(CliError::new(Code::Internal, format!("sandbox-runner stopped: {}", res.err().unwrap_or_else(|| "no error".to_owned()))))
         }
     };
-    if let Some(r) = runner {
-        r.shutdown().await;
-    }
     stack.shutdown().await;
     admin.shutdown().await;
     telemetry.shutdown().await;
@@ -559,17 +388,5 @@ mod tests {
         );
         assert_eq!(parse_skip(&s(&["audit"])).ok(), Some(vec![Service::Audit]));
         assert!(matches!(parse_skip(&s(&["nope"])), Err(CliError::Usage(_))));
-    }
-
-    #[test]
-    fn endpoints_for_clients() {
-        assert_eq!(
-            client_endpoint("0.0.0.0:7101".parse().expect("address")),
-            "http://127.0.0.1:7101"
-        );
-        assert_eq!(
-            client_endpoint("127.0.0.1:9".parse().expect("address")),
-            "http://127.0.0.1:9"
-        );
     }
 }

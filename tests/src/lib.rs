@@ -461,12 +461,39 @@ impl Dev {
             .arg(data.join("service-token"))
             .env_remove("PADDOCK_AUDIT_DATABASE_URL")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // Its log, to show if it does not come up.
+        let log_path = self.dir.path().join(format!("audit-{}.log", listen.port()));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("audit log file");
+        cmd.stderr(log);
         if let Some(url) = &self.database_url {
             cmd.arg("--database-url").arg(url);
         }
-        KillOnDrop(cmd.spawn().expect("spawn paddock-audit"))
+        let mut child = KillOnDrop(cmd.spawn().expect("spawn paddock-audit"));
+        // Serving once it accepts connections; a loaded machine can take a
+        // while to start a process, so the wait is generous.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+                return child;
+            }
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!(
+                    "paddock-audit exited ({status}) before listening on {listen}:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "paddock-audit is not listening on {listen} after 90 s:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

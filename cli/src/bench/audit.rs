@@ -119,6 +119,7 @@ async fn run_in(args: &AuditBenchArgs, data_dir: &Path) -> Result<Value, CliErro
         identity_endpoint: String::new(),
         authz_endpoint: String::new(),
         audit_endpoint: String::new(),
+        sandbox_endpoint: String::new(),
     })
     .await?;
     let result = measure_all(args, data_dir, database_url.as_deref(), &stack).await;
@@ -141,7 +142,7 @@ async fn measure_all(
         .map_err(|e| internal("bootstrap token", e))?;
     let org_id = format!("bench-{}", now_micros() % 1_000_000);
     let created = identity_client(
-        &stack.identity_endpoint,
+        &stack.endpoints.identity,
         BearerAuth::new(&Secret::new(bootstrap.trim().to_owned()))
             .map_err(|s| internal("token", s.message()))?,
     )
@@ -156,7 +157,7 @@ async fn measure_all(
     .into_inner();
     let owner = Secret::new(created.owner_key_secret);
     let channel =
-        lazy_channel(&stack.audit_endpoint).map_err(|s| internal("audit", s.message()))?;
+        lazy_channel(&stack.endpoints.audit).map_err(|s| internal("audit", s.message()))?;
     let as_service = AuditServiceClient::with_interceptor(
         channel.clone(),
         BearerAuth::new(&service).map_err(|s| internal("token", s.message()))?,

@@ -136,18 +136,19 @@ async fn authz_in(
         identity_endpoint: String::new(),
         authz_endpoint: String::new(),
         audit_endpoint: String::new(),
+        sandbox_endpoint: String::new(),
     })
     .await?;
     eprintln!(
         "identity on {}, authz on {}, data in {}",
-        stack.identity_endpoint,
-        stack.authz_endpoint,
+        stack.endpoints.identity,
+        stack.endpoints.authz,
         data_dir.display()
     );
     let result = seed_and_measure(
         args,
-        &stack.identity_endpoint,
-        &stack.authz_endpoint,
+        &stack.endpoints.identity,
+        &stack.endpoints.authz,
         &data_dir,
     )
     .await;

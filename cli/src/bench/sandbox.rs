@@ -99,57 +99,42 @@ async fn run_in(args: &SandboxBenchArgs, data_dir: &Path) -> Result<Value, CliEr
     };
 
     let loopback0 = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let stack = dev::start_stack(StackOptions {
-        data_dir: data_dir.to_owned(),
-        identity_listen: loopback0,
-        authz_listen: loopback0,
-        audit_listen: loopback0,
-        database_url: None,
-        skip: Vec::new(),
-        identity_endpoint: String::new(),
-        authz_endpoint: String::new(),
-        audit_endpoint: String::new(),
-    })
-    .await?;
-    let service = paddock_shared::server::load_or_create_token(
-        &data_dir.join("service-token"),
-        paddock_shared::token::TokenKind::Service,
-    )
-    .map_err(|e| internal("service token", e))?;
     let worker = format!("bench{}", now_micros() % 1_000_000_000);
-    let runner_config = paddock_sandbox_runner::Config {
-        common: paddock_shared::config::CommonConfig {
-            data_dir: data_dir.join("runner"),
-            database_url: None,
-            identity_endpoint: stack.identity_endpoint.clone(),
-            authz_endpoint: stack.authz_endpoint.clone(),
-            audit_endpoint: Some(stack.audit_endpoint.clone()),
-            ..paddock_shared::config::CommonConfig::listening_on(loopback0)
-        },
+    let runner = paddock_platform::RunnerConfig {
+        common: paddock_shared::config::CommonConfig::listening_on(loopback0),
         docker_host: args.docker_host.clone(),
         worker_id: Some(worker.clone()),
-        stop_grace: Duration::from_secs(3),
-        usage_interval: Duration::from_secs(5),
-        scan_interval: Duration::from_secs(2),
-        sandbox_endpoints: Vec::new(),
-        max_watches_per_caller: paddock_shared::streams::Limits::default().per_principal,
-        max_watches_per_org: paddock_shared::streams::Limits::default().per_organization,
-        sandbox_key: None,
+        ..paddock_platform::RunnerConfig::default()
     };
-    let runner = paddock_sandbox_runner::start(&runner_config, &service)
-        .await
-        .map_err(|e| internal("start the sandbox runner", e))?;
+    let mut stack = dev::start_platform(
+        StackOptions {
+            data_dir: data_dir.to_owned(),
+            identity_listen: loopback0,
+            authz_listen: loopback0,
+            audit_listen: loopback0,
+            database_url: None,
+            skip: Vec::new(),
+            identity_endpoint: String::new(),
+            authz_endpoint: String::new(),
+            audit_endpoint: String::new(),
+            sandbox_endpoint: String::new(),
+        },
+        Some(runner),
+    )
+    .await?;
     let result = measure_all(
         args,
         data_dir,
         &image,
         &engine,
         &stack,
-        &runner.endpoint(),
+        &stack.endpoints.sandbox,
         &worker,
     )
     .await;
-    runner.shutdown().await;
+    if let Some(runner) = stack.runner.take() {
+        runner.shutdown().await;
+    }
     // Whatever a failed run left behind.
     for c in engine
         .labelled_containers(&worker)
@@ -176,7 +161,7 @@ async fn measure_all(
         .map_err(|e| internal("bootstrap token", e))?;
     let org_id = format!("bench-{}", now_micros() % 1_000_000);
     let mut identity = identity_client(
-        &stack.identity_endpoint,
+        &stack.endpoints.identity,
         BearerAuth::new(&Secret::new(bootstrap.trim().to_owned()))
             .map_err(|s| internal("token", s.message()))?,
     )
@@ -192,7 +177,7 @@ async fn measure_all(
         .into_inner();
     let owner = Secret::new(created.owner_key_secret);
     let bearer = || BearerAuth::new(&owner).map_err(|s| internal("token", s.message()));
-    let mut identity = identity_client(&stack.identity_endpoint, bearer()?)
+    let mut identity = identity_client(&stack.endpoints.identity, bearer()?)
         .map_err(|s| internal("identity", s.message()))?;
     let parent = format!("organizations/{org_id}");
     identity
@@ -216,7 +201,7 @@ async fn measure_all(
         .unwrap_or(i32::MAX)
         .saturating_add(5);
     let mut policies = PolicyServiceClient::with_interceptor(
-        lazy_channel(&stack.authz_endpoint).map_err(|s| internal("authz", s.message()))?,
+        lazy_channel(&stack.endpoints.authz).map_err(|s| internal("authz", s.message()))?,
         bearer()?,
     );
     policies

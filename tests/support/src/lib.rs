@@ -14,8 +14,7 @@ use paddock_proto::identity::v1::{CreateOrganizationRequest, CreateOrganizationR
 use paddock_shared::auth::{self, AuthzClient, BearerAuth, IdentityClient};
 use paddock_shared::client::Channel;
 use paddock_shared::secret::Secret;
-use paddock_shared::server::{ServerHandle, load_or_create_token};
-use paddock_shared::token::TokenKind;
+use paddock_shared::server::ServerHandle;
 use rand::Rng;
 use sqlx::Executor;
 use tonic::service::interceptor::InterceptedService;
@@ -192,74 +191,55 @@ impl Stack {
         paddock_shared::telemetry::init_quiet(&[]);
         let dir = TempDir::new();
         let database_url = database_url(backend).await;
-        let service_token =
-            load_or_create_token(&dir.path().join("service-token"), TokenKind::Service)
-                .expect("service token");
-        // Both bind port 0 before either starts, as each needs the other's
-        // address.
+        // The composition root `paddock dev` uses, every service on port 0.
         let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let (identity_listener, identity_addr) = paddock_shared::server::bind(loopback)
-            .await
-            .expect("bind identity");
-        let (audit_listener, audit_addr) = paddock_shared::server::bind(loopback)
-            .await
-            .expect("bind audit");
-        let authz_config = paddock_authz::Config {
-            common: paddock_shared::config::CommonConfig {
-                identity_endpoint: format!("http://{identity_addr}"),
-                data_dir: dir.path().to_owned(),
-                database_url: database_url.clone(),
-                audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
-                ..paddock_shared::config::CommonConfig::listening_on(loopback)
-            },
-        };
-        let authz = paddock_authz::start(&authz_config, &service_token)
-            .await
-            .expect("start authz");
-        let identity_config = paddock_identity::Config {
-            common: paddock_shared::config::CommonConfig {
-                data_dir: dir.path().to_owned(),
-                database_url: database_url.clone(),
-                authz_endpoint: authz.endpoint(),
-                audit_endpoint: identity_audits.then(|| format!("http://{audit_addr}")),
-                ..paddock_shared::config::CommonConfig::listening_on(identity_addr)
-            },
-            last_used_flush,
-            // Generated under the test's own data dir.
-            credential_key: None,
-        };
-        let identity =
-            paddock_identity::start_on(identity_listener, &identity_config, &service_token)
-                .await
-                .expect("start identity");
-        let audit_config = paddock_audit::Config {
-            common: paddock_shared::config::CommonConfig {
-                data_dir: dir.path().to_owned(),
-                database_url: database_url.clone(),
-                identity_endpoint: identity.endpoint(),
-                authz_endpoint: authz.endpoint(),
-                ..paddock_shared::config::CommonConfig::listening_on(audit_addr)
-            },
-            retention_interval: Duration::from_secs(3600),
-            max_tails_per_caller: paddock_shared::streams::Limits::default().per_principal,
-            max_tails_per_org: paddock_shared::streams::Limits::default().per_organization,
-        };
-        let audit = paddock_audit::start_on(audit_listener, &audit_config, &service_token)
-            .await
-            .expect("start audit");
-        Stack {
-            identity_endpoint: identity.endpoint(),
-            authz_endpoint: authz.endpoint(),
-            audit_endpoint: audit.endpoint(),
-            dir,
-            database_url,
-            identity: Some(identity),
-            authz: Some(authz),
-            audit: Some(audit),
-            service_token,
+        let listening = paddock_shared::config::CommonConfig::listening_on;
+        let platform = paddock_platform::start(paddock_platform::Options {
+            data_dir: dir.path().to_owned(),
+            database_url: database_url.clone(),
+            identity: Some(paddock_platform::IdentityConfig {
+                common: listening(loopback),
+                last_used_flush,
+                // Generated under the test's own data dir.
+                credential_key: None,
+            }),
+            authz: Some(paddock_platform::AuthzConfig {
+                common: listening(loopback),
+            }),
+            audit: Some(paddock_platform::AuditConfig {
+                common: listening(loopback),
+                ..paddock_platform::AuditConfig::default()
+            }),
+            runner: None,
+            elsewhere: paddock_platform::Endpoints::default(),
+            deliver_audit: identity_audits,
+        })
+        .await
+        .expect("start identity, authz and audit");
+        let paddock_platform::Platform {
+            identity,
+            authz,
+            audit,
+            endpoints,
             identity_config,
             authz_config,
             audit_config,
+            service_token,
+            ..
+        } = platform;
+        Stack {
+            identity_endpoint: endpoints.identity,
+            authz_endpoint: endpoints.authz,
+            audit_endpoint: endpoints.audit,
+            dir,
+            database_url,
+            identity,
+            authz,
+            audit,
+            service_token,
+            identity_config: identity_config.expect("identity config"),
+            authz_config: authz_config.expect("authz config"),
+            audit_config: audit_config.expect("audit config"),
         }
     }
 
