@@ -335,7 +335,7 @@ async fn refusals_outside_any_organization_reach_the_platform_chain(backend: Bac
     for token in [ghost.as_str(), "pdk_garbage-canary-not-a-key"] {
         let refused = stack.identity(token).who_am_i(WhoAmIRequest {}).await;
         assert_eq!(
-            refused.map(|_| ()).unwrap_err().code(),
+            refused.map(|_| ()).expect_err("refused").code(),
             tonic::Code::Unauthenticated
         );
     }
@@ -388,7 +388,7 @@ async fn refusals_outside_any_organization_reach_the_platform_chain(backend: Bac
         .query_platform_events(QueryPlatformEventsRequest::default())
         .await;
     assert_eq!(
-        denied.map(|_| ()).unwrap_err().code(),
+        denied.map(|_| ()).expect_err("refused").code(),
         tonic::Code::PermissionDenied
     );
     let own = events_of(&stack, &org.owner).await;

@@ -151,7 +151,7 @@ async fn hardening_from_inside(backend: Backend) {
         .expect("sandbox");
     assert_eq!(stopped.end_reason, EndReason::StoppedByUser as i32);
     let after = env.stack.identity(&token).who_am_i(WhoAmIRequest {}).await;
-    assert_eq!(after.map(|_| ()).unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(after.map(|_| ()).expect_err("refused").code(), Code::Unauthenticated);
     env.shutdown().await;
 }
 
@@ -504,7 +504,7 @@ async fn refusals(backend: Backend) {
         stranger
             .get_sandbox(GetSandboxRequest { name: name.clone() })
             .await
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
@@ -515,7 +515,7 @@ async fn refusals(backend: Backend) {
                 grace_period: None
             })
             .await
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
@@ -523,7 +523,7 @@ async fn refusals(backend: Backend) {
         stranger
             .delete_sandbox(DeleteSandboxRequest { name: name.clone() })
             .await
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
@@ -532,7 +532,7 @@ async fn refusals(backend: Backend) {
             .watch_sandbox(WatchSandboxRequest { name: name.clone() })
             .await
             .map(|_| ())
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
@@ -540,14 +540,14 @@ async fn refusals(backend: Backend) {
         stranger
             .get_usage(GetUsageRequest { name: name.clone() })
             .await
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
     assert_eq!(
         exec(&mut stranger, &name, &["true"], None)
             .await
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
@@ -559,12 +559,12 @@ async fn refusals(backend: Backend) {
             })
             .await
             .map(|_| ())
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::NotFound
     );
     let uploaded = upload(&mut stranger, &name, "", tar_of(&[("a", b"x")])).await;
-    assert_eq!(uploaded.unwrap_err().code(), Code::NotFound);
+    assert_eq!(uploaded.expect_err("refused").code(), Code::NotFound);
     let listed = stranger
         .list_sandboxes(ListSandboxesRequest::default())
         .await
@@ -578,7 +578,7 @@ async fn refusals(backend: Backend) {
     assert_eq!(
         exec(&mut dev, &name, &["true"], None)
             .await
-            .unwrap_err()
+            .expect_err("refused")
             .code(),
         Code::PermissionDenied
     );
@@ -588,7 +588,7 @@ async fn refusals(backend: Backend) {
             grace_period: None
         })
         .await
-        .unwrap_err()
+        .expect_err("refused")
         .code(),
         Code::PermissionDenied
     );
@@ -634,7 +634,7 @@ async fn refusals(backend: Backend) {
     // Upload path traversal is refused before anything is written.
     let err = upload(&mut owner, &name, "../etc", tar_of(&[("a", b"x")]))
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument);
     let mut evil = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -645,7 +645,7 @@ async fn refusals(backend: Backend) {
     evil.append(&h, &b"x"[..]).expect("append");
     let err = upload(&mut owner, &name, "", evil.into_inner().expect("tar"))
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let out = exec(
         &mut owner,
@@ -1335,7 +1335,7 @@ async fn hardening_relaxed_only_by_security_settings(backend: Backend) {
         }
     };
     assert_eq!(
-        relax(&org.admin).await.map(|_| ()).unwrap_err().code(),
+        relax(&org.admin).await.map(|_| ()).expect_err("refused").code(),
         Code::PermissionDenied
     );
     relax(&org.owner).await.expect("owner relaxes");
