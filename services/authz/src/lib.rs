@@ -29,12 +29,12 @@ use paddock_proto::authz::v1::{
     ListPermissionsResponse, ListRolesRequest, ListRolesResponse, PermissionGroup, Role,
 };
 use paddock_shared::auth::{
-    self, Admission, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity, ServiceTokenFirst,
+    self, Authorizer, BearerAuth, CachedAuthenticator, RemoteIdentity, ServiceTokenFirst,
 };
+use paddock_shared::bootstrap::Storage;
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
 use paddock_shared::org_reaper;
-use paddock_shared::outbox::{Forwarder, Outbox};
 use paddock_shared::rbac;
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
@@ -107,13 +107,9 @@ pub async fn start_on(
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
     let addr = listener.local_addr()?;
-    let db = Database::connect(
-        "authz",
-        &config.common.data_dir,
-        config.common.database_url.as_deref(),
-        MIGRATIONS,
-    )
-    .await?;
+    let mut storage =
+        Storage::open("authz", "authz", &config.common, service_token, MIGRATIONS).await?;
+    let db = storage.db.clone();
     let identity_client = auth::identity_client(
         &config.common.identity_endpoint,
         BearerAuth::new(service_token)?,
@@ -124,18 +120,7 @@ pub async fn start_on(
     };
     let authn = CachedAuthenticator::new(ServiceTokenFirst::new(service_token, identity));
     let watch = authn.inner().inner().watch(authn.cache());
-    let forwarder = match &config.common.audit_endpoint {
-        Some(endpoint) => Some(Forwarder::new(
-            "authz",
-            db.pool.clone(),
-            endpoint,
-            BearerAuth::new(service_token)?,
-        )?),
-        None => None,
-    };
-    let outbox = Outbox::delivered_by(db.pool.clone(), "authz", forwarder.as_ref());
-    let admission = Admission::new(Arc::new(authn), Arc::new(LocalAuthorizer))
-        .with_audit("authz", Arc::new(outbox.refusals()));
+    let admission = storage.admission(Arc::new(authn), Arc::new(LocalAuthorizer));
     let authz_name = <AuthzServiceServer<Authz> as tonic::server::NamedService>::NAME;
     let policy_name = <PolicyServiceServer<Policies> as tonic::server::NamedService>::NAME;
     let (_health, routes) = server::health_and_reflection(&[authz_name, policy_name]).await?;
@@ -146,7 +131,7 @@ pub async fn start_on(
         .add_service(
             PolicyServiceServer::new(Policies {
                 db: db.clone(),
-                outbox,
+                outbox: storage.outbox.clone(),
                 identity: identity_client.clone(),
             })
             .max_decoding_message_size(server::MAX_MESSAGE_BYTES),
@@ -160,7 +145,7 @@ pub async fn start_on(
         org_reaper::DEFAULT_INTERVAL,
     );
     let mut background = vec![watch, reaper];
-    background.extend(forwarder.map(Forwarder::spawn));
+    background.extend(storage.spawn_forwarder());
     tracing::info!(%addr, "authz listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes).with_background(background))
 }

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paddock_proto::identity::v1::identity_service_server::IdentityServiceServer;
-use paddock_shared::auth::{self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz};
+use paddock_shared::auth::{self, BearerAuth, CachedAuthenticator, RemoteAuthz};
+use paddock_shared::bootstrap::Storage;
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
 use paddock_shared::db::Database;
-use paddock_shared::outbox::{Forwarder, Outbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::token;
@@ -115,13 +115,15 @@ pub async fn start_on(
     service_token: &Secret<String>,
 ) -> Result<ServerHandle, StartError> {
     let addr = listener.local_addr()?;
-    let db = Database::connect(
+    let mut storage = Storage::open(
         "identity",
-        &config.common.data_dir,
-        config.common.database_url.as_deref(),
+        "identity",
+        &config.common,
+        service_token,
         MIGRATIONS,
     )
     .await?;
+    let db = storage.db.clone();
     authn::ensure_bootstrap_token(&db, &config.common.data_dir).await?;
     let credential_key = load_credential_key(config, &db).await?;
 
@@ -136,18 +138,7 @@ pub async fn start_on(
         &config.common.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?);
-    let forwarder = match &config.common.audit_endpoint {
-        Some(endpoint) => Some(Forwarder::new(
-            "identity",
-            db.pool.clone(),
-            endpoint,
-            BearerAuth::new(service_token)?,
-        )?),
-        None => None,
-    };
-    let outbox = Outbox::delivered_by(db.pool.clone(), "identity", forwarder.as_ref());
-    let admission = Admission::new(authn.clone(), Arc::new(authz))
-        .with_audit("identity", Arc::new(outbox.refusals()));
+    let admission = storage.admission(authn.clone(), Arc::new(authz));
     let (invalidations, _) = tokio::sync::broadcast::channel(1024);
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let identity = Identity {
@@ -156,7 +147,7 @@ pub async fn start_on(
         cache: authn.cache(),
         authn,
         invalidations,
-        outbox,
+        outbox: storage.outbox.clone(),
         closing: closing_rx,
         credential_key,
         policy: auth::policy_client(
@@ -171,7 +162,7 @@ pub async fn start_on(
         IdentityServiceServer::new(identity).max_decoding_message_size(server::MAX_MESSAGE_BYTES),
     );
     let mut background = vec![last_used.spawn_flusher(db, config.last_used_flush)];
-    background.extend(forwarder.map(Forwarder::spawn));
+    background.extend(storage.spawn_forwarder());
     tracing::info!(%addr, "identity listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes)
         .with_background(background)

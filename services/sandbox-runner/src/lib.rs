@@ -29,12 +29,10 @@ use std::time::Duration;
 
 use paddock_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
 use paddock_shared::auth::{
-    self, Admission, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity,
-    ServiceTokenFirst,
+    self, BearerAuth, CachedAuthenticator, RemoteAuthz, RemoteIdentity, ServiceTokenFirst,
 };
+use paddock_shared::bootstrap::Storage;
 use paddock_shared::config::{self, CommonConfig, CommonFlags, ConfigError};
-use paddock_shared::db::Database;
-use paddock_shared::outbox::{Forwarder, Outbox};
 use paddock_shared::secret::Secret;
 use paddock_shared::server::{self, ServerHandle};
 use paddock_shared::streams::{Limits, Streams};
@@ -256,13 +254,15 @@ pub async fn start_on(
     let addr = listener.local_addr()?;
     paddock_shared::db::private_dir(&config.common.data_dir)?;
     let worker = worker_id(config)?;
-    let db = Database::connect(
+    let mut storage = Storage::open(
         "sandbox_runner",
-        &config.common.data_dir,
-        config.common.database_url.as_deref(),
+        "sandbox-runner",
+        &config.common,
+        service_token,
         MIGRATIONS,
     )
     .await?;
+    let db = storage.db.clone();
 
     let identity_client = auth::identity_client(
         &config.common.identity_endpoint,
@@ -281,18 +281,7 @@ pub async fn start_on(
         &config.common.authz_endpoint,
         BearerAuth::new(service_token)?,
     )?;
-    let forwarder = match &config.common.audit_endpoint {
-        Some(endpoint) => Some(Forwarder::new(
-            "sandbox-runner",
-            db.pool.clone(),
-            endpoint,
-            BearerAuth::new(service_token)?,
-        )?),
-        None => None,
-    };
-    let outbox = Outbox::delivered_by(db.pool.clone(), "sandbox-runner", forwarder.as_ref());
-    let admission = Admission::new(authn.clone(), Arc::new(authz))
-        .with_audit("sandbox-runner", Arc::new(outbox.refusals()));
+    let admission = storage.admission(authn.clone(), Arc::new(authz));
 
     let installation = store::installation_id(&db.pool).await?;
     let (env_key, source) = paddock_shared::seal::SealingKey::load(
@@ -324,7 +313,7 @@ pub async fn start_on(
             scan_interval: config.scan_interval,
             endpoints: config.sandbox_endpoints.clone(),
         },
-        outbox,
+        storage.outbox.clone(),
     ));
     let hostname = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
@@ -391,7 +380,7 @@ pub async fn start_on(
         tokio::spawn(heartbeat(runner.clone())),
         tokio::spawn(count_sandboxes(runner.clone())),
     ];
-    background.extend(forwarder.map(Forwarder::spawn));
+    background.extend(storage.spawn_forwarder());
     tracing::info!(%addr, worker, docker = config.docker_host, "sandbox runner listening");
     Ok(ServerHandle::spawn(listener, addr, admission, routes)
         .with_background(background)

@@ -151,7 +151,10 @@ async fn hardening_from_inside(backend: Backend) {
         .expect("sandbox");
     assert_eq!(stopped.end_reason, EndReason::StoppedByUser as i32);
     let after = env.stack.identity(&token).who_am_i(WhoAmIRequest {}).await;
-    assert_eq!(after.map(|_| ()).expect_err("refused").code(), Code::Unauthenticated);
+    assert_eq!(
+        after.map(|_| ()).expect_err("refused").code(),
+        Code::Unauthenticated
+    );
     env.shutdown().await;
 }
 
@@ -1335,7 +1338,11 @@ async fn hardening_relaxed_only_by_security_settings(backend: Backend) {
         }
     };
     assert_eq!(
-        relax(&org.admin).await.map(|_| ()).expect_err("refused").code(),
+        relax(&org.admin)
+            .await
+            .map(|_| ())
+            .expect_err("refused")
+            .code(),
         Code::PermissionDenied
     );
     relax(&org.owner).await.expect("owner relaxes");

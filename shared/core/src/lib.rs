@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod db;
