@@ -2,8 +2,6 @@
 //! (every service in one process) and `paddock bench`.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 /// `println!` that ends the process quietly when stdout is closed (e.g.
 /// `paddock member list | head`) instead of panicking.

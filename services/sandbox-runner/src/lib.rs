@@ -3,8 +3,6 @@
 //! to their end, reconciled with the engine after a restart, and audited.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod copy;
 pub mod docker;

@@ -3,8 +3,6 @@
 //! the server stack. A service calls these; it does not copy them.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod audit;

@@ -7,8 +7,6 @@
 //! shows them.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod effective;
 pub mod json;

@@ -2,8 +2,6 @@
 //! descriptor set for reflection, and each RPC's declared access rule.
 #![forbid(unsafe_code)]
 // Outside tests a failure is an answer, never a panic.
-#![warn(clippy::unwrap_used)]
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api {
     pub mod v1 {

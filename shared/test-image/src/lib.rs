@@ -4,7 +4,6 @@
 //! manifest naming the tag are packed in memory as a `docker save` archive
 //! and loaded with the Docker API's image load (bollard's `import_image`).
 #![forbid(unsafe_code)]
-#![warn(clippy::unwrap_used)]
 
 use std::path::Path;
 
