@@ -2,7 +2,6 @@
 //! resource names, storage, the authenticate/authorize layer, telemetry and
 //! the server stack. A service calls these; it does not copy them.
 #![forbid(unsafe_code)]
-// Outside tests a failure is an answer, never a panic.
 
 pub mod admin;
 pub mod audit;
