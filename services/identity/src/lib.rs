@@ -223,14 +223,6 @@ mod tests {
     /// `migrate!` reads files only).
     #[test]
     fn the_outbox_migrations_are_the_shared_ones() {
-        let sql = |version| {
-            super::MIGRATIONS
-                .iter()
-                .find(|m| m.version == version)
-                .map(|m| m.sql.as_str())
-        };
-        assert_eq!(sql(2), Some(outbox::MIGRATION));
-        assert_eq!(sql(7), Some(outbox::QUARANTINE_MIGRATION));
-        assert_eq!(sql(8), Some(outbox::TRACE_MIGRATION));
+        outbox::check_migrations(super::MIGRATIONS, [2, 7, 8]).expect("outbox copies");
     }
 }

@@ -35,6 +35,32 @@ pub const QUARANTINE_MIGRATION: &str = "CREATE TABLE audit_outbox_quarantine (\n
 /// delivery can link back to it.
 pub const TRACE_MIGRATION: &str = "ALTER TABLE audit_outbox ADD COLUMN traceparent TEXT;\n";
 
+/// Checks that `migrator` (a service's `sqlx::migrate!`) holds the outbox
+/// migrations, [`MIGRATION`], [`QUARANTINE_MIGRATION`] and
+/// [`TRACE_MIGRATION`], at `versions`, as exact copies: sqlx reads
+/// migrations from files only, so each service keeps copies, and a copy
+/// that drifted from the shared SQL would make that service's outbox differ.
+pub fn check_migrations(
+    migrator: &sqlx::migrate::Migrator,
+    versions: [i64; 3],
+) -> Result<(), String> {
+    let shared = [MIGRATION, QUARANTINE_MIGRATION, TRACE_MIGRATION];
+    for (version, want) in versions.into_iter().zip(shared) {
+        let found = migrator.iter().find(|m| m.version == version);
+        match found {
+            Some(m) if m.sql.as_str() == want => {}
+            Some(m) => {
+                return Err(format!(
+                    "migration {version} ({}) is not the shared outbox SQL",
+                    m.description
+                ));
+            }
+            None => return Err(format!("no migration {version}")),
+        }
+    }
+    Ok(())
+}
+
 /// Most events one delivery carries.
 const BATCH: i64 = 500;
 
@@ -454,6 +480,26 @@ const DELIVERY_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
 mod tests {
     use super::*;
     use crate::db::{Database, test_migrator};
+
+    #[test]
+    fn a_service_copy_of_the_outbox_sql_is_checked() {
+        let good = test_migrator(&[
+            (1, "CREATE TABLE x (a INT);\n"),
+            (2, MIGRATION),
+            (3, QUARANTINE_MIGRATION),
+            (4, TRACE_MIGRATION),
+        ]);
+        assert_eq!(check_migrations(&good, [2, 3, 4]), Ok(()));
+        let missing = check_migrations(&good, [2, 3, 9]).expect_err("no 9");
+        assert!(missing.contains("no migration 9"), "{missing}");
+        let drifted = test_migrator(&[
+            (2, MIGRATION),
+            (3, "CREATE TABLE audit_outbox_quarantine (id TEXT);\n"),
+            (4, TRACE_MIGRATION),
+        ]);
+        let err = check_migrations(&drifted, [2, 3, 4]).expect_err("drifted");
+        assert!(err.contains("migration 3"), "{err}");
+    }
 
     #[tokio::test]
     async fn events_stay_in_the_outbox_while_audit_is_unreachable() {
