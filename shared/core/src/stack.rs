@@ -2,6 +2,8 @@
 //! ([`server`]), and its first layer: the server span of each RPC.
 
 use std::task::{Context, Poll};
+
+use http_body::Body as _;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
@@ -67,19 +69,111 @@ where
         // Called inside the span, so that what runs before the first await
         // of the layers below is in it too.
         let response = span.in_scope(|| self.inner.call(req));
+        let end = RpcEnd {
+            span: span.clone(),
+            path,
+            started,
+        };
         Box::pin(
             async move {
-                let response = response.await;
-                let code = match &response {
-                    Ok(r) => telemetry::record_status(&Span::current(), r.headers()),
-                    Err(_) => tonic::Code::Internal,
-                };
-                let (service, method) = telemetry::rpc_parts(&path);
-                crate::metrics::rpc_served(service, method, code, started.elapsed());
-                response
+                match response.await {
+                    Ok(response) => Ok(end.follow(response)),
+                    Err(e) => {
+                        end.finish(tonic::Code::Internal);
+                        Err(e)
+                    }
+                }
             }
             .instrument(span),
         )
+    }
+}
+
+/// What ends an RPC: its status on its span and its duration metric.
+struct RpcEnd {
+    span: Span,
+    path: String,
+    started: Instant,
+}
+
+impl RpcEnd {
+    fn finish(self, code: tonic::Code) {
+        telemetry::record_code(&self.span, code);
+        let (service, method) = telemetry::rpc_parts(&self.path);
+        crate::metrics::rpc_served(service, method, code, self.started.elapsed());
+    }
+
+    /// Ends the RPC now if the response carries its status in the headers
+    /// (a trailers-only answer: a refusal or an error before any message);
+    /// else when its body ends, with the status of the trailers, so a
+    /// stream that fails after its first message is not counted as OK and
+    /// its span lasts as long as the stream.
+    fn follow(self, response: http::Response<Body>) -> http::Response<Body> {
+        if response.headers().contains_key("grpc-status") || response.body().is_end_stream() {
+            let code = telemetry::status_code(response.headers());
+            self.finish(code);
+            return response;
+        }
+        response.map(|inner| {
+            Body::new(TracedBody {
+                inner,
+                end: Some(self),
+            })
+        })
+    }
+}
+
+/// A response body that ends its RPC ([`RpcEnd`]) when it ends: at the
+/// trailers, at an error, or when the client goes away first (CANCELLED).
+struct TracedBody {
+    inner: Body,
+    end: Option<RpcEnd>,
+}
+
+impl TracedBody {
+    fn finish(&mut self, code: tonic::Code) {
+        if let Some(end) = self.end.take() {
+            end.finish(code);
+        }
+    }
+}
+
+impl http_body::Body for TracedBody {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(telemetry::status_code(trailers));
+                }
+            }
+            Poll::Ready(Some(Err(status))) => this.finish(status.code()),
+            // Ended without trailers: nothing said otherwise.
+            Poll::Ready(None) => this.finish(tonic::Code::Ok),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TracedBody {
+    fn drop(&mut self) {
+        self.finish(tonic::Code::Cancelled);
     }
 }
 
@@ -213,5 +307,71 @@ mod tests {
         assert_eq!(events[0].action, "authz.deny");
         assert_eq!(events[0].resource, "organizations/acme/projects/web");
         assert_eq!(events[0].error_code, "PERMISSION_DENIED");
+    }
+
+    /// Records every `rpc.grpc.status_code` a span is given.
+    #[derive(Clone, Default)]
+    struct Codes(Arc<std::sync::Mutex<Vec<i64>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Codes {
+        fn on_record(
+            &self,
+            _span: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            values.record(&mut self.clone());
+        }
+    }
+
+    impl tracing::field::Visit for Codes {
+        fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+            if field.name() == "rpc.grpc.status_code" {
+                self.0.lock().unwrap().push(value);
+            }
+        }
+
+        fn record_debug(&mut self, _field: &tracing::field::Field, _value: &dyn std::fmt::Debug) {}
+    }
+
+    /// A stream that fails after its first message: the span takes the
+    /// status of the trailers, not the OK its headers implied, and only
+    /// once the body has ended.
+    #[tokio::test]
+    async fn a_stream_failing_after_its_first_message_is_not_ok() {
+        use http_body_util::BodyExt;
+        use tower::{Service, ServiceExt};
+        use tracing_subscriber::layer::SubscriberExt;
+        let codes = Codes::default();
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(codes.clone()));
+        let authz = Arc::new(RecordingAuthz::default());
+        let admission = Admission::new(Arc::new(FixedIdentity(member())), Arc::new(authz));
+        let inner = tower::service_fn(|_req: http::Request<Body>| async move {
+            type Data = <Body as http_body::Body>::Data;
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+            let frames = vec![
+                Ok::<_, tonic::Status>(http_body::Frame::data(Data::from_static(b"\0\0\0\0\0"))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::new(body)))
+        });
+        let mut svc = server(admission).service(inner);
+        let (_, token) = token::mint(token::TokenKind::ApiKey);
+        let req = http::Request::builder()
+            .uri("/paddock.audit.v1.AuditService/TailEvents")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert!(
+            codes.0.lock().unwrap().is_empty(),
+            "no status before the stream ends"
+        );
+        let collected = response.into_body().collect().await.expect("body");
+        assert!(collected.trailers().is_some());
+        assert_eq!(*codes.0.lock().unwrap(), [13]);
     }
 }
